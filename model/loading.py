@@ -19,7 +19,17 @@ from model.configuration_pllava import PllavaConfig
 from model.modeling_pllava import PllavaForConditionalGeneration
 from model.processing_pllava import PllavaProcessor
 from model.prompts import IMAGE_TOKEN
-from model.weights import LoraPair, WeightSet, files_fingerprint, merge_lora, peft_published_key, read_weights, write_shards
+from model.weights import (
+    LoraPair,
+    WeightSet,
+    files_fingerprint,
+    merge_lora,
+    peft_published_key,
+    published_key,
+    read_weights,
+    to_model_keys,
+    write_shards,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +126,7 @@ def _collect_weights(
 
 
 def _load_into(model: PllavaForConditionalGeneration, tensors: dict[str, torch.Tensor], where: str) -> None:
+    tensors = to_model_keys(tensors, model.state_dict().keys())
     known = set(model.state_dict().keys())
     required = set(known)
     text_config = model.config.text_config
@@ -203,8 +214,12 @@ def save_merged(
     """Write an inference-ready export (layout 3): config, merged weights, tokenizer, image statistics."""
     model.config.extra = {**model.config.extra, "pllava_export": {"source": model.name_or_path, "merged": True}}
     model.config.save_pretrained(out_dir)
-    write_shards(model.state_dict(), out_dir, max_shard_size=max_shard_size)
+    write_shards(_published_state(model), out_dir, max_shard_size=max_shard_size)
     processor.save_pretrained(out_dir)
+
+
+def _published_state(model: PllavaForConditionalGeneration) -> dict[str, torch.Tensor]:
+    return {published_key(k): v for k, v in model.state_dict().items()}
 
 
 def save_published(
@@ -220,7 +235,7 @@ def save_published(
     un-merged next to their ``base_layer`` weights, as the reference saves them.
     """
     model.config.save_pretrained(out_dir)
-    state = dict(model.state_dict())
+    state = _published_state(model)
     if lora:
         targets = tuple(sorted({module.rsplit(".", 1)[-1] for module in lora}))
         state = {peft_published_key(k, targets): v for k, v in state.items()}

@@ -79,15 +79,18 @@ class PllavaForConditionalGeneration(nn.Module):
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be (B, T, 3, H, W), got shape {tuple(pixel_values.shape)}")
         batch, frames = pixel_values.shape[:2]
+        side = self.config.image_size
+        if tuple(pixel_values.shape[-3:]) != (3, side, side):
+            raise ValueError(
+                f"frames must be 3x{side}x{side} (the vision tower's input), got {tuple(pixel_values.shape[-3:])}; "
+                "the processor resizes and centre-crops uint8 frames to this size"
+            )
         grid_h, grid_w = self.config.frame_shape
         flat = pixel_values.flatten(0, 1).to(device=self.device, dtype=self.dtype)  # (B*T, 3, H, W)
         hidden = self.vision_tower(flat, output_hidden_states=True).hidden_states
         features = hidden[self.config.vision_feature_layer][:, 1:]  # (B*T, P, Dv), CLS dropped
         if features.shape[1] != grid_h * grid_w:
-            raise ValueError(
-                f"vision tower gave {features.shape[1]} patches per frame, expected {grid_h}x{grid_w}: "
-                f"frames must be {self.config.image_size}x{self.config.image_size}"
-            )
+            raise ValueError(f"vision tower gave {features.shape[1]} patches per frame, expected {grid_h}x{grid_w}")
         features = self.multi_modal_projector(features)  # (B*T, P, D)
         features = features.view(batch, frames, grid_h, grid_w, -1).permute(0, 4, 1, 2, 3)  # (B, D, T, h, w)
         pooled = self.pool(features)  # (B, D, T', h', w')

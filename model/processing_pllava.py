@@ -116,10 +116,15 @@ class PllavaProcessor:
         return dict(self.tokenizer(list(prompts), return_tensors="pt", padding=True))
 
     def decode(self, token_ids: torch.Tensor) -> list[str]:
-        """Generated ids ``(B, n)`` -> answers, special tokens and stop strings removed."""
-        texts = self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+        """Generated ids ``(B, n)`` -> answers: cut at the first end-of-answer token, special tokens and
+        stop strings removed."""
+        stops = set(self.stop_token_ids)
+        rows = []
+        for row in token_ids.tolist():
+            cut = next((i for i, token in enumerate(row) if token in stops), len(row))
+            rows.append(row[:cut])
         answers = []
-        for text in texts:
+        for text in self.tokenizer.batch_decode(rows, skip_special_tokens=True):
             for stop in self.template.stop_strings:
                 text = text.split(stop, 1)[0]
             answers.append(text.strip())

@@ -17,6 +17,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
@@ -27,6 +28,8 @@ from safetensors.torch import save_file
 UNUSED_BASE_KEYS = ("image_newline", "model.image_newline")
 
 _PEFT_PREFIX = "language_model.base_model.model."
+_VISION = "vision_tower."
+_VISION_WRAPPED = "vision_tower.vision_model."
 _LORA_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.default)?\.weight$")
 _HF_NEW_PREFIXES = (
     ("model.language_model.", "language_model.model."),
@@ -68,14 +71,32 @@ class WeightSet:
 
 
 def normalise_key(key: str) -> str:
-    """Map any supported layout's key to this project's name (LoRA suffixes kept)."""
+    """Map any supported layout's key to the published name (LoRA suffixes kept)."""
     if key.startswith(_PEFT_PREFIX):
         key = "language_model." + key[len(_PEFT_PREFIX) :]
         key = key.replace(".base_layer.", ".")
     for old, new in _HF_NEW_PREFIXES:
         if key.startswith(old):
-            return new + key[len(old) :]
+            key = new + key[len(old) :]
+            break
+    return published_key(key)
+
+
+def published_key(key: str) -> str:
+    """A model parameter name -> its published name.
+
+    transformers 5 builds ``CLIPVisionModel`` without the ``vision_model`` wrapper that checkpoints
+    (and older transformers) use; the published name always has it.
+    """
+    if key.startswith(_VISION) and not key.startswith(_VISION_WRAPPED):
+        return _VISION_WRAPPED + key[len(_VISION) :]
     return key
+
+
+def to_model_keys(tensors: dict[str, torch.Tensor], model_keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Rename published-name tensors to the names the installed transformers gives the model's parameters."""
+    rename = {published_key(k): k for k in model_keys}
+    return {rename.get(k, k): v for k, v in tensors.items()}
 
 
 def safetensors_files(folder: str) -> list[str]:
@@ -172,7 +193,7 @@ def write_shards(state: dict[str, torch.Tensor], out_dir: str, max_shard_size: s
 def peft_published_key(key: str, lora_targets: tuple[str, ...]) -> str:
     """This project's name -> the PEFT-wrapped name the published LoRA checkpoints use."""
     if not key.startswith("language_model."):
-        return key
+        return published_key(key)
     rest = key[len("language_model.") :]
     for target in lora_targets:
         suffix = f".{target}.weight"

@@ -1,0 +1,107 @@
+"""Caption one video (local path or any fsspec URI such as ``s3://``) and print the caption.
+
+    pllava-caption VIDEO --model-dir DIR [--weights-dir DIR] [--lora-alpha 4] [--num-frames 16] [--prompt TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import fsspec
+
+from pipeline.frames import SamplingConfig, VideoDecodeError, sample_frames
+
+
+def _parse_pooling(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    parts = text.replace("x", ",").replace("-", ",").split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"pooling shape must be T,H,W (e.g. 16,12,12), got {text!r}")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pllava-caption", description=__doc__.splitlines()[0])
+    parser.add_argument("video", help="local path or fsspec URI (s3://bucket/clip.mp4)")
+    parser.add_argument("--model-dir", required=True, help="PLLaVA folder, LLaVA-NeXT base folder or merged export")
+    parser.add_argument("--weights-dir", help="LoRA + projector weights applied on top of --model-dir")
+    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (published PLLaVA checkpoints: 4)")
+    parser.add_argument("--num-frames", type=int, help="frames sampled from the video (default: the model's)")
+    parser.add_argument("--pooling-shape", type=_parse_pooling, help="T,H,W pooling (default: the model's)")
+    parser.add_argument("--prompt", help="question or instruction (default: the recaption prompt)")
+    parser.add_argument("--prompt-file", help="read the prompt from this file")
+    parser.add_argument("--template", help="prompt template: vicuna or chatml (default: from the tokenizer)")
+    parser.add_argument("--max-new-tokens", type=int, default=400)
+    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--attn-implementation", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"))
+    parser.add_argument("--start-s", type=float, help="clip start in seconds")
+    parser.add_argument("--end-s", type=float, help="clip end in seconds")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def read_source(uri: str) -> str | bytes:
+    """A local path as is (decoders read it directly); any other URI as the object's bytes."""
+    local = uri[len("file://") :] if uri.startswith("file://") else uri
+    if "://" not in local:
+        if not os.path.isfile(local):
+            raise FileNotFoundError(f"no such video: {uri}")
+        return local
+    with fsspec.open(uri, "rb") as f:
+        return f.read()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    import torch
+
+    from model import GenerationSettings, generate_captions, load_pllava, read_prompt
+
+    query = read_prompt(args.prompt, args.prompt_file)
+    try:
+        source = read_source(args.video)  # fail before the (slow) model load when the video is missing
+    except FileNotFoundError as exc:
+        print(f"error: cannot read {args.video}: {exc}", file=sys.stderr)
+        return 2
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    started = time.perf_counter()
+    model, processor = load_pllava(
+        args.model_dir,
+        weights_dir=args.weights_dir,
+        lora_alpha=args.lora_alpha,
+        device=args.device,
+        dtype=dtype,
+        attn_implementation=args.attn_implementation,
+        num_frames=args.num_frames,
+        pooling_shape=args.pooling_shape,
+        template=args.template,
+    )
+    loaded = time.perf_counter()
+    sampling = SamplingConfig(num_frames=model.config.num_frames, image_size=model.config.image_size)
+    try:
+        video = sample_frames(source, sampling, start_s=args.start_s, end_s=args.end_s)
+    except VideoDecodeError as exc:
+        print(f"error: cannot read {args.video}: {exc}", file=sys.stderr)
+        return 2
+    decoded = time.perf_counter()
+    result = generate_captions(
+        model, processor, video.frames[None], query, GenerationSettings(max_new_tokens=args.max_new_tokens)
+    )[0]
+    done = time.perf_counter()
+    print(result.text)
+    logging.getLogger(__name__).info(
+        "load %.1fs, decode %.2fs, caption %.2fs, %d tokens%s", loaded - started, decoded - loaded,
+        done - decoded, result.num_tokens, " (hit max_new_tokens)" if result.truncated else "",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Decode a video and sample T frames at the vision tower's size. Plain functions, no Ray.
+
+decord decodes first, scaling in the decoder (the short side goes straight to S, so a 4K frame is never
+converted to RGB at full size); PyAV takes over where decord cannot open a file (animated GIF, some webm).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLING_MODES = ("middle", "random")
+
+
+class _CannotOpen(Exception):
+    """decord could not open the container at all (the PyAV fallback gets a try)."""
+
+
+class VideoDecodeError(Exception):
+    """A video that cannot be turned into frames. ``reason`` is a short category for counting."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How frames are picked and sized.
+
+    ``middle`` takes the middle frame of each of ``num_frames`` equal segments (inference);
+    ``random`` takes a random frame per segment (training).
+    """
+
+    num_frames: int = 16
+    image_size: int = 336
+    mode: str = "middle"
+    decode_threads: int = 1
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_frames < 1:
+            problems.append(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.image_size < 1:
+            problems.append(f"image_size must be >= 1, got {self.image_size}")
+        if self.mode not in SAMPLING_MODES:
+            problems.append(f"mode must be one of {SAMPLING_MODES}, got {self.mode!r}")
+        if self.decode_threads < 0:
+            problems.append(f"decode_threads must be >= 0, got {self.decode_threads}")
+        if problems:
+            raise ValueError("invalid sampling config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    duration_s: float
+    fps: float
+    width: int
+    height: int
+    frame_count: int
+    decoder: str
+
+
+@dataclass(frozen=True)
+class SampledVideo:
+    frames: np.ndarray  # uint8 (T, S, S, 3)
+    info: VideoInfo
+    indices: np.ndarray  # (T,) source frame indices
+
+
+def segment_indices(
+    num_total: int,
+    num_segments: int,
+    first: int = 0,
+    last: int | None = None,
+    mode: str = "middle",
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Frame indices for ``num_segments`` equal segments of ``[first, last]``.
+
+    ``middle``: ``first + seg/2 + round(seg*i)`` with ``seg = (last-first)/T`` (the reference's rule);
+    videos shorter than T frames repeat frames. ``random``: a uniform pick inside each segment.
+    """
+    if num_total < 1:
+        raise VideoDecodeError("empty", "the video has no frames")
+    last = num_total - 1 if last is None else min(last, num_total - 1)
+    first = max(0, min(first, last))
+    seg = (last - first) / num_segments
+    if mode == "middle":
+        idx = np.array([int(first + seg / 2 + round(seg * i)) for i in range(num_segments)])
+    elif mode == "random":
+        rng = rng or np.random.default_rng()
+        edges = np.linspace(first, last + 1, num_segments + 1)
+        lows = np.floor(edges[:-1]).astype(int)
+        highs = np.maximum(np.floor(edges[1:]).astype(int), lows + 1)
+        idx = rng.integers(lows, highs)
+    else:
+        raise ValueError(f"unknown sampling mode {mode!r}")
+    return np.clip(idx, first, last).astype(np.int64)
+
+
+def scaled_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """(w, h) with the short side at ``side`` and the aspect ratio kept (even numbers for the scaler)."""
+    scale = side / min(width, height)
+    new_w = max(side, int(round(width * scale / 2)) * 2)
+    new_h = max(side, int(round(height * scale / 2)) * 2)
+    return new_w, new_h
+
+
+def center_crop(frames: np.ndarray, side: int) -> np.ndarray:
+    """``(T, H, W, 3)`` -> ``(T, side, side, 3)`` from the centre."""
+    height, width = frames.shape[1:3]
+    top, left = (height - side) // 2, (width - side) // 2
+    return np.ascontiguousarray(frames[:, top : top + side, left : left + side])
+
+
+def _bounds(fps: float, num_total: int, start_s: float | None, end_s: float | None) -> tuple[int, int]:
+    first = int(round(start_s * fps)) if start_s is not None and fps > 0 else 0
+    last = int(round(end_s * fps)) - 1 if end_s is not None and fps > 0 else num_total - 1
+    if first >= num_total:
+        raise VideoDecodeError("bad_clip", f"clip start {start_s}s is past the end of the video")
+    if last < first:
+        raise VideoDecodeError("bad_clip", f"clip [{start_s}, {end_s}]s holds no frames")
+    return first, min(last, num_total - 1)
+
+
+def _decode_decord(
+    source: str | bytes, cfg: SamplingConfig, start_s, end_s, rng
+) -> SampledVideo:
+    import decord
+
+    def open_reader(**size):
+        uri = io.BytesIO(source) if isinstance(source, bytes) else source
+        return decord.VideoReader(uri, ctx=decord.cpu(0), num_threads=cfg.decode_threads, **size)
+
+    try:
+        probe = open_reader()
+    except Exception as exc:  # noqa: BLE001 - decord raises bare RuntimeError/DECORDError on open
+        raise _CannotOpen(_first_line(exc)) from exc
+    try:
+        num_total = len(probe)
+        height, width = probe[0].shape[:2] if num_total else (0, 0)
+        fps = float(probe.get_avg_fps())
+        del probe
+        first, last = _bounds(fps, num_total, start_s, end_s)
+        indices = segment_indices(num_total, cfg.num_frames, first, last, cfg.mode, rng)
+        out_w, out_h = scaled_size(width, height, cfg.image_size)
+        reader = open_reader(width=out_w, height=out_h)
+        frames = reader.get_batch(list(indices)).asnumpy()  # (T, h, w, 3), decoded at reduced size
+    except VideoDecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - opened, then failed: corrupt or truncated data
+        raise VideoDecodeError("decode_failed", f"decord: {_first_line(exc)}") from exc
+    info = VideoInfo(num_total / fps if fps else 0.0, fps, width, height, num_total, "decord")
+    return SampledVideo(center_crop(frames, cfg.image_size), info, indices)
+
+
+def _decode_pyav(source: str | bytes, cfg: SamplingConfig, start_s, end_s, rng) -> SampledVideo:
+    import av
+
+    def open_container():
+        return av.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+    with open_container() as container:
+        if not container.streams.video:
+            raise VideoDecodeError("no_video_stream", "the file has no video stream")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        num_total = sum(1 for _ in container.decode(stream))  # exact count: GIF/webm headers often lack it
+    if fps <= 0:
+        fps = 25.0  # GIFs without timing: assume 25 fps as the reference does
+    first, last = _bounds(fps, num_total, start_s, end_s)
+    indices = segment_indices(num_total, cfg.num_frames, first, last, cfg.mode, rng)
+    wanted = {int(i) for i in indices}
+    out_w, out_h = scaled_size(width, height, cfg.image_size)
+    picked: dict[int, np.ndarray] = {}
+    with open_container() as container:
+        stream = container.streams.video[0]
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                picked[i] = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
+            if i >= last:
+                break
+    frames = np.stack([picked[int(i)] for i in indices])
+    info = VideoInfo(num_total / fps, fps, width, height, num_total, "pyav")
+    return SampledVideo(center_crop(frames, cfg.image_size), info, indices)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def sample_frames(
+    source: str | bytes | BinaryIO,
+    cfg: SamplingConfig = SamplingConfig(),
+    start_s: float | None = None,
+    end_s: float | None = None,
+    rng: np.random.Generator | None = None,
+) -> SampledVideo:
+    """Decode ``source`` (a local path or the object's bytes) and sample ``cfg.num_frames`` frames.
+
+    Raises:
+        VideoDecodeError: empty, unreadable, truncated or frame-less input, or clip bounds outside the video.
+    """
+    if not isinstance(source, (str, bytes)):
+        source = source.read()
+    if isinstance(source, bytes) and not source or isinstance(source, str) and os.path.getsize(source) == 0:
+        raise VideoDecodeError("empty", "the file is empty (0 bytes)")
+    try:
+        return _decode_decord(source, cfg, start_s, end_s, rng)
+    except _CannotOpen as exc:
+        decord_error = str(exc)
+    # decord cannot open it (animated GIF, some webm): PyAV reads what FFmpeg can.
+    try:
+        return _decode_pyav(source, cfg, start_s, end_s, rng)
+    except VideoDecodeError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PyAV raises av.FFmpegError subclasses, OSError, ValueError
+        raise VideoDecodeError("undecodable", f"decord: {decord_error}; pyav: {_first_line(exc)}") from exc

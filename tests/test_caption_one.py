@@ -1,0 +1,49 @@
+"""The single-video command: a generated mp4 in, a caption printed."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from model import GenerationSettings, caption_videos, load_pllava
+from pipeline.frames import SamplingConfig, sample_frames
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.caption_one", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+
+
+def test_captions_a_local_mp4_like_the_library_does(tiny_lora_dir, video_dir):
+    video = os.path.join(video_dir, "a.mp4")
+    result = run_cli(video, "--model-dir", tiny_lora_dir, "--lora-alpha", "4", "--max-new-tokens", "12",
+                     "--prompt", "What happens?")
+    assert result.returncode == 0, result.stderr
+    model, processor = load_pllava(tiny_lora_dir, lora_alpha=4, device="cpu")
+    frames = sample_frames(video, SamplingConfig(num_frames=4)).frames[None]
+    expected = caption_videos(model, processor, frames, "What happens?", GenerationSettings(max_new_tokens=12))[0]
+    assert result.stdout.rstrip("\n") == expected
+
+
+def test_prompt_file_and_num_frames(tiny_dir, video_dir, tmp_path):
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("Describe the motion.")
+    result = run_cli(os.path.join(video_dir, "c.mkv"), "--model-dir", tiny_dir, "--prompt-file", str(prompt),
+                     "--num-frames", "8", "--max-new-tokens", "4", "-v")
+    assert result.returncode == 0, result.stderr
+    assert "caption" in result.stderr and "tokens" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["missing.mp4", "broken.mp4"])
+def test_unreadable_video_is_a_clear_error(tiny_dir, tmp_path, name):
+    path = tmp_path / name
+    if name == "broken.mp4":
+        path.write_text("not a video")
+    result = run_cli(str(path), "--model-dir", tiny_dir, "--max-new-tokens", "4")
+    assert result.returncode == 2
+    assert f"cannot read {path}" in result.stderr

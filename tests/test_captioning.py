@@ -1,0 +1,75 @@
+"""Batched greedy captioning equals captioning the same videos one at a time."""
+
+import pytest
+
+from model import GenerationSettings, caption_videos, generate_captions, load_pllava
+
+SETTINGS = GenerationSettings(max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_lora_dir):
+    return load_pllava(tiny_lora_dir, lora_alpha=4, device="cpu")
+
+
+def test_batch_equals_one_at_a_time_with_one_prompt(loaded, frames_batch):
+    model, processor = loaded
+    batched = caption_videos(model, processor, frames_batch, "Describe the video.", SETTINGS)
+    single = [caption_videos(model, processor, frames_batch[i : i + 1], "Describe the video.", SETTINGS)[0]
+              for i in range(len(frames_batch))]
+    assert batched == single
+    assert all(batched)
+
+
+def test_batch_equals_one_at_a_time_with_left_padded_prompts(loaded, frames_batch):
+    model, processor = loaded
+    prompts = ["Hi?", "Describe every action in this clip, in order, in detail.", "What moves?"]
+    lengths = {len(processor.tokenize([processor.render(p)])["input_ids"][0]) for p in prompts}
+    assert len(lengths) == 3  # different lengths: the batch really is padded
+    batched = caption_videos(model, processor, frames_batch, prompts, SETTINGS)
+    single = [caption_videos(model, processor, frames_batch[i : i + 1], prompts[i], SETTINGS)[0] for i in range(3)]
+    assert batched == single
+
+
+def test_the_video_changes_the_caption(loaded, frames_batch):
+    model, processor = loaded
+    captions = caption_videos(model, processor, frames_batch, "Describe the video.", SETTINGS)
+    assert len(set(captions)) == len(captions)
+
+
+def test_token_counts_and_truncation_flag(loaded, frames_batch):
+    model, processor = loaded
+    results = generate_captions(model, processor, frames_batch[:2], "Describe.", GenerationSettings(max_new_tokens=5))
+    for r in results:
+        assert 1 <= r.num_tokens <= 5
+        assert r.truncated == (r.num_tokens == 5)
+
+
+def test_stop_token_ends_the_caption(loaded, frames_batch):
+    model, processor = loaded
+    eos = processor.tokenizer.eos_token_id
+    calls = []
+
+    def force_eos_on_third_token(module, args, logits):
+        calls.append(1)
+        if len(calls) == 3:  # call 1 = prefill -> token 1, call 2 -> token 2, call 3 -> token 3
+            logits = logits.clone()
+            logits[..., -1, eos] = 1e4
+        return logits
+
+    settings = GenerationSettings(max_new_tokens=10)
+    handle = model.language_model.lm_head.register_forward_hook(force_eos_on_third_token)
+    try:
+        stopped = generate_captions(model, processor, frames_batch[:1], "Describe.", settings)[0]
+    finally:
+        handle.remove()
+    first_two = generate_captions(model, processor, frames_batch[:1], "Describe.", GenerationSettings(max_new_tokens=2))[0]
+    assert not stopped.truncated and stopped.num_tokens == 3
+    assert stopped.text == first_two.text
+
+
+def test_generation_settings_are_validated():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GenerationSettings(max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationSettings(top_p=1.5)
