@@ -17,6 +17,7 @@ class GenerationSettings:
     """Decoding settings. Greedy with 400 new tokens is the recaption default of the reference."""
 
     max_new_tokens: int = 400
+    min_new_tokens: int = 0  # > 0 forces that many tokens (benchmarks)
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -28,6 +29,8 @@ class GenerationSettings:
         problems = []
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            problems.append(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
         if self.temperature <= 0:
             problems.append(f"temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -42,6 +45,7 @@ class GenerationSettings:
     def generate_kwargs(self) -> dict:
         kwargs: dict = {
             "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
             "do_sample": self.do_sample,
             "num_beams": self.num_beams,
             "repetition_penalty": self.repetition_penalty,

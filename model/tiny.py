@@ -21,6 +21,17 @@ from model.prompts import IMAGE_TOKEN, get_template
 from model.weights import LoraPair
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 as in the Vicuna/LLaMA vocabulary
+# Whole-word tokens so a random model's output reads as (nonsense) words rather than stray bytes.
+WORDS = tuple("""
+a an the this that of in on at to from with and or while then as over under near behind into across
+video clip scene frame camera shot view background foreground sky street road city room table wall floor
+water river sea beach forest tree grass field mountain snow light shadow window door car bus bike train
+person man woman child people group crowd dog cat bird horse ball hand face hair shirt hat building house
+walks runs moves turns looks sits stands jumps rides drives holds opens closes plays talks smiles waves
+slowly quickly gently suddenly together left right up down forward away around toward inside outside
+bright dark large small tall long wide calm busy static moving close distant sunny cloudy night day
+""".split())
+TINY_FORMAT_VERSION = 2  # bump when the factory's output changes, so cached tiny models are rebuilt
 
 
 @dataclass(frozen=True)
@@ -35,18 +46,21 @@ class TinySpec:
     text_hidden: int = 64
     text_layers: int = 2
     text_heads: int = 4
+    text_intermediate: int | None = None  # default: 2 x text_hidden
+    vision_heads: int = 2
     image_size: int = 336
     patch_size: int = 14
     template: str = "vicuna"
 
 
 def build_tokenizer(template: str = "vicuna") -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer: ``<unk> <s> </s>``, the 256 byte symbols, then ``<image>`` and ``<pad>``
-    (plus ``<|im_start|> <|im_end|>`` for the ChatML template). No training, so it is deterministic."""
+    """A byte-level tokenizer: ``<unk> <s> </s>``, the 256 byte symbols, a few hundred whole words, then
+    ``<image>`` and ``<pad>`` (plus ``<|im_start|> <|im_end|>`` for ChatML). No training: deterministic."""
     specials = list(SPECIAL_TOKENS)
     added = [IMAGE_TOKEN, "<pad>"] + (["<|im_start|>", "<|im_end|>"] if template == "chatml" else [])
     byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet())  # sorted: a stable id order
-    vocab = {tok: i for i, tok in enumerate(specials + byte_symbols)}
+    words = [f"\u0120{w}" for w in dict.fromkeys(WORDS)]  # "\u0120" is byte-level BPE's leading space
+    vocab = {tok: i for i, tok in enumerate(specials + byte_symbols + words)}
     for tok in added:
         vocab[tok] = len(vocab)
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
@@ -71,7 +85,7 @@ def tiny_config(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> PllavaCon
         hidden_size=spec.vision_hidden,
         intermediate_size=spec.vision_hidden * 2,
         num_hidden_layers=spec.vision_layers,
-        num_attention_heads=2,
+        num_attention_heads=spec.vision_heads,
         image_size=spec.image_size,
         patch_size=spec.patch_size,
         projection_dim=spec.vision_hidden,
@@ -79,7 +93,7 @@ def tiny_config(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> PllavaCon
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.text_hidden,
-        intermediate_size=spec.text_hidden * 2,
+        intermediate_size=spec.text_intermediate or spec.text_hidden * 2,
         num_hidden_layers=spec.text_layers,
         num_attention_heads=spec.text_heads,
         num_key_value_heads=spec.text_heads,
@@ -129,6 +143,9 @@ def build_tiny_model(spec: TinySpec = TinySpec()) -> tuple[PllavaForConditionalG
                 param.copy_(1.0 + torch.randn(param.shape, generator=gen) * 0.02)
             else:  # unit-variance activations, so outputs depend on the inputs
                 param.copy_(torch.randn(param.shape, generator=gen) / param.shape[-1] ** 0.5)
+        # Favour whole words over single bytes, so captions of the demo read as words.
+        first_byte = len(SPECIAL_TOKENS)
+        model.language_model.lm_head.weight[first_byte : first_byte + 256] *= 0.2
     model.eval()
     processor = PllavaProcessor(tokenizer=tokenizer, image_size=spec.image_size, template=get_template(spec.template))
     return model, processor
@@ -150,3 +167,32 @@ def save_tiny_pllava(
     lora = random_lora(model, lora_rank, lora_targets, spec.seed) if lora_rank else None
     save_published(model, processor, out_dir, lora=lora, max_shard_size=max_shard_size)
     return os.fspath(out_dir)
+
+
+def ensure_tiny_pllava(cache_dir: str | None = None, spec: TinySpec = TinySpec()) -> str:
+    """The tiny model's folder in a local cache, built once per machine (atomic: built aside, then renamed).
+
+    Every process that asks gets the same weights (same spec, same seed), so Ray actors on different
+    nodes agree without shipping files.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    root = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "pllava-recaption")
+    tag = hashlib.sha1(f"{TINY_FORMAT_VERSION}{spec!r}".encode()).hexdigest()[:10]
+    target = os.path.join(root, f"tiny-{tag}")
+    if os.path.isfile(os.path.join(target, "config.json")):
+        return target
+    os.makedirs(root, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".tiny-", dir=root)
+    try:
+        save_tiny_pllava(scratch, spec)
+        try:
+            os.rename(scratch, target)
+        except OSError:  # another process finished first: use its copy
+            if not os.path.isfile(os.path.join(target, "config.json")):
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target

@@ -1,0 +1,131 @@
+"""Captioner stage (GPU actor pool; CPU for tests and demos): sampled frames -> captions, batched."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from model import GenerationSettings, generate_captions, load_pllava
+from model.prompts import prompt_id
+from pipeline import schema as S
+from pipeline.config import ModelConfig
+from pipeline.sampler import frames_from_bytes
+
+logger = logging.getLogger(__name__)
+
+CAPTION_COLUMNS = {
+    S.CAPTION: pa.string(),
+    S.MODEL: pa.string(),
+    S.PROMPT_ID: pa.string(),
+    S.NUM_FRAMES: pa.int32(),
+    S.POOLING: pa.string(),
+    S.NUM_TOKENS: pa.int32(),
+    S.TRUNCATED: pa.bool_(),
+    S.CAPTION_S: pa.float64(),
+}
+
+
+def resolve_model_dir(name: str) -> str:
+    """``tiny`` -> the offline tiny model's folder (built on first use); anything else as given."""
+    if name == "tiny":
+        from model.tiny import ensure_tiny_pllava
+
+        return ensure_tiny_pllava()
+    return name
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Captioner:
+    """Loads the model once per actor; each call captions the batch's good rows in one ``generate``.
+
+    A batch that runs out of GPU memory is split in halves and retried; a single video that still
+    fails becomes an error row of stage ``caption``.
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        generation: GenerationSettings,
+        query: str,
+        num_frames: int,
+        image_size: int,
+        device: str | None = None,
+    ) -> None:
+        dtype = getattr(torch, model_cfg.dtype) if model_cfg.dtype else None
+        self.model, self.processor = load_pllava(
+            resolve_model_dir(model_cfg.model),
+            weights_dir=model_cfg.weights_dir,
+            lora_alpha=model_cfg.lora_alpha,
+            device=device,
+            dtype=dtype,
+            attn_implementation=model_cfg.attn_implementation,
+            num_frames=num_frames,
+            pooling_shape=model_cfg.pooling_shape,
+            template=model_cfg.template,
+        )
+        if image_size != self.model.config.image_size:
+            raise ValueError(f"frames are sampled at {image_size}px but the vision tower takes "
+                             f"{self.model.config.image_size}px")
+        self.generation = generation
+        self.query = query
+        self.num_frames = num_frames
+        self.image_size = image_size
+        self.model_name = f"{model_cfg.model if model_cfg.model == 'tiny' else self.model.name_or_path}@{self.model.fingerprint}"
+        self.prompt_id = prompt_id(self.processor.template, self.processor.render(query))
+        self.pooling = "x".join(str(x) for x in self.model.config.pooling_shape)
+
+    def _caption(self, frames_list: list) -> list:
+        """Results for a list of frame arrays: CaptionResult, or an error string per video."""
+        started = time.perf_counter()
+        try:
+            results = generate_captions(self.model, self.processor, torch.from_numpy(np.stack(frames_list)),
+                                        self.query, self.generation)
+            elapsed = (time.perf_counter() - started) / len(frames_list)
+            return [(r, elapsed) for r in results]
+        except RuntimeError as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(frames_list) == 1:
+                return [(f"caption: out of memory for one video: {str(exc).splitlines()[0]}", 0.0)]
+            half = len(frames_list) // 2
+            logger.warning("out of memory at batch %d; retrying as %d + %d", len(frames_list), half,
+                           len(frames_list) - half)
+            return self._caption(frames_list[:half]) + self._caption(frames_list[half:])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        S.require_columns(batch.column_names, [S.FRAMES, S.ERROR], "Captioner")
+        errors = batch.column(S.ERROR).to_pylist()
+        stages = batch.column(S.ERROR_STAGE).to_pylist()
+        reasons = batch.column(S.ERROR_REASON).to_pylist()
+        good = [i for i, e in enumerate(errors) if e is None]
+        blobs = batch.column(S.FRAMES).to_pylist()
+        frames = [frames_from_bytes(blobs[i], self.num_frames, self.image_size) for i in good]
+        new = {name: [None] * batch.num_rows for name in CAPTION_COLUMNS}
+        for i, (result, seconds) in zip(good, self._caption(frames) if frames else []):
+            if isinstance(result, str):
+                errors[i], stages[i], reasons[i] = result, S.STAGE_CAPTION, "out_of_memory"
+                continue
+            new[S.CAPTION][i] = result.text
+            new[S.NUM_TOKENS][i] = result.num_tokens
+            new[S.TRUNCATED][i] = result.truncated
+            new[S.CAPTION_S][i] = seconds
+        for i in range(batch.num_rows):
+            new[S.MODEL][i] = self.model_name
+            new[S.PROMPT_ID][i] = self.prompt_id
+            new[S.NUM_FRAMES][i] = self.num_frames
+            new[S.POOLING][i] = self.pooling
+        out = batch.drop_columns([S.FRAMES])
+        for name, values in ((S.ERROR, errors), (S.ERROR_STAGE, stages), (S.ERROR_REASON, reasons)):
+            out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, pa.string()))
+        for name, kind in CAPTION_COLUMNS.items():
+            out = out.append_column(pa.field(name, kind), pa.array(new[name], kind))
+        return out

@@ -1,0 +1,191 @@
+"""Typed configuration of a recaption job, validated as a whole before the cluster starts.
+
+Only ``jobs/`` parses flags and YAML; they build a :class:`JobConfig` with :meth:`JobConfig.from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from model.captioning import GenerationSettings
+from pipeline.frames import SamplingConfig
+from pipeline.storage import RetryPolicy, redact
+
+LIST_FORMATS = ("auto", "txt", "csv", "jsonl", "parquet", "annotations", "prefix")
+OUTPUT_FORMATS = ("parquet", "webdataset")
+VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "mov", "avi", "m4v", "gif")
+
+
+@dataclass
+class SourceConfig:
+    """Where the list of videos comes from.
+
+    ``input`` is a list file (txt, csv, jsonl, parquet, or an Inter4K-style ``annotations.json``) or a
+    prefix to list. ``videos_prefix`` resolves annotation names and relative paths in lists (default:
+    the list's folder). ``extensions``: candidates tried in order for annotation names, and the
+    files kept when listing a prefix.
+    """
+
+    input: str = ""
+    format: str = "auto"
+    videos_prefix: str | None = None
+    extensions: tuple[str, ...] = ("mp4", "mkv", "webm")
+    uri_column: str | None = None
+    id_column: str = "video_id"
+    name_key: str = "video_name"
+    limit: int | None = None
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.input:
+            out.append("source.input is required (a list file or a prefix)")
+        if self.format not in LIST_FORMATS:
+            out.append(f"source.format must be one of {LIST_FORMATS}, got {self.format!r}")
+        if not self.extensions:
+            out.append("source.extensions must not be empty")
+        if self.limit is not None and self.limit < 1:
+            out.append(f"source.limit must be >= 1, got {self.limit}")
+        return out
+
+
+@dataclass
+class ModelConfig:
+    """``model`` is a model folder or ``tiny`` (an offline random model built on the spot)."""
+
+    model: str = "tiny"
+    weights_dir: str | None = None
+    lora_alpha: float | None = None
+    pooling_shape: tuple[int, int, int] | None = None
+    template: str | None = None
+    dtype: str | None = None
+    attn_implementation: str = "sdpa"
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.model:
+            out.append("model.model is required (a model folder or 'tiny')")
+        if self.dtype not in (None, "bfloat16", "float16", "float32"):
+            out.append(f"model.dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
+        if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
+            out.append(f"model.attn_implementation must be sdpa, eager or flash_attention_2, got {self.attn_implementation!r}")
+        if self.pooling_shape is not None and (len(self.pooling_shape) != 3 or min(self.pooling_shape) < 1):
+            out.append(f"model.pooling_shape must be 3 positive ints, got {self.pooling_shape}")
+        return out
+
+
+@dataclass
+class ResourceConfig:
+    """How many actors and what each reserves. ``None`` means: decided from the cluster at start.
+
+    ``caption_num_gpus`` defaults to 1 per actor when the cluster has GPUs (pool size = GPUs), 0 otherwise.
+    """
+
+    batch_size: int = 8
+    decode_concurrency: int = 2
+    decode_num_cpus: float = 1.0
+    decode_io_threads: int = 4
+    caption_concurrency: int | None = None
+    caption_num_gpus: float | None = None
+    caption_num_cpus: float = 1.0
+    rows_per_file: int = 256
+    ray_num_cpus: int | None = None
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("batch_size", "decode_concurrency", "decode_io_threads", "rows_per_file"):
+            if getattr(self, name) < 1:
+                out.append(f"resources.{name} must be >= 1, got {getattr(self, name)}")
+        if self.caption_concurrency is not None and self.caption_concurrency < 1:
+            out.append(f"resources.caption_concurrency must be >= 1, got {self.caption_concurrency}")
+        for name in ("decode_num_cpus", "caption_num_cpus"):
+            if getattr(self, name) < 0:
+                out.append(f"resources.{name} must be >= 0")
+        return out
+
+
+@dataclass
+class OutputConfig:
+    output: str = ""
+    formats: tuple[str, ...] = ("parquet",)
+    keyframes: bool = True
+    retry_errors: bool = False
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.output:
+            out.append("output.output is required (a folder or object-store prefix)")
+        bad = [f for f in self.formats if f not in OUTPUT_FORMATS]
+        if bad or not self.formats:
+            out.append(f"output.formats must be a non-empty subset of {OUTPUT_FORMATS}, got {list(self.formats)}")
+        return out
+
+
+@dataclass
+class JobConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    prompt: str | None = None
+    prompt_file: str | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "JobConfig":
+        """Raises ValueError listing every problem at once."""
+        problems = []
+        for part in (self.source, self.model, self.resources, self.output):
+            problems += part.problems()
+        if self.prompt is not None and self.prompt_file is not None:
+            problems.append("give prompt or prompt_file, not both")
+        if problems:
+            raise ValueError("invalid job config:\n  - " + "\n  - ".join(problems))
+        return self
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "JobConfig":
+        """Build from nested sections (``source:``, ``sampling:``, ...); every problem reported at once.
+
+        Raises:
+            ValueError: unknown sections or keys, invalid values.
+        """
+        problems: list[str] = []
+        sections = {f.name: f for f in fields(cls)}
+        built: dict[str, Any] = {}
+        for key, value in (raw or {}).items():
+            if key not in sections:
+                problems.append(f"unknown config section {key!r}; known: {sorted(sections)}")
+                continue
+            default = sections[key].default_factory() if sections[key].default_factory is not dataclasses.MISSING else None
+            if dataclasses.is_dataclass(default):
+                known = {f.name for f in fields(default)}
+                unknown = sorted(set(value or {}) - known)
+                if unknown:
+                    problems.append(f"unknown keys in {key}: {unknown}; known: {sorted(known)}")
+                    continue
+                values = {k: tuple(v) if isinstance(v, list) else v for k, v in (value or {}).items()}
+                try:
+                    built[key] = type(default)(**values)
+                except (TypeError, ValueError) as exc:
+                    problems.append(f"{key}: {exc}")
+            else:
+                built[key] = value
+        config = cls(**built)
+        try:
+            config.validate()
+        except ValueError as exc:
+            problems += [line.strip()[2:] for line in str(exc).splitlines()[1:]]
+        if problems:
+            raise ValueError("invalid job config:\n  - " + "\n  - ".join(problems))
+        return config
+
+    def to_dict(self, redacted: bool = True) -> dict[str, Any]:
+        """Plain data; ``storage_options`` (credentials) masked unless ``redacted=False``."""
+        data = dataclasses.asdict(self)
+        if redacted:
+            data["storage_options"] = redact(data["storage_options"])
+        return data

@@ -1,0 +1,143 @@
+"""Resume: what an output already holds, which videos to skip, and repairs after a killed or retried run.
+
+A run that dies leaves only whole files (atomic writes) plus maybe hidden temporaries and WebDataset
+tars whose Parquet file was never written. A ``--retry-errors`` run writes a new row for a video whose
+old error row sits in an older file. :func:`reconcile` fixes all three, so the output ends with exactly
+one row per video: a caption beats an error, then the newest row wins.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import schema as S
+from pipeline.sinks import PARQUET_DIR, WEBDATASET_DIR, sample_key
+from pipeline.storage import get_fs, join, list_files, remove, write_atomic
+
+logger = logging.getLogger(__name__)
+
+_SCAN_COLUMNS = [S.VIDEO_ID, S.ERROR, S.CREATED_AT]
+
+
+@dataclass
+class OutputState:
+    """One row per Parquet row of the output: ``video_id``, ``ok``, ``created_at``, ``file``."""
+
+    rows: pa.Table
+    files: list[str] = field(default_factory=list)
+
+    def done_ids(self, retry_errors: bool) -> pa.Array:
+        """Ids to skip: every id already written, or only the captioned ones with ``retry_errors``."""
+        table = self.rows.filter(self.rows.column("ok")) if retry_errors else self.rows
+        return pc.unique(table.column(S.VIDEO_ID).combine_chunks())
+
+
+def _read_columns(uri: str, storage_options: dict | None) -> pa.Table:
+    fs, path = get_fs(uri, storage_options)
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f, columns=_SCAN_COLUMNS)
+    return pa.table({
+        S.VIDEO_ID: table.column(S.VIDEO_ID),
+        "ok": pc.is_null(table.column(S.ERROR)),
+        S.CREATED_AT: table.column(S.CREATED_AT),
+        "file": pa.array([uri] * table.num_rows, pa.string()),
+    })
+
+
+def scan_output(output: str, storage_options: dict | None = None, threads: int = 16) -> OutputState:
+    """Read the id, status and time columns of every Parquet file under ``output/parquet``."""
+    files = list_files(join(output, PARQUET_DIR), storage_options, suffix=".parquet")
+    files = [f for f in files if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
+    empty = pa.table({S.VIDEO_ID: pa.array([], pa.string()), "ok": pa.array([], pa.bool_()),
+                      S.CREATED_AT: pa.array([], S.OUTPUT_SCHEMA.field(S.CREATED_AT).type),
+                      "file": pa.array([], pa.string())})
+    if not files:
+        return OutputState(empty, [])
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        tables = list(pool.map(lambda f: _read_columns(f, storage_options), files))
+    return OutputState(pa.concat_tables([empty] + tables), files)
+
+
+def _losing_rows(state: OutputState) -> dict[str, set[str]]:
+    """For ids present more than once: file -> ids to drop from it (keep caption over error, then newest)."""
+    rows = state.rows
+    counts = pc.value_counts(rows.column(S.VIDEO_ID).combine_chunks())
+    dup_ids = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    if len(dup_ids) == 0:
+        return {}
+    dups = rows.filter(pc.is_in(rows.column(S.VIDEO_ID), value_set=dup_ids))
+    order = dups.sort_by([(S.VIDEO_ID, "ascending"), ("ok", "descending"), (S.CREATED_AT, "descending"),
+                          ("file", "descending")])
+    drop: dict[str, set[str]] = {}
+    seen: set[str] = set()
+    for video_id, file in zip(order.column(S.VIDEO_ID).to_pylist(), order.column("file").to_pylist()):
+        if video_id in seen:
+            drop.setdefault(file, set()).add(video_id)
+        seen.add(video_id)
+    return drop
+
+
+def _rewrite_without(uri: str, ids: set[str], storage_options: dict | None) -> int:
+    fs, path = get_fs(uri, storage_options)
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f)
+    keep = table.filter(pc.invert(pc.is_in(table.column(S.VIDEO_ID), value_set=pa.array(sorted(ids)))))
+    tar_uri = shard_for(uri)
+    tar_fs, tar_path = get_fs(tar_uri, storage_options)
+    if tar_fs.exists(tar_path):  # drop the same samples from the matching WebDataset shard first
+        write_atomic(tar_uri, _tar_without(tar_fs.cat_file(tar_path), {sample_key(i) for i in ids}), storage_options)
+    if keep.num_rows == 0:
+        remove(uri, storage_options)
+        remove(tar_uri, storage_options)
+    else:
+        buffer = io.BytesIO()
+        pq.write_table(keep, buffer, compression="zstd")
+        write_atomic(uri, buffer.getvalue(), storage_options)
+    return table.num_rows - keep.num_rows
+
+
+def shard_for(parquet_uri: str) -> str:
+    """The WebDataset shard written with a Parquet file (same batch name)."""
+    folder, name = parquet_uri.rsplit("/", 1)
+    base = folder.rsplit("/", 1)[0]
+    return join(base, WEBDATASET_DIR, "shard-" + name[len("part-"): -len(".parquet")] + ".tar")
+
+
+def _tar_without(data: bytes, keys: set[str]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for member in src.getmembers():
+            if member.name.split("/")[-1].split(".", 1)[0] in keys:
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return out.getvalue()
+
+
+def reconcile(output: str, storage_options: dict | None = None) -> dict[str, int]:
+    """Remove hidden temporaries, orphan WebDataset tars and duplicate rows. Safe to run any time no job
+    is writing to ``output``; returns what it removed."""
+    stats = {"temporaries": 0, "orphan_tars": 0, "duplicate_rows": 0}
+    for folder in (PARQUET_DIR, WEBDATASET_DIR):
+        for uri in list_files(join(output, folder), storage_options):
+            if uri.rsplit("/", 1)[-1].startswith(".tmp-"):
+                remove(uri, storage_options)
+                stats["temporaries"] += 1
+    state = scan_output(output, storage_options)
+    names = {f.rsplit("/", 1)[-1][len("part-"): -len(".parquet")] for f in state.files}
+    for uri in list_files(join(output, WEBDATASET_DIR), storage_options, suffix=".tar"):
+        if uri.rsplit("/", 1)[-1][len("shard-"): -len(".tar")] not in names:
+            remove(uri, storage_options)
+            stats["orphan_tars"] += 1
+    for uri, ids in sorted(_losing_rows(state).items()):
+        stats["duplicate_rows"] += _rewrite_without(uri, ids, storage_options)
+    if any(stats.values()):
+        logger.info("reconciled %s: %s", output, stats)
+    return stats

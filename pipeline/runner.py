@@ -1,0 +1,212 @@
+"""Compose the stages into one Ray Data pipeline and run a recaption job with resume and a run summary.
+
+Where the job runs (local Ray or a cluster) is decided here and only here; what each stage does lives in
+plain functions and small callable classes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from model.prompts import read_prompt
+from pipeline import schema as S
+from pipeline.captioner import Captioner
+from pipeline.config import JobConfig
+from pipeline.resume import reconcile, scan_output
+from pipeline.sampler import FrameSampler
+from pipeline.sinks import RUNS_DIR, ShardWriter
+from pipeline.sources import read_video_refs
+from pipeline.storage import join, write_atomic
+
+logger = logging.getLogger(__name__)
+
+LIGHT_NUM_CPUS = 0.25  # list filtering and file writing: I/O-bound, must fit beside the actor pools
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster named by ``RAY_ADDRESS`` (set under ``ray job submit``), else start a local Ray.
+
+    An explicit ``address="local"`` keeps a stale ``ray start`` session on this machine from being joined.
+    """
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False,
+                 log_to_driver=False)
+
+
+class SkipDone:
+    """Drop rows whose ``video_id`` is already finished in the output (a vectorised anti-join)."""
+
+    def __init__(self, done_ids: pa.Array) -> None:
+        self.done_ids = done_ids
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if len(self.done_ids) == 0:
+            return batch
+        return batch.filter(pc.invert(pc.is_in(batch.column(S.VIDEO_ID), value_set=self.done_ids)))
+
+
+@dataclass(frozen=True)
+class CaptionPlacement:
+    concurrency: int
+    num_gpus: float
+    num_cpus: float
+    device: str
+
+
+def place_captioner(cfg: JobConfig) -> CaptionPlacement:
+    """One actor per GPU when the cluster has GPUs; one CPU actor otherwise (tests, demos)."""
+    gpus = ray.cluster_resources().get("GPU", 0)
+    res = cfg.resources
+    num_gpus = res.caption_num_gpus if res.caption_num_gpus is not None else (1.0 if gpus else 0.0)
+    if num_gpus > 0:
+        default = max(1, int(gpus // num_gpus))
+        return CaptionPlacement(res.caption_concurrency or default, num_gpus, res.caption_num_cpus, "cuda")
+    return CaptionPlacement(res.caption_concurrency or 1, 0.0, res.caption_num_cpus, "cpu")
+
+
+def build_pipeline(
+    cfg: JobConfig, query: str, run_id: str, done_ids: pa.Array, placement: CaptionPlacement
+) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
+    """``VideoRef rows -> manifest rows`` (one per written file). Lazy: nothing runs until consumed."""
+    res = cfg.resources
+    keyframes = "webdataset" in cfg.output.formats and cfg.output.keyframes
+
+    def pipeline(refs: ray.data.Dataset) -> ray.data.Dataset:
+        todo = refs.map_batches(SkipDone(done_ids), batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
+        sampled = todo.map_batches(
+            FrameSampler,
+            fn_constructor_args=(cfg.sampling, cfg.storage_options, cfg.retry, keyframes, res.decode_io_threads),
+            batch_size=res.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=res.decode_concurrency),
+            num_cpus=res.decode_num_cpus,
+        )
+        captioned = sampled.map_batches(
+            Captioner,
+            fn_constructor_args=(cfg.model, cfg.generation, query, cfg.sampling.num_frames,
+                                 cfg.sampling.image_size, placement.device),
+            batch_size=res.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=placement.concurrency),
+            num_gpus=placement.num_gpus,
+            num_cpus=placement.num_cpus,
+        )
+        return captioned.map_batches(
+            ShardWriter(cfg.output, run_id, cfg.storage_options),
+            batch_size=res.rows_per_file,
+            batch_format="pyarrow",
+            num_cpus=LIGHT_NUM_CPUS,
+        )
+
+    return pipeline
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def run_job(cfg: JobConfig, run_id: str | None = None) -> dict:
+    """Run (or resume) a recaption job; returns the run summary, also written to ``_runs/<run_id>.json``.
+
+    Raises:
+        ValueError: invalid configuration (every problem listed).
+        FileNotFoundError: the video list does not exist.
+    """
+    cfg.validate()
+    query = read_prompt(cfg.prompt, cfg.prompt_file)
+    run_id = run_id or new_run_id()
+    started = time.perf_counter()
+    out = cfg.output
+    repaired = reconcile(out.output, cfg.storage_options)
+    before = scan_output(out.output, cfg.storage_options)
+    done_ids = before.done_ids(out.retry_errors)
+    init_ray(cfg.resources.ray_num_cpus)
+    placement = place_captioner(cfg)
+    logger.info("run %s: %d videos already done; captioner x%d on %s", run_id, len(done_ids),
+                placement.concurrency, placement.device)
+    refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=cfg.resources.batch_size)
+    manifests = build_pipeline(cfg, query, run_id, done_ids, placement)(refs)
+    written = []
+    for row in manifests.iter_rows():
+        written.append(json.loads(row["manifest"]))
+        done = sum(m["rows"] for m in written)
+        logger.info("wrote %s (%d videos this run)", written[-1]["file"], done)
+    wall_s = time.perf_counter() - started
+    repaired_after = reconcile(out.output, cfg.storage_options)
+    summary = summarise(cfg, run_id, written, wall_s, len(done_ids), repaired, repaired_after)
+    write_atomic(join(out.output, RUNS_DIR, f"{run_id}.json"),
+                 json.dumps(summary, indent=2, default=str).encode(), cfg.storage_options)
+    return summary
+
+
+def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, skipped: int,
+              repaired: dict, repaired_after: dict) -> dict:
+    """This run's counts and speeds plus the state of the whole output afterwards."""
+    failed: Counter = Counter()
+    for m in written:
+        failed.update(m["failed"])
+    processed = sum(m["rows"] for m in written)
+    state = scan_output(cfg.output.output, cfg.storage_options)
+    total_ok = int(pc.sum(state.rows.column("ok")).as_py() or 0)
+    return {
+        "run_id": run_id,
+        "output": cfg.output.output,
+        "this_run": {
+            "videos": processed,
+            "ok": sum(m["ok"] for m in written),
+            "failed": sum(failed.values()),
+            "failed_by_reason": dict(sorted(failed.items())),
+            "skipped_already_done": skipped,
+            "files_written": len(written),
+            "wall_s": round(wall_s, 3),
+            "videos_per_s": round(processed / wall_s, 4) if wall_s > 0 else None,
+            "decode_s": round(sum(m["decode_s"] for m in written), 3),
+            "caption_s": round(sum(m["caption_s"] for m in written), 3),
+            "tokens_generated": sum(m["tokens"] for m in written),
+            "hit_token_limit": sum(m["truncated"] for m in written),
+        },
+        "output_total": {
+            "videos": state.rows.num_rows,
+            "ok": total_ok,
+            "failed": state.rows.num_rows - total_ok,
+            "parquet_files": len(state.files),
+        },
+        "repairs": {"before": repaired, "after": repaired_after},
+        "config": cfg.to_dict(redacted=True),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    run, total = summary["this_run"], summary["output_total"]
+    lines = [
+        f"run {summary['run_id']} -> {summary['output']}",
+        f"  this run: {run['videos']} videos ({run['ok']} ok, {run['failed']} failed), "
+        f"{run['skipped_already_done']} skipped as already done",
+    ]
+    for reason, count in run["failed_by_reason"].items():
+        lines.append(f"    failed {reason}: {count}")
+    lines += [
+        f"  speed: {run['videos_per_s']} videos/s over {run['wall_s']} s; decode {run['decode_s']} s, "
+        f"caption {run['caption_s']} s (summed over workers); {run['tokens_generated']} tokens generated, "
+        f"{run['hit_token_limit']} captions hit the token limit",
+        f"  output now: {total['videos']} videos ({total['ok']} ok, {total['failed']} failed) "
+        f"in {total['parquet_files']} Parquet files",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""FrameSampler stage (CPU actors): object bytes -> sampled uint8 frames + video metadata, or an error row."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import schema as S
+from pipeline.frames import SampledVideo, SamplingConfig, VideoDecodeError, sample_frames
+from pipeline.storage import ReadError, RetryPolicy, is_local, local_path, read_bytes
+
+logger = logging.getLogger(__name__)
+
+# Columns this stage adds, with their Arrow types.
+SAMPLED_COLUMNS = {
+    S.FRAMES: pa.large_binary(),
+    S.KEYFRAME_JPEG: pa.binary(),
+    S.DURATION_S: pa.float64(),
+    S.FPS: pa.float64(),
+    S.WIDTH: pa.int32(),
+    S.HEIGHT: pa.int32(),
+    S.FRAME_COUNT: pa.int64(),
+    S.DECODER: pa.string(),
+    S.DECODE_S: pa.float64(),
+}
+
+
+def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def frames_from_bytes(data: bytes, num_frames: int, image_size: int) -> np.ndarray:
+    """Inverse of the stage's packing: raw bytes -> ``uint8 (T, S, S, 3)``."""
+    return np.frombuffer(data, dtype=np.uint8).reshape(num_frames, image_size, image_size, 3)
+
+
+class FrameSampler:
+    """Reads each video (bounded retries), samples ``num_frames`` frames at ``image_size``, records metadata.
+
+    Rows that already carry an error pass through untouched; read and decode failures set ``error``,
+    ``error_stage`` and ``error_reason`` and the job goes on.
+    """
+
+    def __init__(
+        self,
+        sampling: SamplingConfig,
+        storage_options: dict | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        keyframes: bool = False,
+        io_threads: int = 4,
+    ) -> None:
+        self.sampling = sampling
+        self.storage_options = storage_options or {}
+        self.retry = retry
+        self.keyframes = keyframes
+        self.pool = ThreadPoolExecutor(max_workers=io_threads)
+
+    def _fetch(self, uri: str) -> str | bytes | ReadError:
+        if is_local(uri):
+            return local_path(uri)  # decoders read local files directly
+        try:
+            return read_bytes(uri, self.storage_options, self.retry)
+        except ReadError as exc:
+            return exc
+
+    def _sample(self, source, start_s, end_s) -> SampledVideo:
+        if isinstance(source, str):
+            try:
+                return sample_frames(source, self.sampling, start_s, end_s)
+            except FileNotFoundError as exc:
+                raise ReadError("not_found", str(exc)) from exc
+        return sample_frames(source, self.sampling, start_s, end_s)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        S.require_columns(batch.column_names, [S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.ERROR], "FrameSampler")
+        rows = batch.select([S.URI, S.START_S, S.END_S, S.ERROR]).to_pylist()
+        pending = [i for i, r in enumerate(rows) if r[S.ERROR] is None]
+        fetched = dict(zip(pending, self.pool.map(lambda i: self._fetch(rows[i][S.URI]), pending)))
+        new: dict[str, list] = {name: [] for name in SAMPLED_COLUMNS}
+        errors = batch.column(S.ERROR).to_pylist()
+        stages = batch.column(S.ERROR_STAGE).to_pylist()
+        reasons = batch.column(S.ERROR_REASON).to_pylist()
+        for i, row in enumerate(rows):
+            video, started = None, time.perf_counter()
+            source = fetched.get(i)
+            if isinstance(source, ReadError):
+                errors[i], stages[i], reasons[i] = f"read: {source}", S.STAGE_READ, source.reason
+            elif source is not None:
+                try:
+                    video = self._sample(source, row[S.START_S], row[S.END_S])
+                except ReadError as exc:
+                    errors[i], stages[i], reasons[i] = f"read: {exc}", S.STAGE_READ, exc.reason
+                except VideoDecodeError as exc:
+                    errors[i], stages[i], reasons[i] = f"decode: {exc}", S.STAGE_DECODE, exc.reason
+            elapsed = time.perf_counter() - started
+            info = video.info if video is not None else None
+            new[S.FRAMES].append(video.frames.tobytes() if video is not None else b"")
+            middle = video.frames[len(video.frames) // 2] if video is not None and self.keyframes else None
+            new[S.KEYFRAME_JPEG].append(encode_jpeg(middle) if middle is not None else None)
+            new[S.DURATION_S].append(info.duration_s if info else None)
+            new[S.FPS].append(info.fps if info else None)
+            new[S.WIDTH].append(info.width if info else None)
+            new[S.HEIGHT].append(info.height if info else None)
+            new[S.FRAME_COUNT].append(info.frame_count if info else None)
+            new[S.DECODER].append(info.decoder if info else None)
+            new[S.DECODE_S].append(elapsed if source is not None else None)
+        out = batch
+        for name, values in ((S.ERROR, errors), (S.ERROR_STAGE, stages), (S.ERROR_REASON, reasons)):
+            out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, pa.string()))
+        for name, kind in SAMPLED_COLUMNS.items():
+            if name in out.column_names:
+                out = out.drop_columns([name])
+            out = out.append_column(pa.field(name, kind), pa.array(new[name], kind))
+        return out

@@ -1,0 +1,86 @@
+"""The data contract: column names of every stage and the output Parquet schema, in one place."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# -- input rows (VideoRef) -----------------------------------------------------------------------------
+VIDEO_ID = "video_id"
+URI = "uri"
+START_S = "start_s"
+END_S = "end_s"
+
+# -- set by stages ------------------------------------------------------------------------------------
+ERROR = "error"
+ERROR_STAGE = "error_stage"
+ERROR_REASON = "error_reason"
+FRAMES = "frames"  # uint8 (T, S, S, 3); empty (0, S, S, 3) on error rows; never written out
+KEYFRAME_JPEG = "keyframe_jpeg"  # JPEG bytes of the middle sampled frame (WebDataset only)
+CAPTION = "caption"
+MODEL = "model"
+PROMPT_ID = "prompt_id"
+NUM_FRAMES = "num_frames"
+POOLING = "pooling"
+DURATION_S = "duration_s"
+FPS = "fps"
+WIDTH = "width"
+HEIGHT = "height"
+FRAME_COUNT = "frame_count"
+DECODER = "decoder"
+NUM_TOKENS = "num_tokens"
+TRUNCATED = "truncated"
+DECODE_S = "decode_s"
+CAPTION_S = "caption_s"
+RUN_ID = "run_id"
+CREATED_AT = "created_at"
+
+# Stages that can set ``error_stage``.
+STAGE_SOURCE = "source"  # the list named a video that does not exist
+STAGE_READ = "read"  # object store: permanent error or retries exhausted
+STAGE_DECODE = "decode"  # the bytes are not a decodable video
+STAGE_CAPTION = "caption"  # the model failed on this video
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        pa.field(VIDEO_ID, pa.string(), nullable=False),
+        pa.field(URI, pa.string(), nullable=False),
+        pa.field(START_S, pa.float64()),
+        pa.field(END_S, pa.float64()),
+        pa.field(CAPTION, pa.string()),
+        pa.field(ERROR, pa.string()),
+        pa.field(ERROR_STAGE, pa.string()),
+        pa.field(ERROR_REASON, pa.string()),
+        pa.field(MODEL, pa.string()),
+        pa.field(PROMPT_ID, pa.string()),
+        pa.field(NUM_FRAMES, pa.int32()),
+        pa.field(POOLING, pa.string()),
+        pa.field(DURATION_S, pa.float64()),
+        pa.field(FPS, pa.float64()),
+        pa.field(WIDTH, pa.int32()),
+        pa.field(HEIGHT, pa.int32()),
+        pa.field(FRAME_COUNT, pa.int64()),
+        pa.field(DECODER, pa.string()),
+        pa.field(NUM_TOKENS, pa.int32()),
+        pa.field(TRUNCATED, pa.bool_()),
+        pa.field(DECODE_S, pa.float64()),
+        pa.field(CAPTION_S, pa.float64()),
+        pa.field(RUN_ID, pa.string()),
+        pa.field(CREATED_AT, pa.timestamp("us", tz="UTC")),
+    ]
+)
+OUTPUT_COLUMNS = tuple(OUTPUT_SCHEMA.names)
+INPUT_COLUMNS = (VIDEO_ID, URI, START_S, END_S)
+# Columns that exist only inside the pipeline.
+INTERNAL_COLUMNS = (FRAMES, KEYFRAME_JPEG)
+
+
+def require_columns(columns, needed, stage: str) -> None:
+    """Raises KeyError naming the missing columns when a stage gets a batch without what it needs."""
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise KeyError(f"{stage} needs columns {missing}; the batch has {sorted(columns)}")
+
+
+def extra_columns(columns) -> list[str]:
+    """Input-list columns passed through unchanged (everything the pipeline does not own)."""
+    return [c for c in columns if c not in OUTPUT_COLUMNS and c not in INTERNAL_COLUMNS]

@@ -1,0 +1,129 @@
+"""Sinks: each batch of finished rows becomes one Parquet file (and one WebDataset tar), written atomically.
+
+Layout under the output URI::
+
+    parquet/part-<h>.parquet     the system of record, one row per video (caption or error)
+    webdataset/shard-<h>.tar     {key}.json (caption + metadata) and {key}.jpg (middle keyframe), captioned rows
+    _runs/<run_id>.json          run summaries
+
+``<h>`` hashes the batch's video ids, so a batch that is redone gets the same file name. The tar is
+written before the Parquet file: a Parquet file present means its batch is complete, and a tar
+without its Parquet file is an orphan removed at the next start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import schema as S
+from pipeline.config import OutputConfig
+from pipeline.storage import join, write_atomic
+
+PARQUET_DIR = "parquet"
+WEBDATASET_DIR = "webdataset"
+RUNS_DIR = "_runs"
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# Metadata copied into each WebDataset sample's JSON.
+WDS_FIELDS = (S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.CAPTION, S.MODEL, S.PROMPT_ID, S.NUM_FRAMES, S.POOLING,
+              S.DURATION_S, S.FPS, S.WIDTH, S.HEIGHT, S.NUM_TOKENS, S.TRUNCATED, S.RUN_ID)
+
+
+def batch_name(video_ids: list[str]) -> str:
+    return hashlib.sha1("\n".join(sorted(video_ids)).encode()).hexdigest()[:16]
+
+
+def sample_key(video_id: str) -> str:
+    """A WebDataset key: no dots or slashes (they split keys); a hash suffix keeps altered ids unique."""
+    safe = _KEY_UNSAFE.sub("_", video_id)
+    return safe if safe == video_id else f"{safe}_{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
+
+
+def conform(batch: pa.Table, run_id: str, created_at: datetime) -> pa.Table:
+    """The output record: every schema column in order and type (missing ones null), then extra columns."""
+    n = batch.num_rows
+    columns, fields = [], []
+    for field in S.OUTPUT_SCHEMA:
+        if field.name == S.RUN_ID:
+            array = pa.array([run_id] * n, field.type)
+        elif field.name == S.CREATED_AT:
+            array = pa.array([created_at] * n, field.type)
+        elif field.name in batch.column_names:
+            array = batch.column(field.name).cast(field.type)
+        else:
+            array = pa.nulls(n, field.type)
+        columns.append(array)
+        fields.append(field)
+    for name in S.extra_columns(batch.column_names):
+        columns.append(batch.column(name))
+        fields.append(batch.schema.field(name))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _webdataset_tar(table: pa.Table, keyframes: list[bytes | None]) -> tuple[bytes, int]:
+    import webdataset as wds
+
+    buffer = io.BytesIO()
+    written = 0
+    with wds.TarWriter(buffer, encoder=False, mtime=0) as sink:
+        for row, jpeg in zip(table.select(list(WDS_FIELDS)).to_pylist(), keyframes):
+            if row[S.CAPTION] is None:
+                continue
+            sample = {"__key__": sample_key(row[S.VIDEO_ID]), "json": json.dumps(row, default=str).encode()}
+            if jpeg:
+                sample["jpg"] = jpeg
+            sink.write(sample)
+            written += 1
+    return buffer.getvalue(), written
+
+
+class ShardWriter:
+    """Writes one batch of finished rows and returns a one-row manifest (counts and stage times)."""
+
+    def __init__(self, out: OutputConfig, run_id: str, storage_options: dict | None = None) -> None:
+        self.out = out
+        self.run_id = run_id
+        self.storage_options = storage_options or {}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        S.require_columns(batch.column_names, [S.VIDEO_ID, S.URI, S.ERROR], "ShardWriter")
+        table = conform(batch, self.run_id, datetime.now(timezone.utc))
+        name = batch_name(table.column(S.VIDEO_ID).to_pylist())
+        wds_rows = 0
+        if "webdataset" in self.out.formats:
+            keyframes = (batch.column(S.KEYFRAME_JPEG).to_pylist() if S.KEYFRAME_JPEG in batch.column_names
+                         and self.out.keyframes else [None] * batch.num_rows)
+            data, wds_rows = _webdataset_tar(table, keyframes)
+            write_atomic(join(self.out.output, WEBDATASET_DIR, f"shard-{name}.tar"), data, self.storage_options)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        parquet_uri = join(self.out.output, PARQUET_DIR, f"part-{name}.parquet")
+        write_atomic(parquet_uri, buffer.getvalue(), self.storage_options)
+        return pa.table({"manifest": [json.dumps(_manifest(table, parquet_uri, wds_rows))]})
+
+
+def _manifest(table: pa.Table, uri: str, wds_rows: int) -> dict:
+    rows = table.select([S.ERROR, S.ERROR_STAGE, S.ERROR_REASON, S.NUM_TOKENS, S.TRUNCATED,
+                         S.DECODE_S, S.CAPTION_S]).to_pylist()
+    failed: dict[str, int] = {}
+    for r in rows:
+        if r[S.ERROR] is not None:
+            key = f"{r[S.ERROR_STAGE]}/{r[S.ERROR_REASON]}"
+            failed[key] = failed.get(key, 0) + 1
+    return {
+        "file": uri,
+        "rows": len(rows),
+        "ok": sum(r[S.ERROR] is None for r in rows),
+        "failed": failed,
+        "tokens": sum(r[S.NUM_TOKENS] or 0 for r in rows),
+        "truncated": sum(bool(r[S.TRUNCATED]) for r in rows),
+        "decode_s": sum(r[S.DECODE_S] or 0.0 for r in rows),
+        "caption_s": sum(r[S.CAPTION_S] or 0.0 for r in rows),
+        "webdataset_samples": wds_rows,
+    }
