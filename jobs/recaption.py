@@ -42,7 +42,8 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser.add_argument("--retry-errors", action="store_true", help="retry videos that failed in earlier runs")
     parser.add_argument("--limit", type=int, help="only the first N videos of the list")
     parser.add_argument("--demo", action="store_true", help=f"run the embedded default into ./{DEMO_DIR}")
-    parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the summary")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also Ray Data's progress reports")
     return parser
 
 
@@ -103,8 +104,8 @@ def demo_preset(root: str = DEMO_DIR) -> dict:
     }
 
 
-def main(argv: list[str] | None = None, preset: dict | None = None, description: str = __doc__) -> int:
-    args = build_parser(description).parse_args(argv)
+def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
+    """Configure logging, build the config (preset < --config < flags), run, print the summary."""
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.demo:
@@ -116,13 +117,16 @@ def main(argv: list[str] | None = None, preset: dict | None = None, description:
         return 2
     from pipeline.runner import format_summary, run_job
 
-    summary = run_job(cfg)
+    summary = run_job(cfg, progress=args.verbose)
     print(format_summary(summary))
-    if args.demo:
-        out = cfg.output.output
-        print(f"\ncaptions: {out}/parquet/*.parquet   webdataset: {out}/webdataset/*.tar   "
-              f"summary: {out}/_runs/{summary['run_id']}.json")
+    out = cfg.output.output
+    print(f"\ncaptions: {out}/parquet/*.parquet" + (f"   webdataset: {out}/webdataset/*.tar"
+          if "webdataset" in cfg.output.formats else "") + f"   summary: {out}/_runs/{summary['run_id']}.json")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_from_args(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

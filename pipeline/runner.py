@@ -122,8 +122,10 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def run_job(cfg: JobConfig, run_id: str | None = None) -> dict:
+def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -> dict:
     """Run (or resume) a recaption job; returns the run summary, also written to ``_runs/<run_id>.json``.
+
+    ``progress`` turns on Ray Data's progress reports; the runner logs each file it writes either way.
 
     Raises:
         ValueError: invalid configuration (every problem listed).
@@ -138,6 +140,9 @@ def run_job(cfg: JobConfig, run_id: str | None = None) -> dict:
     before = scan_output(out.output, cfg.storage_options)
     done_ids = before.done_ids(out.retry_errors)
     init_ray(cfg.resources.ray_num_cpus)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    context.print_on_execution_start = progress
     placement = place_captioner(cfg)
     logger.info("run %s: %d videos already done; captioner x%d on %s", run_id, len(done_ids),
                 placement.concurrency, placement.device)

@@ -148,7 +148,7 @@ def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_p
     if fmt == "csv":
         return ray.data.read_csv(path, **light)
     if fmt == "jsonl":
-        return ray.data.read_json(path, lines=True, **light)
+        return ray.data.read_json(path, **light)  # Arrow's JSON reader takes one object per line
     if fmt == "parquet":
         return ray.data.read_parquet(path, **light)
     if fmt == "annotations":
@@ -156,7 +156,9 @@ def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_p
             items = json.load(f)
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise ValueError(f"{cfg.input}: expected a JSON list of objects like {{\"{cfg.name_key}\": \"973\"}}")
-        return _from_table(pa.Table.from_pylist([_scalar_fields(i) for i in items]), rows_per_block)
+        rows = [_scalar_fields(i) for i in items]
+        keys = list(dict.fromkeys(k for row in rows for k in row))  # entries may differ in their fields
+        return _from_table(pa.table({k: [row.get(k) for row in rows] for k in keys}), rows_per_block)
     if fmt == "prefix":
         exts = tuple(f".{e.lstrip('.')}" for e in (cfg.extensions or VIDEO_EXTENSIONS))
         uris = [u for u in list_files(cfg.input, storage_options) if u.lower().endswith(exts)]

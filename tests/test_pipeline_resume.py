@@ -1,0 +1,149 @@
+"""Resume: a driver killed with SIGKILL mid-run, then rerun, ends with exactly one row per video;
+--retry-errors replaces error rows instead of adding rows; repairs of a damaged output."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+import yaml
+
+from conftest import job_config
+from pipeline import schema as S
+from pipeline.config import OutputConfig
+from pipeline.resume import reconcile, scan_output
+from pipeline.runner import run_job
+from pipeline.sample_videos import write_video
+from pipeline.sinks import ShardWriter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def visible_parquet(out_dir):
+    folder = os.path.join(out_dir, "parquet")
+    return sorted(f for f in os.listdir(folder) if not f.startswith(".")) if os.path.isdir(folder) else []
+
+
+def read_rows(out_dir):
+    files = [os.path.join(out_dir, "parquet", f) for f in visible_parquet(out_dir)]
+    return pa.concat_tables([pq.read_table(f) for f in files]).to_pylist() if files else []
+
+
+def run_cli(args, **kwargs):
+    return subprocess.Popen([sys.executable, "jobs/recaption.py", *args], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_sigkilled_driver_then_rerun_gives_exactly_one_row_per_video(tmp_path):
+    videos = [write_video(str(tmp_path / f"v{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(10)]
+    (tmp_path / "bad.mp4").write_text("not a video")
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(videos + [str(tmp_path / "bad.mp4")]) + "\n")
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "generation": {"max_new_tokens": 120, "min_new_tokens": 120},  # slow enough to be killed mid-run
+        "resources": {"batch_size": 1, "rows_per_file": 1, "decode_concurrency": 1, "decode_num_cpus": 0.5,
+                      "caption_num_cpus": 0.5},
+    }))
+    out = str(tmp_path / "out")
+    args = ["--input", str(listing), "--output", out, "--model", "tiny", "--num-frames", "4",
+            "--format", "both", "--config", str(config)]
+
+    first = run_cli(args)
+    deadline = time.time() + 300
+    while len(visible_parquet(out)) < 3:
+        assert first.poll() is None, "the job finished before it could be killed:\n" + first.stdout.read()
+        assert time.time() < deadline, "no output appeared in time"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = read_rows(out)  # every visible file reads whole: writes are atomic
+    assert 3 <= len(before) < 11
+    assert len({r[S.VIDEO_ID] for r in before}) == len(before)
+
+    second = run_cli(args)
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output
+    after = read_rows(out)
+    ids = [r[S.VIDEO_ID] for r in after]
+    assert len(ids) == 11 and len(set(ids)) == 11
+    assert sum(r[S.ERROR] is None for r in after) == 10
+    # Finished work was kept, not redone.
+    kept = {r[S.VIDEO_ID]: r[S.RUN_ID] for r in before}
+    assert all(r[S.RUN_ID] == kept[r[S.VIDEO_ID]] for r in after if r[S.VIDEO_ID] in kept)
+    summary = json.loads(max((open(os.path.join(out, "_runs", f)).read() for f in os.listdir(os.path.join(out, "_runs"))),
+                             key=lambda text: json.loads(text)["run_id"]))
+    assert summary["this_run"]["skipped_already_done"] == len(before)
+    assert summary["this_run"]["videos"] == 11 - len(before)
+    # The WebDataset shards hold each captioned video once, and only those whose Parquet file exists.
+    tars = sorted(os.path.join(out, "webdataset", f) for f in os.listdir(os.path.join(out, "webdataset")))
+    keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
+    assert sorted(keys) == sorted(r[S.VIDEO_ID] for r in after if r[S.ERROR] is None)
+
+
+def test_retry_errors_replaces_the_error_row(ray_local, tmp_path):
+    good = write_video(str(tmp_path / "good.mp4"), 160, 120, 12, 12, seed=1)
+    late = str(tmp_path / "late.mp4")  # listed, but not there yet
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{good}\n{late}\n")
+    out = str(tmp_path / "out")
+    first = run_job(job_config(str(listing), out))
+    assert first["this_run"]["failed_by_reason"] == {"read/not_found": 1}
+
+    write_video(late, 160, 120, 12, 12, seed=2)
+    again = run_job(job_config(str(listing), out))
+    assert again["this_run"]["videos"] == 0 and again["this_run"]["skipped_already_done"] == 2
+
+    retried = run_job(job_config(str(listing), out, output={"retry_errors": True}))
+    assert retried["this_run"]["videos"] == 1 and retried["this_run"]["ok"] == 1
+    rows = read_rows(out)
+    assert len(rows) == 2 and all(r[S.ERROR] is None for r in rows)
+    assert retried["output_total"] == {"videos": 2, "ok": 2, "failed": 0, "parquet_files": 2}
+
+
+def test_reconcile_removes_temporaries_orphan_shards_and_duplicates(tmp_path):
+    out = str(tmp_path / "out")
+    writer = ShardWriter(OutputConfig(output=out, formats=("parquet", "webdataset")), run_id="r1")
+
+    def batch(ids, error=None):
+        return pa.table({S.VIDEO_ID: ids, S.URI: [f"/v/{i}.mp4" for i in ids],
+                         S.ERROR: [error] * len(ids), S.ERROR_STAGE: [error and "decode"] * len(ids),
+                         S.ERROR_REASON: [error and "undecodable"] * len(ids),
+                         S.CAPTION: [None if error else f"caption {i}" for i in ids]})
+
+    writer(batch(["a", "b"], error="decode: broken"))
+    time.sleep(0.01)
+    writer(batch(["b", "c"]))  # b retried with success: now in two files
+    (tmp_path / "out" / "webdataset" / "shard-0123456789abcdef.tar").write_bytes(b"orphan")
+    (tmp_path / "out" / "parquet" / ".tmp-1234-part-x.parquet").write_bytes(b"half")
+    stats = reconcile(out)
+    assert stats == {"temporaries": 1, "orphan_tars": 1, "duplicate_rows": 1}
+    rows = {r[S.VIDEO_ID]: r for r in read_rows(out)}
+    assert sorted(rows) == ["a", "b", "c"] and rows["b"][S.CAPTION] == "caption b"
+    assert reconcile(out) == {"temporaries": 0, "orphan_tars": 0, "duplicate_rows": 0}
+    state = scan_output(out)
+    assert sorted(state.done_ids(retry_errors=True).to_pylist()) == ["b", "c"]
+    assert sorted(state.done_ids(retry_errors=False).to_pylist()) == ["a", "b", "c"]
+
+
+def test_duplicate_captions_are_removed_from_webdataset_too(tmp_path):
+    out = str(tmp_path / "out")
+    writer = ShardWriter(OutputConfig(output=out, formats=("parquet", "webdataset")), run_id="r1")
+    table = pa.table({S.VIDEO_ID: ["x"], S.URI: ["/v/x.mp4"], S.ERROR: pa.nulls(1, pa.string()),
+                      S.ERROR_STAGE: pa.nulls(1, pa.string()), S.ERROR_REASON: pa.nulls(1, pa.string()),
+                      S.CAPTION: ["one"]})
+    writer(table)
+    writer(table.append_column("extra", pa.array([1])))  # same id, another batch name
+    reconcile(out)
+    tars = [os.path.join(out, "webdataset", f) for f in os.listdir(os.path.join(out, "webdataset"))]
+    assert [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)] == ["x"]
+    assert len(read_rows(out)) == 1
+
+
