@@ -131,6 +131,25 @@ def _bounds(fps: float, num_total: int, start_s: float | None, end_s: float | No
     return first, min(last, num_total - 1)
 
 
+def _stream_size(source: str | bytes) -> tuple[int, int] | None:
+    """(width, height) from the container header, without decoding a frame; None when PyAV cannot tell."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(source) if isinstance(source, bytes) else source) as container:
+            if not container.streams.video:
+                return None
+            context = container.streams.video[0].codec_context
+            return (context.width, context.height) if context.width and context.height else None
+    except Exception:  # noqa: BLE001 - a failed probe only means decord opens the file first
+        return None
+
+
+def _scaled(size: tuple[int, int], side: int) -> dict[str, int]:
+    width, height = scaled_size(size[0], size[1], side)
+    return {"width": width, "height": height}
+
+
 def _decode_decord(
     source: str | bytes, cfg: SamplingConfig, start_s, end_s, rng
 ) -> SampledVideo:
@@ -140,24 +159,26 @@ def _decode_decord(
         uri = io.BytesIO(source) if isinstance(source, bytes) else source
         return decord.VideoReader(uri, ctx=decord.cpu(0), num_threads=cfg.decode_threads, **size)
 
+    # The size comes from the header, so decord opens (and indexes) the file once, already scaling.
+    size = _stream_size(source)
     try:
-        probe = open_reader()
+        reader = open_reader(**_scaled(size, cfg.image_size)) if size else open_reader()
     except Exception as exc:  # noqa: BLE001 - decord raises bare RuntimeError/DECORDError on open
         raise _CannotOpen(_first_line(exc)) from exc
     try:
-        num_total = len(probe)
-        height, width = probe[0].shape[:2] if num_total else (0, 0)
-        fps = float(probe.get_avg_fps())
-        del probe
+        num_total = len(reader)
+        fps = float(reader.get_avg_fps())
         first, last = _bounds(fps, num_total, start_s, end_s)
         indices = segment_indices(num_total, cfg.num_frames, first, last, cfg.mode, rng)
-        out_w, out_h = scaled_size(width, height, cfg.image_size)
-        reader = open_reader(width=out_w, height=out_h)
+        if size is None:  # no header size: learn it from a frame, then reopen scaled
+            size = reader[0].shape[1::-1]
+            reader = open_reader(**_scaled(size, cfg.image_size))
         frames = reader.get_batch(list(indices)).asnumpy()  # (T, h, w, 3), decoded at reduced size
     except VideoDecodeError:
         raise
     except Exception as exc:  # noqa: BLE001 - opened, then failed: corrupt or truncated data
         raise VideoDecodeError("decode_failed", f"decord: {_first_line(exc)}") from exc
+    width, height = size
     info = VideoInfo(num_total / fps if fps else 0.0, fps, width, height, num_total, "decord")
     return SampledVideo(center_crop(frames, cfg.image_size), info, indices)
 

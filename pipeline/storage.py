@@ -50,7 +50,11 @@ class RetryPolicy:
 
 
 class ReadError(Exception):
-    """An object could not be read. ``reason`` is ``not_found``, ``permission`` or ``io`` (retries spent)."""
+    """An object could not be read. ``reason`` is ``not_found``, ``permission`` or ``io`` (retries spent).
+
+    Missing objects and refused access fail at once; anything else (timeouts, resets, throttling, 5xx)
+    is retried with backoff up to ``RetryPolicy.attempts`` times.
+    """
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
@@ -72,6 +76,11 @@ def get_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fss
 
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts])
+
+
+def _http_status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
 
 
 def _classify(exc: BaseException) -> str:
@@ -96,7 +105,12 @@ def read_bytes(
             return fs.cat_file(path)
         except PERMANENT_ERRORS as exc:
             raise ReadError(_classify(exc), f"{uri}: {exc}") from exc
-        except (OSError, TimeoutError, ConnectionError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - backends raise their own types (aiohttp, botocore); bounded
+            if _http_status(exc) in (400, 401, 403, 404, 410):
+                raise ReadError("not_found" if _http_status(exc) in (404, 410) else "permission",
+                                f"{uri}: {exc}") from exc
             if attempt + 1 == retry.attempts:
                 raise ReadError("io", f"{uri}: {type(exc).__name__}: {exc} (after {retry.attempts} attempts)") from exc
             delay = retry.delay_s(attempt)
