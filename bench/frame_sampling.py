@@ -58,8 +58,8 @@ def main() -> None:
             ours = sample_frames(path, cfg).frames
             ref = reference_loader(path, args.num_frames, 336)
             diff = np.abs(ours.astype(int) - ref.astype(int)).mean()
-            t_ref = timed(lambda: reference_loader(path, args.num_frames, 336), args.repeats)
-            t_ours = timed(lambda: sample_frames(path, cfg), args.repeats)
+            t_ref = timed(lambda p=path: reference_loader(p, args.num_frames, 336), args.repeats)
+            t_ours = timed(lambda p=path: sample_frames(p, cfg), args.repeats)
             print(f"{name} ({width}x{height}, {count} frames): reference {args.num_frames / t_ref:.1f} frames/s "
                   f"({t_ref:.2f} s/video), FrameSampler {args.num_frames / t_ours:.1f} frames/s "
                   f"({t_ours:.2f} s/video): {t_ref / t_ours:.2f}x; mean abs pixel difference {diff:.1f}/255")

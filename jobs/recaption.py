@@ -1,7 +1,8 @@
 """Recaption a list of videos with PLLaVA on Ray: object storage in, Parquet / WebDataset out, resumable.
 
 Local (starts its own Ray):
-    python jobs/recaption.py --input s3://bucket/list.txt --output s3://bucket/captions --model /models/pllava-7b --lora-alpha 4
+    python jobs/recaption.py --input s3://bucket/list.txt --output s3://bucket/captions \
+        --model /models/pllava-7b --lora-alpha 4
 On a cluster:
     ray job submit --working-dir . -- python jobs/recaption.py --input ... --output ... --config job.yaml
 The embedded default (generated sample videos, tiny offline model, local Ray):

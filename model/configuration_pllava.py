@@ -1,4 +1,4 @@
-"""PLLaVA configuration: read from a published PLLaVA or LLaVA-NeXT ``config.json``, written back in the published layout."""
+"""PLLaVA configuration: read from a published PLLaVA or LLaVA-NeXT ``config.json``; written in the published layout."""
 
 from __future__ import annotations
 

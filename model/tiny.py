@@ -113,7 +113,9 @@ def tiny_config(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> PllavaCon
     )
 
 
-def random_lora(model: PllavaForConditionalGeneration, rank: int, targets: tuple[str, ...], seed: int) -> dict[str, LoraPair]:
+def random_lora(
+    model: PllavaForConditionalGeneration, rank: int, targets: tuple[str, ...], seed: int
+) -> dict[str, LoraPair]:
     """Non-zero random LoRA halves for every ``targets`` linear of the language model."""
     gen = torch.Generator().manual_seed(seed + 1)
     pairs = {}

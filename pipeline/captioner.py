@@ -77,7 +77,8 @@ class Captioner:
         self.query = query
         self.num_frames = num_frames
         self.image_size = image_size
-        self.model_name = f"{model_cfg.model if model_cfg.model == 'tiny' else self.model.name_or_path}@{self.model.fingerprint}"
+        name = "tiny" if model_cfg.model == "tiny" else self.model.name_or_path
+        self.model_name = f"{name}@{self.model.fingerprint}"
         self.prompt_id = prompt_id(self.processor.template, self.processor.render(query))
         self.pooling = "x".join(str(x) for x in self.model.config.pooling_shape)
 

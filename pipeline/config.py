@@ -69,7 +69,8 @@ class ModelConfig:
         if self.dtype not in (None, "bfloat16", "float16", "float32"):
             out.append(f"model.dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
         if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
-            out.append(f"model.attn_implementation must be sdpa, eager or flash_attention_2, got {self.attn_implementation!r}")
+            out.append("model.attn_implementation must be sdpa, eager or flash_attention_2, "
+                       f"got {self.attn_implementation!r}")
         if self.pooling_shape is not None and (len(self.pooling_shape) != 3 or min(self.pooling_shape) < 1):
             out.append(f"model.pooling_shape must be 3 positive ints, got {self.pooling_shape}")
         return out
@@ -160,7 +161,8 @@ class JobConfig:
             if key not in sections:
                 problems.append(f"unknown config section {key!r}; known: {sorted(sections)}")
                 continue
-            default = sections[key].default_factory() if sections[key].default_factory is not dataclasses.MISSING else None
+            factory = sections[key].default_factory
+            default = factory() if factory is not dataclasses.MISSING else None
             if dataclasses.is_dataclass(default):
                 known = {f.name for f in fields(default)}
                 unknown = sorted(set(value or {}) - known)

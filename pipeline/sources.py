@@ -84,7 +84,8 @@ class NormaliseRefs:
         for uri in candidates:
             if fs.exists(get_fs(uri, self.storage_options)[1]):
                 return uri, None
-        return candidates[0], f"source: no video named {name!r} with extensions {list(self.cfg.extensions)} under {self.base}"
+        extensions = list(self.cfg.extensions)
+        return candidates[0], f"source: no video named {name!r} with extensions {extensions} under {self.base}"
 
     def __call__(self, table: pa.Table) -> pa.Table:
         n = table.num_rows
