@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import psutil
 import pyarrow as pa
@@ -52,7 +53,14 @@ def test_inter4k_job_runs_under_ray_job_submit(ray_head, tmp_path):
               "python", "jobs/recaption_inter4k.py", "--data-root", str(data), "--output", str(out),
               "--model", "tiny", "--max-new-tokens", "8", "--batch-size", "2", "--config", str(tmp_path / "small.yaml")]
     (tmp_path / "small.yaml").write_text("resources: {decode_concurrency: 1, decode_num_cpus: 0.5, caption_num_cpus: 0.5}\n")
-    result = subprocess.run(submit, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)
+    deadline = time.time() + 120
+    while True:
+        result = subprocess.run(submit, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
+                                timeout=600)
+        # Right after `ray start` the head may have no job agent yet; the job was not created, so ask again.
+        if "No available agent" not in result.stderr + result.stdout or time.time() > deadline:
+            break
+        time.sleep(2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout.lower()
     files = sorted((out / "parquet").glob("*.parquet"))
