@@ -40,7 +40,9 @@ class PromptTemplate:
     name: str
     text: str
     stop_strings: tuple[str, ...]
-    answer_suffix: str
+    answer_suffix: str  # closes an answer in training text
+    answer_prefix: str = ""
+    turn_text: str = "{query}"  # a later user turn of a multi-turn conversation, ending where the answer starts
 
     def render(self, query: str, system: str = DEFAULT_SYSTEM_PROMPT) -> str:
         """The full prompt for one video and one query, ending where the assistant's answer starts."""
@@ -55,6 +57,8 @@ TEMPLATES: dict[str, PromptTemplate] = {
         text="{system} USER: {image}\n{query} ASSISTANT:",
         stop_strings=("</s>",),
         answer_suffix="</s>",
+        answer_prefix=" ",
+        turn_text="USER: {query} ASSISTANT:",
     ),
     "chatml": PromptTemplate(
         name="chatml",
@@ -63,7 +67,8 @@ TEMPLATES: dict[str, PromptTemplate] = {
             "<|im_start|>assistant\n"
         ),
         stop_strings=("<|im_end|>",),
-        answer_suffix="<|im_end|>",
+        answer_suffix="<|im_end|>\n",
+        turn_text="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n",
     ),
 }
 

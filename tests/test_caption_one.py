@@ -47,3 +47,14 @@ def test_unreadable_video_is_a_clear_error(tiny_dir, tmp_path, name):
     result = run_cli(str(path), "--model-dir", tiny_dir, "--max-new-tokens", "4")
     assert result.returncode == 2
     assert f"cannot read {path}" in result.stderr
+
+
+def test_captions_a_video_on_s3(s3_endpoint, tiny_dir, video_dir):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("single-video")
+    fs.put(os.path.join(video_dir, "b.mp4"), "single-video/clips/b.mp4")
+    result = run_cli("s3://single-video/clips/b.mp4", "--model-dir", tiny_dir, "--max-new-tokens", "6")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()

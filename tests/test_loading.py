@@ -235,3 +235,14 @@ def test_tiny_model_is_reproducible_from_its_seed(tmp_path):
     assert read(a, "model.safetensors") == read(b, "model.safetensors")
     assert read(a, "tokenizer.json") == read(b, "tokenizer.json")
     assert read(seed0, "model.safetensors") != read(seed1, "model.safetensors")
+
+
+def test_attention_implementation_is_selectable(tiny_dir, frames_batch):
+    sdpa, processor = load_pllava(tiny_dir, device="cpu")
+    eager, _ = load_pllava(tiny_dir, device="cpu", attn_implementation="eager")
+    assert eager.language_model.config._attn_implementation == "eager"
+    assert sdpa.language_model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(logits_of(eager, processor, frames_batch), logits_of(sdpa, processor, frames_batch),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="attn_implementation"):
+        load_pllava(tiny_dir, device="cpu", attn_implementation="xformers")

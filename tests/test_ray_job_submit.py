@@ -29,8 +29,11 @@ def ray_head():
     port, dashboard = free_port(), free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    # Every port explicit: the test session's own local Ray already holds the default agent ports.
+    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     subprocess.run([f"{BIN}/ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-                    f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                    f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats", *ports],
                    env=env, check=True, capture_output=True, timeout=180)
     yield f"http://127.0.0.1:{dashboard}", env
     for proc in psutil.process_iter(["cmdline"]):

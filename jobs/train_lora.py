@@ -1,0 +1,87 @@
+"""Fine-tune PLLaVA (LoRA on the language model + the projector) with Ray Train; export a weights_dir.
+
+    python jobs/train_lora.py --data s3://bucket/videochat2_it.json --video-root s3://bucket/videos \\
+        --model /models/llava-v1.6-vicuna-7b-hf --output s3://bucket/runs/lora1 --num-workers 8 --use-gpu --epochs 3
+    python jobs/train_lora.py --data s3://bucket/captions --model tiny --output /tmp/run --max-steps 20
+    ray job submit --working-dir . -- python jobs/train_lora.py --config train.yaml
+
+--data is a VideoChat2-IT style JSON or the recaption pipeline's output (its Parquet captions). Rerunning
+the same command resumes from the run's latest checkpoint. The result, <output>/weights, loads with
+`load_pllava(model_dir, weights_dir=...)` and `jobs/recaption.py --weights-dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+import yaml  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML with sections data, sampling, lora, optim, run (flags override it)")
+    parser.add_argument("--data", help="VideoChat2-IT JSON or a recaption output (folder or parquet)")
+    parser.add_argument("--video-root", help="where the JSON's relative video paths point")
+    parser.add_argument("--model", help="base model folder (LLaVA-NeXT or PLLaVA), or 'tiny'")
+    parser.add_argument("--weights-dir", help="start from these LoRA + projector weights")
+    parser.add_argument("--output", help="run folder: checkpoints/, weights/, metrics.jsonl")
+    parser.add_argument("--num-workers", type=int)
+    parser.add_argument("--use-gpu", action="store_true")
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--num-frames", type=int)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    from training.config import TrainConfig
+
+    raw: dict = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+
+    def put(section: str | None, key: str, value) -> None:
+        if value is not None:
+            (raw.setdefault(section, {}) if section else raw)[key] = value
+
+    put("data", "uri", args.data)
+    put("data", "video_root", args.video_root)
+    put(None, "model", args.model)
+    put(None, "weights_dir", args.weights_dir)
+    put("run", "output", args.output)
+    put("run", "num_workers", args.num_workers)
+    put("run", "max_steps", args.max_steps)
+    put("run", "epochs", args.epochs)
+    put("sampling", "num_frames", args.num_frames)
+    if args.use_gpu:
+        put("run", "use_gpu", True)
+    return TrainConfig.from_dict(raw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    from training.trainer import run_training
+
+    result = run_training(cfg)
+    last = result["history"][-1] if result["history"] else {}
+    print(json.dumps({"weights_dir": result["weights_dir"], "steps": result["steps"], "examples": result["examples"],
+                      "final_loss": last.get("loss"), "skipped_videos": last.get("skipped_videos")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

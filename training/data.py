@@ -1,0 +1,152 @@
+"""Training data: conversations about videos -> a Ray Dataset of sampled frames + turns, and token batches
+with the loss on answer tokens only.
+
+Two sources: VideoChat2-IT style JSON (``[{"video": rel_path, "QA": [{"i", "q", "a"}, ...]}, ...]``) and the
+recaption pipeline's Parquet output (each captioned row becomes recaption prompt -> caption). Frames come
+from the pipeline's :class:`~pipeline.sampler.FrameSampler` with training-time (random per segment)
+sampling; a video that fails to decode stays in the stream as an error row and the training loop skips
+and counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+import ray
+import torch
+
+from model.prompts import DEFAULT_RECAPTION_QUERY, DEFAULT_SYSTEM_PROMPT, PromptTemplate
+from pipeline import schema as S
+from pipeline.sampler import FrameSampler, frames_from_bytes
+from pipeline.sinks import PARQUET_DIR
+from pipeline.storage import get_fs, join
+from training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+TURNS = "turns"  # JSON text: {"system": str, "qa": [[question, answer], ...]}
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SourceStats:
+    examples: int
+    skipped_without_caption: int = 0
+
+
+def detect_kind(uri: str) -> str:
+    return "videochat2" if uri.lower().endswith(".json") else "captions"
+
+
+def _videochat2_rows(cfg: TrainConfig) -> tuple[pa.Table, SourceStats]:
+    fs, path = get_fs(cfg.data.uri, cfg.storage_options)
+    with fs.open(path, "rb") as f:
+        items = json.load(f)
+    root = cfg.data.video_root or cfg.data.uri.rsplit("/", 1)[0]
+    uris, starts, ends, turns = [], [], [], []
+    for item in items:
+        qa = [(t.get("q", ""), t["a"]) for t in item.get("QA", []) if t.get("a")]
+        if not qa:
+            continue
+        system = next((t["i"] for t in item["QA"] if t.get("i")), DEFAULT_SYSTEM_PROMPT)
+        video = item["video"]
+        uris.append(video if "://" in video or video.startswith("/") else join(root, video))
+        starts.append(item.get("start"))
+        ends.append(item.get("end"))
+        turns.append(json.dumps({"system": system, "qa": qa}))
+    table = pa.table({S.URI: pa.array(uris, pa.string()), S.START_S: pa.array(starts, pa.float64()),
+                      S.END_S: pa.array(ends, pa.float64()), TURNS: pa.array(turns, pa.string())})
+    return table, SourceStats(examples=table.num_rows)
+
+
+def _caption_rows(cfg: TrainConfig) -> tuple[pa.Table, SourceStats]:
+    uri = cfg.data.uri
+    folder = join(uri, PARQUET_DIR) if not uri.endswith(".parquet") and not uri.rstrip("/").endswith(PARQUET_DIR) else uri
+    fs, path = get_fs(folder, cfg.storage_options)
+    table = pds.dataset(path, filesystem=fs, format="parquet").to_table(
+        columns=[S.URI, S.START_S, S.END_S, S.CAPTION])
+    has_caption = pc.is_valid(table.column(S.CAPTION))
+    kept = table.filter(has_caption)
+    turns = [json.dumps({"system": DEFAULT_SYSTEM_PROMPT, "qa": [[DEFAULT_RECAPTION_QUERY, c]]})
+             for c in kept.column(S.CAPTION).to_pylist()]
+    out = kept.drop_columns([S.CAPTION]).append_column(TURNS, pa.array(turns, pa.string()))
+    return out, SourceStats(examples=out.num_rows, skipped_without_caption=table.num_rows - kept.num_rows)
+
+
+def build_train_dataset(cfg: TrainConfig, decode_concurrency: int = 1,
+                        decode_num_cpus: float = 0.5) -> tuple[ray.data.Dataset, SourceStats]:
+    """Examples with sampled frames (``frames`` bytes, or ``error`` set) and their conversation turns."""
+    kind = detect_kind(cfg.data.uri) if cfg.data.kind == "auto" else cfg.data.kind
+    table, stats = _videochat2_rows(cfg) if kind == "videochat2" else _caption_rows(cfg)
+    if table.num_rows == 0:
+        raise ValueError(f"{cfg.data.uri}: no training examples")
+    n = table.num_rows
+    table = table.append_column(S.VIDEO_ID, pa.array([str(i) for i in range(n)], pa.string()))
+    for name in (S.ERROR, S.ERROR_STAGE, S.ERROR_REASON):
+        table = table.append_column(name, pa.nulls(n, pa.string()))
+    blocks = [table.slice(i, 4) for i in range(0, n, 4)]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        FrameSampler,
+        fn_constructor_args=(cfg.sampling, cfg.storage_options),
+        batch_size=cfg.optim.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=decode_concurrency),
+        num_cpus=decode_num_cpus,
+    )
+    return ds, stats
+
+
+def tokenize_conversation(tokenizer, template: PromptTemplate, turns: dict, max_tokens: int
+                          ) -> tuple[list[int], list[int]]:
+    """Token ids and labels for one conversation: -100 everywhere but the answers (and their end tokens).
+
+    The first turn is the inference prompt exactly (``template.render``), so training and captioning
+    see the same layout; pieces are tokenised separately, BOS only at the start.
+    """
+    ids: list[int] = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    labels: list[int] = [IGNORE_INDEX] * len(ids)
+    for number, (question, answer) in enumerate(turns["qa"]):
+        prompt = template.render(question, system=turns["system"]) if number == 0 else template.turn_text.format(
+            query=question.strip())
+        reply = template.answer_prefix + answer.strip() + template.answer_suffix
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        reply_ids = tokenizer(reply, add_special_tokens=False).input_ids
+        ids += prompt_ids + reply_ids
+        labels += [IGNORE_INDEX] * len(prompt_ids) + reply_ids
+    return ids[:max_tokens], labels[:max_tokens]
+
+
+def collate(batch: pa.Table, processor, max_tokens: int, num_frames: int, image_size: int,
+            flip: bool = False, rng: np.random.Generator | None = None) -> tuple[dict | None, int]:
+    """A pyarrow batch -> model inputs (right-padded) for its decodable rows; returns (inputs, skipped)."""
+    errors = batch.column(S.ERROR).to_pylist()
+    good = [i for i, e in enumerate(errors) if e is None]
+    if not good:
+        return None, len(errors)
+    tokenizer = processor.tokenizer
+    blobs = batch.column(S.FRAMES).to_pylist()
+    all_turns = batch.column(TURNS).to_pylist()
+    frames, seqs = [], []
+    for i in good:
+        video = frames_from_bytes(blobs[i], num_frames, image_size)
+        if flip and rng is not None and rng.random() < 0.5:
+            video = video[:, :, ::-1]  # the same horizontal flip for every frame of the video
+        frames.append(np.ascontiguousarray(video))
+        seqs.append(tokenize_conversation(tokenizer, processor.template, json.loads(all_turns[i]), max_tokens))
+    length = max(len(ids) for ids, _ in seqs)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(seqs), length), pad, dtype=torch.long)
+    labels = torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for row, (ids, labs) in enumerate(seqs):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        mask[row, : len(ids)] = 1
+    inputs = {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "frames": np.stack(frames)}
+    return inputs, len(errors) - len(good)

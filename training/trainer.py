@@ -1,0 +1,92 @@
+"""Launch a fine-tuning run on Ray Train and export its result as a ``weights_dir`` for the pipeline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from safetensors.torch import load_file
+
+from model.loading import save_weights_dir
+from model.weights import LoraPair
+from pipeline.runner import init_ray
+from pipeline.storage import get_fs, join
+from training.config import TrainConfig
+from training.data import build_train_dataset
+from training.recipe import METRICS_FILE, TRAINABLE_FILE, train_func
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+WEIGHTS_DIR = "weights"
+_PEFT_LORA = re.compile(r"^language_model\.base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.default\.weight$")
+
+
+def total_steps(cfg: TrainConfig, num_examples: int) -> int:
+    if cfg.run.max_steps:
+        return cfg.run.max_steps
+    per_step = cfg.optim.batch_size * cfg.run.num_workers * cfg.optim.grad_accum_steps
+    return cfg.run.epochs * max(1, math.ceil(num_examples / per_step))
+
+
+def export_weights_dir(trainable_path: str, cfg: TrainConfig, out_uri: str, extra: dict) -> str:
+    """Trainable tensors of a checkpoint -> projector + LoRA halves under the pipeline's names."""
+    state = load_file(trainable_path)
+    projector = {k: v for k, v in state.items() if k.startswith("multi_modal_projector.")}
+    pairs: dict[str, LoraPair] = {}
+    for key, tensor in state.items():
+        match = _PEFT_LORA.match(key)
+        if match:
+            module = "language_model." + match["module"]
+            pair = pairs.setdefault(module, LoraPair(module))
+            setattr(pair, match["ab"].lower(), tensor)
+    settings = {"r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
+                "target_modules": list(cfg.lora.target_modules), "base_model": cfg.model, **extra}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_weights_dir(tmp, projector, pairs, settings)
+        fs, path = get_fs(out_uri, cfg.storage_options)
+        fs.makedirs(path, exist_ok=True)
+        for name in sorted(os.listdir(tmp)):
+            fs.put_file(os.path.join(tmp, name), f"{path}/{name}")
+    return out_uri
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Train (resuming from the run's latest checkpoint when there is one) and export ``<output>/weights``."""
+    cfg.validate()
+    init_ray()
+    dataset, stats = build_train_dataset(cfg)
+    steps = total_steps(cfg, stats.examples)
+    logger.info("%d examples (%d caption rows without a caption skipped); %d steps on %d workers",
+                stats.examples, stats.skipped_without_caption, steps, cfg.run.num_workers)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={"train": cfg.to_dict(), "total_steps": steps},
+        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
+                                     resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.run.name, storage_path=join(cfg.run.output, CHECKPOINTS_DIR)),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    weights_uri = join(cfg.run.output, WEIGHTS_DIR)
+    with result.checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, METRICS_FILE), encoding="utf-8") as f:
+            history = [json.loads(line) for line in f if line.strip()]
+        export_weights_dir(os.path.join(folder, TRAINABLE_FILE), cfg, weights_uri,
+                           {"steps": history[-1]["step"] if history else steps})
+        fs, path = get_fs(join(cfg.run.output, METRICS_FILE), cfg.storage_options)
+        fs.pipe_file(path, "".join(json.dumps(m) + "\n" for m in history).encode())
+    return {"weights_dir": weights_uri, "steps": steps, "examples": stats.examples,
+            "skipped_without_caption": stats.skipped_without_caption, "history": history,
+            "checkpoint": result.checkpoint.path}
+
+
+__all__ = ["run_training", "export_weights_dir", "total_steps"]
