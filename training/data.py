@@ -122,23 +122,36 @@ def tokenize_conversation(tokenizer, template: PromptTemplate, turns: dict, max_
     return ids[:max_tokens], labels[:max_tokens]
 
 
+@dataclass
+class Skipped:
+    """Rows of a batch that cannot train: undecodable videos, and prompts so long that no answer token
+    fits in ``max_text_tokens`` (they would make the loss NaN)."""
+
+    videos: int = 0
+    too_long: int = 0
+
+
 def collate(batch: pa.Table, processor, max_tokens: int, num_frames: int, image_size: int,
-            flip: bool = False, rng: np.random.Generator | None = None) -> tuple[dict | None, int]:
-    """A pyarrow batch -> model inputs (right-padded) for its decodable rows; returns (inputs, skipped)."""
+            flip: bool = False, rng: np.random.Generator | None = None) -> tuple[dict | None, Skipped]:
+    """A pyarrow batch -> model inputs (right-padded) for its usable rows, and what was skipped."""
     errors = batch.column(S.ERROR).to_pylist()
-    good = [i for i, e in enumerate(errors) if e is None]
-    if not good:
-        return None, len(errors)
+    skipped = Skipped(videos=sum(e is not None for e in errors))
     tokenizer = processor.tokenizer
     blobs = batch.column(S.FRAMES).to_pylist()
     all_turns = batch.column(TURNS).to_pylist()
     frames, seqs = [], []
-    for i in good:
+    for i in (i for i, e in enumerate(errors) if e is None):
+        ids, labels = tokenize_conversation(tokenizer, processor.template, json.loads(all_turns[i]), max_tokens)
+        if all(label == IGNORE_INDEX for label in labels):
+            skipped.too_long += 1
+            continue
         video = frames_from_bytes(blobs[i], num_frames, image_size)
         if flip and rng is not None and rng.random() < 0.5:
             video = video[:, :, ::-1]  # the same horizontal flip for every frame of the video
         frames.append(np.ascontiguousarray(video))
-        seqs.append(tokenize_conversation(tokenizer, processor.template, json.loads(all_turns[i]), max_tokens))
+        seqs.append((ids, labels))
+    if not seqs:
+        return None, skipped
     length = max(len(ids) for ids, _ in seqs)
     pad = tokenizer.pad_token_id
     input_ids = torch.full((len(seqs), length), pad, dtype=torch.long)
@@ -149,4 +162,4 @@ def collate(batch: pa.Table, processor, max_tokens: int, num_frames: int, image_
         labels[row, : len(labs)] = torch.tensor(labs)
         mask[row, : len(ids)] = 1
     inputs = {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "frames": np.stack(frames)}
-    return inputs, len(errors) - len(good)
+    return inputs, skipped

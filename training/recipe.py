@@ -115,7 +115,12 @@ def train_func(raw_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            model.load_state_dict(load_file(os.path.join(folder, TRAINABLE_FILE)), strict=False)
+            saved = load_file(os.path.join(folder, TRAINABLE_FILE))
+            expected = set(trainable_state(model))
+            if set(saved) != expected:
+                raise ValueError(f"checkpoint {checkpoint.path} does not match this run's trainable weights: "
+                                 f"{sorted(expected ^ set(saved))[:8]} (changed LoRA settings?)")
+            model.load_state_dict(saved, strict=False)  # only the trainable part; checked just above
             states = torch.load(os.path.join(folder, "optim.pt"), weights_only=False)
             optimizer.load_state_dict(states["optimizer"])
             scheduler.load_state_dict(states["scheduler"])
@@ -124,18 +129,20 @@ def train_func(raw_config: dict) -> None:
             with open(os.path.join(folder, METRICS_FILE), encoding="utf-8") as f:
                 history = [json.loads(line) for line in f if line.strip()]
         logger.info("resumed at step %d", step)
+    resumed_from = step
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if context.get_world_size() > 1 else model
 
     shard = ray.train.get_dataset_shard("train")
     rng = np.random.default_rng(cfg.run.seed + rank)
-    skipped = samples = micro = 0
+    skipped = too_long = samples = micro = 0
     loss_sum = 0.0
     window_start = time.perf_counter()
     while step < total_steps:
         for batch in shard.iter_batches(batch_size=cfg.optim.batch_size, batch_format="pyarrow"):
             inputs, bad = collate(batch, processor, cfg.data.max_text_tokens, cfg.sampling.num_frames,
                                   cfg.sampling.image_size, flip=cfg.augment_flip, rng=rng)
-            skipped += bad
+            skipped += bad.videos
+            too_long += bad.too_long
             if inputs is None:
                 continue
             pixels = processor.pixel_values(inputs.pop("frames"), device=device, dtype=model.dtype)
@@ -158,7 +165,8 @@ def train_func(raw_config: dict) -> None:
             elapsed = time.perf_counter() - window_start
             metrics = {"step": step, "loss": loss_sum / cfg.optim.grad_accum_steps, "lr": scheduler.get_last_lr()[0],
                        "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
-                       "skipped_videos": _sum_over_workers(skipped)}
+                       "skipped_videos": _sum_over_workers(skipped),
+                       "skipped_too_long": _sum_over_workers(too_long), "resumed_from": resumed_from}
             loss_sum, samples, window_start = 0.0, 0, time.perf_counter()
             history.append(metrics)
             if rank == 0:
