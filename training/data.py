@@ -67,7 +67,8 @@ def _videochat2_rows(cfg: TrainConfig) -> tuple[pa.Table, SourceStats]:
 
 def _caption_rows(cfg: TrainConfig) -> tuple[pa.Table, SourceStats]:
     uri = cfg.data.uri
-    folder = join(uri, PARQUET_DIR) if not uri.endswith(".parquet") and not uri.rstrip("/").endswith(PARQUET_DIR) else uri
+    is_parquet = uri.endswith(".parquet") or uri.rstrip("/").endswith(PARQUET_DIR)
+    folder = uri if is_parquet else join(uri, PARQUET_DIR)  # a recaption output root holds parquet/
     fs, path = get_fs(folder, cfg.storage_options)
     table = pds.dataset(path, filesystem=fs, format="parquet").to_table(
         columns=[S.URI, S.START_S, S.END_S, S.CAPTION])
