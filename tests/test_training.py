@@ -164,3 +164,30 @@ def test_trains_on_pipeline_captions_and_changes_the_pipelines_captions(ray_loca
     by_id = {r[S.VIDEO_ID]: r for r in first.to_pylist()}
     changed = [r for r in second.to_pylist() if r[S.CAPTION] and r[S.CAPTION] != by_id[r[S.VIDEO_ID]][S.CAPTION]]
     assert changed and second.column(S.MODEL)[0].as_py() != first.column(S.MODEL)[0].as_py()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    # No LoRA dropout, so both runs compute the same function in training mode (checkpointing is active only
+    # while training).
+    cfg = TrainConfig.from_dict(merge(SMALL, data={"uri": "x.json"}, run={"output": "/tmp/x"}, lora={"dropout": 0.0}))
+    rows = pa.table({S.ERROR: pa.nulls(2, pa.string()),
+                     S.FRAMES: pa.array([np.full((4, 336, 336, 3), 90 * i, np.uint8).tobytes() for i in range(2)],
+                                        pa.large_binary()),
+                     TURNS: [json.dumps({"system": "s", "qa": [["What?", "A dog runs."]]})] * 2})
+    grads = []
+    for checkpointing in (False, True):
+        model, processor = build_tiny_model()
+        add_lora(model, cfg)
+        model.multi_modal_projector.linear_2.weight.data += 0.1  # any change from the seed, same in both runs
+        if checkpointing:
+            model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        assert model.language_model.base_model.model.model.gradient_checkpointing == checkpointing
+        inputs, _ = collate(rows, processor, 512, 4, 336)
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                    pixel_values=processor.pixel_values(inputs["frames"]), labels=inputs["labels"])
+        out.loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
