@@ -13,6 +13,7 @@ from model import GenerationSettings, generate_captions, load_pllava
 from model.prompts import prompt_id
 from pipeline import schema as S
 from pipeline.config import ModelConfig
+from pipeline.quality import CaptionFlagger, QualityThresholds
 from pipeline.sampler import frames_from_bytes
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Captioner:
         num_frames: int,
         image_size: int,
         device: str | None = None,
+        quality: QualityThresholds = QualityThresholds(),
     ) -> None:
         dtype = getattr(torch, model_cfg.dtype) if model_cfg.dtype else None
         self.model, self.processor = load_pllava(
@@ -81,6 +83,8 @@ class Captioner:
         self.model_name = f"{name}@{self.model.fingerprint}"
         self.prompt_id = prompt_id(self.processor.template, self.processor.render(query))
         self.pooling = "x".join(str(x) for x in self.model.config.pooling_shape)
+        rendered = self.processor.render(query)
+        self.flagger = CaptionFlagger([rendered, self.processor.system_prompt, query], quality)
 
     def _caption(self, frames_list: list) -> list:
         """Results for a list of frame arrays: CaptionResult, or an error string per video."""
@@ -129,4 +133,4 @@ class Captioner:
             out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, pa.string()))
         for name, kind in CAPTION_COLUMNS.items():
             out = out.append_column(pa.field(name, kind), pa.array(new[name], kind))
-        return out
+        return self.flagger.add_columns(out)

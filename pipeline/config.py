@@ -11,6 +11,7 @@ from typing import Any
 
 from model.captioning import GenerationSettings
 from pipeline.frames import SamplingConfig
+from pipeline.quality import QualityThresholds
 from pipeline.storage import RetryPolicy, redact
 
 LIST_FORMATS = ("auto", "txt", "csv", "jsonl", "parquet", "annotations", "prefix")
@@ -132,6 +133,7 @@ class JobConfig:
     resources: ResourceConfig = field(default_factory=ResourceConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    quality: QualityThresholds = field(default_factory=QualityThresholds)
     prompt: str | None = None
     prompt_file: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)

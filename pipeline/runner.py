@@ -101,7 +101,7 @@ def build_pipeline(
         captioned = sampled.map_batches(
             Captioner,
             fn_constructor_args=(cfg.model, cfg.generation, query, cfg.sampling.num_frames,
-                                 cfg.sampling.image_size, placement.device),
+                                 cfg.sampling.image_size, placement.device, cfg.quality),
             batch_size=res.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=placement.concurrency),
@@ -165,8 +165,10 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, s
               repaired: dict, repaired_after: dict) -> dict:
     """This run's counts and speeds plus the state of the whole output afterwards."""
     failed: Counter = Counter()
+    flagged: Counter = Counter({flag: 0 for flag in S.FLAGS})
     for m in written:
         failed.update(m["failed"])
+        flagged.update(m["flagged"])
     processed = sum(m["rows"] for m in written)
     state = scan_output(cfg.output.output, cfg.storage_options)
     total_ok = int(pc.sum(state.rows.column("ok")).as_py() or 0)
@@ -186,6 +188,7 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, s
             "caption_s": round(sum(m["caption_s"] for m in written), 3),
             "tokens_generated": sum(m["tokens"] for m in written),
             "hit_token_limit": sum(m["truncated"] for m in written),
+            "flagged": dict(flagged),
         },
         "output_total": {
             "videos": state.rows.num_rows,
@@ -211,6 +214,7 @@ def format_summary(summary: dict) -> str:
         f"  speed: {run['videos_per_s']} videos/s over {run['wall_s']} s; decode {run['decode_s']} s, "
         f"caption {run['caption_s']} s (summed over workers); {run['tokens_generated']} tokens generated, "
         f"{run['hit_token_limit']} captions hit the token limit",
+        "  flagged captions: " + ", ".join(f"{k.removeprefix('flag_')} {v}" for k, v in run["flagged"].items()),
         f"  output now: {total['videos']} videos ({total['ok']} ok, {total['failed']} failed) "
         f"in {total['parquet_files']} Parquet files",
     ]

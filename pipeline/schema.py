@@ -31,6 +31,13 @@ NUM_TOKENS = "num_tokens"
 TRUNCATED = "truncated"
 DECODE_S = "decode_s"
 CAPTION_S = "caption_s"
+FLAG_EMPTY = "flag_empty"
+FLAG_TRUNCATED = "flag_truncated"
+FLAG_REPETITION = "flag_repetition"
+FLAG_PROMPT_ECHO = "flag_prompt_echo"
+FLAG_SHORT = "flag_short"
+REPEAT_RATIO = "repeat_ratio"
+FLAGS = (FLAG_EMPTY, FLAG_TRUNCATED, FLAG_REPETITION, FLAG_PROMPT_ECHO, FLAG_SHORT)
 RUN_ID = "run_id"
 CREATED_AT = "created_at"
 
@@ -62,6 +69,12 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field(DECODER, pa.string()),
         pa.field(NUM_TOKENS, pa.int32()),
         pa.field(TRUNCATED, pa.bool_()),
+        pa.field(FLAG_EMPTY, pa.bool_()),
+        pa.field(FLAG_TRUNCATED, pa.bool_()),
+        pa.field(FLAG_REPETITION, pa.bool_()),
+        pa.field(FLAG_PROMPT_ECHO, pa.bool_()),
+        pa.field(FLAG_SHORT, pa.bool_()),
+        pa.field(REPEAT_RATIO, pa.float64()),
         pa.field(DECODE_S, pa.float64()),
         pa.field(CAPTION_S, pa.float64()),
         pa.field(RUN_ID, pa.string()),

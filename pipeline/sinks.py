@@ -110,7 +110,7 @@ class ShardWriter:
 
 def _manifest(table: pa.Table, uri: str, wds_rows: int) -> dict:
     rows = table.select([S.ERROR, S.ERROR_STAGE, S.ERROR_REASON, S.NUM_TOKENS, S.TRUNCATED,
-                         S.DECODE_S, S.CAPTION_S]).to_pylist()
+                         S.DECODE_S, S.CAPTION_S, *S.FLAGS]).to_pylist()
     failed: dict[str, int] = {}
     for r in rows:
         if r[S.ERROR] is not None:
@@ -126,4 +126,5 @@ def _manifest(table: pa.Table, uri: str, wds_rows: int) -> dict:
         "decode_s": sum(r[S.DECODE_S] or 0.0 for r in rows),
         "caption_s": sum(r[S.CAPTION_S] or 0.0 for r in rows),
         "webdataset_samples": wds_rows,
+        "flagged": {flag: sum(bool(r[flag]) for r in rows) for flag in S.FLAGS},
     }

@@ -1,0 +1,141 @@
+"""SQL over caption outputs with DuckDB: ready-made views, filtered exports, and two-run comparisons.
+
+Object storage is read with pyarrow datasets through fsspec (DuckDB's own httpfs extension downloads at
+run time and is unavailable offline); DuckDB then queries the Arrow table in memory. Outputs of many
+runs can be combined; the table is always called ``captions`` (and ``other`` in a comparison).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+
+from model.prompts import DEFAULT_RECAPTION_QUERY, DEFAULT_SYSTEM_PROMPT, get_template
+from pipeline import schema as S
+from pipeline.quality import CaptionFlagger
+from pipeline.sinks import PARQUET_DIR, sample_key
+from pipeline.storage import get_fs, join, write_atomic
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("parquet", "jsonl", "webdataset")
+
+VIEWS = {
+    "status": """
+        select case when error is null then 'ok' else 'failed' end as status, error_stage, error_reason,
+               count(*) as videos
+        from captions group by all order by videos desc""",
+    "caption_length": """
+        select cast(floor(len(string_split(trim(caption), ' ')) / 25) * 25 as integer) as words_from,
+               count(*) as videos
+        from captions where caption is not null group by 1 order by 1""",
+    "prefixes": """
+        select regexp_replace(uri, '/[^/]*$', '') as prefix, count(*) as videos, count(caption) as captioned
+        from captions group by 1 order by videos desc, prefix""",
+    "runs": """
+        select run_id, model, prompt_id, count(*) as videos, count(caption) as captioned,
+               min(created_at) as first_row, max(created_at) as last_row
+        from captions group by all order by first_row""",
+    "slowest": """
+        select video_id, uri, decode_s, caption_s, coalesce(decode_s, 0) + coalesce(caption_s, 0) as total_s
+        from captions order by total_s desc, video_id limit {limit}""",
+    "flags": """
+        select count(caption) as captioned, count(*) filter (where flag_empty) as empty,
+               count(*) filter (where flag_truncated) as truncated,
+               count(*) filter (where flag_repetition) as repetition,
+               count(*) filter (where flag_prompt_echo) as prompt_echo,
+               count(*) filter (where flag_short) as short
+        from captions""",
+}
+
+
+def _parquet_folder(output: str) -> str:
+    if output.endswith(".parquet") or output.rstrip("/").endswith(PARQUET_DIR):
+        return output
+    return join(output, PARQUET_DIR)
+
+
+def read_captions(outputs: list[str], storage_options: dict | None = None) -> pa.Table:
+    """Every row of one or many recaption outputs (output roots, their ``parquet/`` folders, or files).
+
+    Outputs written before the quality flags existed get them computed here (nothing is rewritten).
+    """
+    tables = []
+    for output in outputs:
+        fs, path = get_fs(_parquet_folder(output), storage_options)
+        tables.append(pds.dataset(path, filesystem=fs, format="parquet").to_table())
+    table = pa.concat_tables(tables, promote_options="permissive")
+    if S.FLAG_EMPTY not in table.column_names:
+        prompt = get_template("vicuna").render(DEFAULT_RECAPTION_QUERY)
+        table = CaptionFlagger([prompt, DEFAULT_SYSTEM_PROMPT, DEFAULT_RECAPTION_QUERY]).add_columns(table)
+    return table
+
+
+class CaptionQuery:
+    """A DuckDB connection with ``captions`` registered and the ready-made views created."""
+
+    def __init__(self, outputs: list[str], storage_options: dict | None = None, limit: int = 20) -> None:
+        self.storage_options = storage_options
+        self.con = duckdb.connect()
+        self.con.register("captions", read_captions(outputs, storage_options))
+        for name, sql in VIEWS.items():
+            self.con.execute(f"create view {name} as {sql.format(limit=int(limit))}")
+
+    def sql(self, query: str) -> pa.Table:
+        return self.con.sql(query).to_arrow_table()
+
+    def view(self, name: str) -> pa.Table:
+        if name not in VIEWS:
+            raise KeyError(f"unknown view {name!r}; views: {sorted(VIEWS)}")
+        return self.sql(f"select * from {name}")
+
+    def select(self, where: str | None = None) -> pa.Table:
+        return self.sql("select * from captions" + (f" where {where}" if where else ""))
+
+    def export(self, out_uri: str, fmt: str, where: str | None = None) -> int:
+        """Write the rows matching ``where`` to ``out_uri``; returns how many.
+
+        ``parquet``: the rows as they are; ``jsonl``: training-ready ``{"video", "caption", ...}`` lines of
+        captioned rows; ``webdataset``: one tar of ``{key}.json`` samples of captioned rows.
+        """
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"export format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+        rows = self.select(where)
+        if fmt == "parquet":
+            buffer = io.BytesIO()
+            pq.write_table(rows, buffer, compression="zstd")
+            write_atomic(out_uri, buffer.getvalue(), self.storage_options)
+            return rows.num_rows
+        captioned = rows.filter(pc.is_valid(rows.column(S.CAPTION))).select(
+            [S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.CAPTION])
+        records = [{"video": r[S.URI], "caption": r[S.CAPTION], "video_id": r[S.VIDEO_ID],
+                    "start_s": r[S.START_S], "end_s": r[S.END_S]} for r in captioned.to_pylist()]
+        if fmt == "jsonl":
+            data = "".join(json.dumps(r) + "\n" for r in records).encode()
+        else:
+            import webdataset as wds
+
+            buffer = io.BytesIO()
+            with wds.TarWriter(buffer, encoder=False, mtime=0) as sink:
+                for r in records:
+                    sink.write({"__key__": sample_key(r["video_id"]), "json": json.dumps(r).encode()})
+            data = buffer.getvalue()
+        write_atomic(out_uri, data, self.storage_options)
+        return len(records)
+
+    def compare(self, other_outputs: list[str], where: str | None = None) -> pa.Table:
+        """Captions of the same videos in two runs side by side (joined on ``video_id``)."""
+        self.con.register("other", read_captions(other_outputs, self.storage_options))
+        return self.sql(
+            "select a.video_id, a.uri, a.model as model_a, b.model as model_b, a.prompt_id as prompt_a, "
+            "b.prompt_id as prompt_b, a.caption as caption_a, b.caption as caption_b, "
+            "a.caption is not distinct from b.caption as same "
+            "from captions a join other b using (video_id)" + (f" where {where}" if where else "")
+            + " order by a.video_id")
