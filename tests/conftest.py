@@ -121,3 +121,23 @@ def job_config(input_uri: str, output_uri: str, **sections):
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values) if isinstance(values, dict) else raw.update({name: values})
     return JobConfig.from_dict(raw)
+
+
+@pytest.fixture(scope="session")
+def two_runs(ray_local, tmp_path_factory):
+    """Two small pipeline runs over the same list with different prompts (4 videos in two folders + 1 broken):
+    what the query and gallery tests look at."""
+    from pipeline.runner import run_job
+    from pipeline.sample_videos import write_video
+
+    root = tmp_path_factory.mktemp("query")
+    for folder in ("cam1", "cam2"):
+        (root / folder).mkdir()
+    videos = [write_video(str(root / "cam1" / f"a{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(3)]
+    videos.append(write_video(str(root / "cam2" / "b0.mp4"), 160, 120, 12, 12, seed=9))
+    (root / "cam2" / "broken.mp4").write_text("no video")
+    listing = root / "list.txt"
+    listing.write_text("\n".join(videos + [str(root / "cam2" / "broken.mp4")]))
+    first = run_job(job_config(str(listing), str(root / "run_a")))
+    second = run_job(job_config(str(listing), str(root / "run_b"), prompt="Name the main object."))
+    return root, first, second

@@ -7,10 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import job_config
 from pipeline.gallery import build_gallery
-from pipeline.runner import run_job
-from pipeline.sample_videos import write_video
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -50,16 +47,10 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def galleries(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("gallery")
-    videos = [write_video(str(root / f"v{i}.mp4"), 200, 150, 12, 12, seed=i) for i in range(5)]
-    (root / "broken.mp4").write_text("not a video")
-    listing = root / "list.txt"
-    listing.write_text("\n".join(videos + [str(root / "broken.mp4")]))
-    run_job(job_config(str(listing), str(root / "a")))
-    run_job(job_config(str(listing), str(root / "b"), prompt="Name the main object."))
-    single = build_gallery([str(root / "a")], str(root / "site"), page_size=4, title="Run A")
-    both = build_gallery([str(root / "a")], str(root / "site_cmp"), compare=[str(root / "b")], page_size=10)
+def galleries(two_runs):
+    root, _, _ = two_runs
+    single = build_gallery([str(root / "run_a")], str(root / "site"), page_size=3, title="Run A")
+    both = build_gallery([str(root / "run_a")], str(root / "site_cmp"), compare=[str(root / "run_b")], page_size=10)
     return root, single, both
 
 
@@ -87,10 +78,13 @@ def test_gallery_loads_from_disk_pages_and_searches(browser, galleries):
     from selenium.webdriver.support.ui import Select
 
     root, index, _ = galleries
-    assert index == {**index, "rows": 6, "pages": 2}
+    assert index == {**index, "rows": 5, "pages": 2}
     open_page(browser, str(root / "site" / "index.html"))
-    assert len(cards(browser)) == 4  # first page of 4
-    assert len(browser.find_elements(By.CSS_SELECTOR, ".card img")) == 4  # keyframes from the WebDataset shards
+    assert len(cards(browser)) == 3  # first page of 3
+    shown = cards(browser)
+    with_thumbs = [c for c in shown if c.find_elements(By.TAG_NAME, "img")]
+    assert all("decode" not in c.text for c in with_thumbs)  # keyframes from the WebDataset shards
+    assert len(with_thumbs) == sum("decode" not in c.text for c in shown)
     os.makedirs(ARTIFACTS, exist_ok=True)
     browser.save_screenshot(os.path.join(ARTIFACTS, "gallery.png"))
 
@@ -122,7 +116,7 @@ def test_compare_mode_shows_both_runs(browser, galleries):
     root, _, both = galleries
     assert both["compare"] is True
     open_page(browser, str(root / "site_cmp" / "index.html"))
-    assert len(cards(browser)) == 6
+    assert len(cards(browser)) == 5
     pairs = browser.find_elements(By.CSS_SELECTOR, ".card .pair")
-    assert len(pairs) == 6 and all(len(p.find_elements(By.TAG_NAME, "h4")) == 2 for p in pairs)
+    assert len(pairs) == 5 and all(len(p.find_elements(By.TAG_NAME, "h4")) == 2 for p in pairs)
     browser.save_screenshot(os.path.join(ARTIFACTS, "gallery_compare.png"))

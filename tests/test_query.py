@@ -7,26 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from conftest import job_config
 from pipeline import schema as S
 from pipeline.query import CaptionQuery
-from pipeline.runner import run_job
-from pipeline.sample_videos import write_video
-
-
-@pytest.fixture(scope="module")
-def two_runs(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("query")
-    for folder in ("cam1", "cam2"):
-        (root / folder).mkdir()
-    videos = [write_video(str(root / "cam1" / f"a{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(3)]
-    videos.append(write_video(str(root / "cam2" / "b0.mp4"), 160, 120, 12, 12, seed=9))
-    (root / "cam2" / "broken.mp4").write_text("no video")
-    listing = root / "list.txt"
-    listing.write_text("\n".join(videos + [str(root / "cam2" / "broken.mp4")]))
-    first = run_job(job_config(str(listing), str(root / "run_a")))
-    second = run_job(job_config(str(listing), str(root / "run_b"), prompt="Name the main object."))
-    return root, first, second
 
 
 def test_status_prefix_and_run_views(two_runs):
