@@ -156,36 +156,7 @@ class JobConfig:
         Raises:
             ValueError: unknown sections or keys, invalid values.
         """
-        problems: list[str] = []
-        sections = {f.name: f for f in fields(cls)}
-        built: dict[str, Any] = {}
-        for key, value in (raw or {}).items():
-            if key not in sections:
-                problems.append(f"unknown config section {key!r}; known: {sorted(sections)}")
-                continue
-            factory = sections[key].default_factory
-            default = factory() if factory is not dataclasses.MISSING else None
-            if dataclasses.is_dataclass(default):
-                known = {f.name for f in fields(default)}
-                unknown = sorted(set(value or {}) - known)
-                if unknown:
-                    problems.append(f"unknown keys in {key}: {unknown}; known: {sorted(known)}")
-                    continue
-                values = {k: tuple(v) if isinstance(v, list) else v for k, v in (value or {}).items()}
-                try:
-                    built[key] = type(default)(**values)
-                except (TypeError, ValueError) as exc:
-                    problems.append(f"{key}: {exc}")
-            else:
-                built[key] = value
-        config = cls(**built)
-        try:
-            config.validate()
-        except ValueError as exc:
-            problems += [line.strip()[2:] for line in str(exc).splitlines()[1:]]
-        if problems:
-            raise ValueError("invalid job config:\n  - " + "\n  - ".join(problems))
-        return config
+        return config_from_dict(cls, raw, "job config")
 
     def to_dict(self, redacted: bool = True) -> dict[str, Any]:
         """Plain data; ``storage_options`` (credentials) masked unless ``redacted=False``."""
@@ -193,3 +164,39 @@ class JobConfig:
         if redacted:
             data["storage_options"] = redact(data["storage_options"])
         return data
+
+
+def config_from_dict(cls, raw: dict[str, Any], label: str):
+    """Build the dataclass ``cls`` from nested sections: each dataclass section starts from its defaults and
+    takes the given keys; unknown sections or keys, construction errors and ``validate()`` problems are
+    all collected and raised together as one ValueError."""
+    problems: list[str] = []
+    known = {f.name: f for f in fields(cls)}
+    built: dict[str, Any] = {}
+    for key, value in (raw or {}).items():
+        if key not in known:
+            problems.append(f"unknown config section {key!r}; known: {sorted(known)}")
+            continue
+        factory = known[key].default_factory
+        default = factory() if factory is not dataclasses.MISSING else None
+        if not dataclasses.is_dataclass(default):
+            built[key] = value
+            continue
+        names = {f.name for f in fields(default)}
+        unknown = sorted(set(value or {}) - names)
+        if unknown:
+            problems.append(f"unknown keys in {key}: {unknown}; known: {sorted(names)}")
+            continue
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in (value or {}).items()}
+        try:
+            built[key] = type(default)(**{**dataclasses.asdict(default), **given})
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{key}: {exc}")
+    config = cls(**built)
+    try:
+        config.validate()
+    except ValueError as exc:
+        problems += [line.strip()[2:] for line in str(exc).splitlines()[1:]]
+    if problems:
+        raise ValueError(f"invalid {label}:\n  - " + "\n  - ".join(problems))
+    return config

@@ -112,3 +112,16 @@ def test_credentials_never_reach_outputs(s3_run):
             with tarfile.open(fileobj=io.BytesIO(data)) as tar:
                 data = b"".join(tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())
         assert secret not in data, path
+
+
+def test_query_reads_the_output_from_s3(s3_run, tmp_path):
+    from pipeline.query import CaptionQuery
+
+    bucket, rows, _ = s3_run
+    q = CaptionQuery([f"s3://{bucket}/out"])
+    status = {(r["status"], r["error_stage"]): r["videos"] for r in q.view("status").to_pylist()}
+    assert status == {("ok", None): 4, ("failed", "decode"): 3, ("failed", "read"): 1}
+    assert q.export(f"s3://{bucket}/exports/ok.jsonl", "jsonl", "error is null") == 4
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    assert len(fs.cat_file(f"{bucket}/exports/ok.jsonl").decode().splitlines()) == 4

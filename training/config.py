@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.config import config_from_dict
 from pipeline.frames import SamplingConfig
 from pipeline.storage import redact
 
@@ -127,37 +128,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
         """Nested sections like :class:`pipeline.config.JobConfig`; every problem reported at once."""
-        problems: list[str] = []
-        known = {f.name: f for f in fields(cls)}
-        built: dict[str, Any] = {}
-        for key, value in (raw or {}).items():
-            if key not in known:
-                problems.append(f"unknown config section {key!r}; known: {sorted(known)}")
-                continue
-            factory = known[key].default_factory
-            default = factory() if factory is not dataclasses.MISSING else None
-            if dataclasses.is_dataclass(default):
-                names = {f.name for f in fields(default)}
-                unknown = sorted(set(value or {}) - names)
-                if unknown:
-                    problems.append(f"unknown keys in {key}: {unknown}")
-                    continue
-                merged = {**dataclasses.asdict(default), **{k: tuple(v) if isinstance(v, list) else v
-                                                            for k, v in (value or {}).items()}}
-                try:
-                    built[key] = type(default)(**merged)
-                except (TypeError, ValueError) as exc:
-                    problems.append(f"{key}: {exc}")
-            else:
-                built[key] = value
-        config = cls(**built)
-        try:
-            config.validate()
-        except ValueError as exc:
-            problems += [line.strip()[2:] for line in str(exc).splitlines()[1:]]
-        if problems:
-            raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
-        return config
+        return config_from_dict(cls, raw, "training config")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
