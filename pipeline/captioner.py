@@ -46,8 +46,8 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 class Captioner:
     """Loads the model once per actor; each call captions the batch's good rows in one ``generate``.
 
-    A batch that runs out of GPU memory is split in halves and retried; a single video that still
-    fails becomes an error row of stage ``caption``.
+    A batch that runs out of GPU memory is split in halves and retried, one that fails otherwise is
+    retried video by video; a single video that still fails becomes an error row of stage ``caption``.
     """
 
     def __init__(
@@ -81,30 +81,35 @@ class Captioner:
         self.image_size = image_size
         name = "tiny" if model_cfg.model == "tiny" else self.model.name_or_path
         self.model_name = f"{name}@{self.model.fingerprint}"
-        self.prompt_id = prompt_id(self.processor.template, self.processor.render(query))
-        self.pooling = "x".join(str(x) for x in self.model.config.pooling_shape)
         rendered = self.processor.render(query)
+        self.prompt_id = prompt_id(self.processor.template, rendered)
+        self.pooling = "x".join(str(x) for x in self.model.config.pooling_shape)
         self.flagger = CaptionFlagger([rendered, self.processor.system_prompt, query], quality)
 
     def _caption(self, frames_list: list) -> list:
-        """Results for a list of frame arrays: CaptionResult, or an error string per video."""
+        """``(CaptionResult, seconds)`` per video, or ``((reason, message), 0.0)`` for a video that failed.
+
+        Out of memory: the batch is halved and retried. Any other model error: the videos are retried one
+        by one, so one bad input cannot take its batch (or the job) down with it.
+        """
         started = time.perf_counter()
         try:
             results = generate_captions(self.model, self.processor, torch.from_numpy(np.stack(frames_list)),
                                         self.query, self.generation)
             elapsed = (time.perf_counter() - started) / len(frames_list)
             return [(r, elapsed) for r in results]
-        except RuntimeError as exc:
-            if not _is_out_of_memory(exc):
-                raise
-            if torch.cuda.is_available():
+        except (RuntimeError, ValueError) as exc:
+            oom = _is_out_of_memory(exc)
+            if oom and torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(frames_list) == 1:
-                return [(f"caption: out of memory for one video: {str(exc).splitlines()[0]}", 0.0)]
-            half = len(frames_list) // 2
-            logger.warning("out of memory at batch %d; retrying as %d + %d", len(frames_list), half,
-                           len(frames_list) - half)
-            return self._caption(frames_list[:half]) + self._caption(frames_list[half:])
+                reason = "out_of_memory" if oom else "model_error"
+                return [((reason, f"caption: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"), 0.0)]
+            half = len(frames_list) // 2 if oom else 1
+            logger.warning("%s at batch %d; retrying in parts", "out of memory" if oom else type(exc).__name__,
+                           len(frames_list))
+            return [item for i in range(0, len(frames_list), half)
+                    for item in self._caption(frames_list[i : i + half])]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         S.require_columns(batch.column_names, [S.FRAMES, S.ERROR], "Captioner")
@@ -116,8 +121,9 @@ class Captioner:
         frames = [frames_from_bytes(blobs[i], self.num_frames, self.image_size) for i in good]
         new = {name: [None] * batch.num_rows for name in CAPTION_COLUMNS}
         for i, (result, seconds) in zip(good, self._caption(frames) if frames else []):
-            if isinstance(result, str):
-                errors[i], stages[i], reasons[i] = result, S.STAGE_CAPTION, "out_of_memory"
+            if isinstance(result, tuple):
+                reasons[i], errors[i] = result
+                stages[i] = S.STAGE_CAPTION
                 continue
             new[S.CAPTION][i] = result.text
             new[S.NUM_TOKENS][i] = result.num_tokens

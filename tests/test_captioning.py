@@ -73,3 +73,33 @@ def test_generation_settings_are_validated():
         GenerationSettings(max_new_tokens=0)
     with pytest.raises(ValueError, match="top_p"):
         GenerationSettings(top_p=1.5)
+
+
+def test_a_video_the_model_fails_on_becomes_an_error_row_not_a_crash(tiny_dir):
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline import schema as S
+    from pipeline.captioner import Captioner
+    from pipeline.config import ModelConfig
+
+    captioner = Captioner(ModelConfig(model=tiny_dir), SETTINGS, "Describe.", num_frames=4, image_size=336, device="cpu")
+    good = np.zeros((4, 336, 336, 3), np.uint8)
+    batch = pa.table({S.ERROR: pa.nulls(3, pa.string()), S.ERROR_STAGE: pa.nulls(3, pa.string()),
+                      S.ERROR_REASON: pa.nulls(3, pa.string()),
+                      S.FRAMES: pa.array([good.tobytes()] * 3, pa.large_binary())})
+    original = captioner.model.encode_videos
+    calls = []
+
+    def fails_for_the_batch_then_the_second_video(pixels):
+        calls.append(len(pixels))
+        if len(pixels) > 1 or len(calls) == 3:  # the batch, then the second video alone
+            raise RuntimeError("kernel failure")
+        return original(pixels)
+
+    captioner.model.encode_videos = fails_for_the_batch_then_the_second_video
+    out = captioner(batch)
+    assert out.column(S.ERROR_STAGE).to_pylist() == [None, "caption", None]
+    assert out.column(S.ERROR_REASON).to_pylist()[1] == "model_error"
+    assert "kernel failure" in out.column(S.ERROR).to_pylist()[1]
+    assert out.column(S.CAPTION).to_pylist()[0] and out.column(S.CAPTION).to_pylist()[2]
