@@ -119,8 +119,9 @@ def test_query_reads_the_output_from_s3(s3_run, tmp_path):
 
     bucket, rows, _ = s3_run
     q = CaptionQuery([f"s3://{bucket}/out"])
-    status = {(r["status"], r["error_stage"]): r["videos"] for r in q.view("status").to_pylist()}
-    assert status == {("ok", None): 4, ("failed", "decode"): 3, ("failed", "read"): 1}
+    status = {(r["status"], r["error_stage"], r["error_reason"]): r["videos"] for r in q.view("status").to_pylist()}
+    assert status == {("ok", None, None): 4, ("failed", "decode", "empty"): 1, ("failed", "decode", "undecodable"): 2,
+                      ("failed", "read", "not_found"): 1}
     assert q.export(f"s3://{bucket}/exports/ok.jsonl", "jsonl", "error is null") == 4
     fs = s3fs.S3FileSystem()
     fs.invalidate_cache()
