@@ -191,3 +191,22 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_checkpoints_resume_and_export_on_s3(ray_local, s3_endpoint, qa_data):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("train-runs")
+    raw = merge(SMALL, data={"uri": str(qa_data / "qa.json")},
+                run={"output": "s3://train-runs/run1", "max_steps": 2, "checkpoint_every": 2, "num_workers": 1})
+    first = run_training(TrainConfig.from_dict(raw))
+    assert first["weights_dir"] == "s3://train-runs/run1/weights"
+    raw["run"]["max_steps"] = 3  # the same run, longer: continues from the checkpoint in the bucket
+    second = run_training(TrainConfig.from_dict(raw))
+    assert [h["step"] for h in second["history"]] == [1, 2, 3] and second["history"][-1]["resumed_from"] == 2
+    fs.invalidate_cache()
+    assert fs.exists("train-runs/run1/weights/model.safetensors")
+    assert json.loads(fs.cat_file("train-runs/run1/weights/pllava_weights.json"))["steps"] == 3
+    assert len(fs.cat_file("train-runs/run1/metrics.jsonl").decode().splitlines()) == 3
