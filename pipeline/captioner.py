@@ -134,9 +134,6 @@ class Captioner:
             new[S.PROMPT_ID][i] = self.prompt_id
             new[S.NUM_FRAMES][i] = self.num_frames
             new[S.POOLING][i] = self.pooling
-        out = batch.drop_columns([S.FRAMES])
-        for name, values in ((S.ERROR, errors), (S.ERROR_STAGE, stages), (S.ERROR_REASON, reasons)):
-            out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, pa.string()))
-        for name, kind in CAPTION_COLUMNS.items():
-            out = out.append_column(pa.field(name, kind), pa.array(new[name], kind))
-        return self.flagger.add_columns(out)
+        columns = S.error_columns(errors, stages, reasons)
+        columns.update({name: (kind, new[name]) for name, kind in CAPTION_COLUMNS.items()})
+        return self.flagger.add_columns(S.with_columns(batch.drop_columns([S.FRAMES]), columns))

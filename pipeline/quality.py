@@ -89,10 +89,4 @@ class CaptionFlagger:
         truncated = (table.column(S.TRUNCATED).to_pylist() if S.TRUNCATED in table.column_names
                      else [None] * table.num_rows)
         rows = [self.flags(c, t) for c, t in zip(captions, truncated)]
-        for name, kind in FLAG_COLUMNS.items():
-            array = pa.array([r[name] for r in rows], kind)
-            if name in table.column_names:
-                table = table.set_column(table.schema.get_field_index(name), name, array)
-            else:
-                table = table.append_column(pa.field(name, kind), array)
-        return table
+        return S.with_columns(table, {name: (kind, [r[name] for r in rows]) for name, kind in FLAG_COLUMNS.items()})

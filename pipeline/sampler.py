@@ -113,11 +113,6 @@ class FrameSampler:
             new[S.FRAME_COUNT].append(info.frame_count if info else None)
             new[S.DECODER].append(info.decoder if info else None)
             new[S.DECODE_S].append(elapsed if source is not None else None)
-        out = batch
-        for name, values in ((S.ERROR, errors), (S.ERROR_STAGE, stages), (S.ERROR_REASON, reasons)):
-            out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, pa.string()))
-        for name, kind in SAMPLED_COLUMNS.items():
-            if name in out.column_names:
-                out = out.drop_columns([name])
-            out = out.append_column(pa.field(name, kind), pa.array(new[name], kind))
-        return out
+        columns = S.error_columns(errors, stages, reasons)
+        columns.update({name: (kind, new[name]) for name, kind in SAMPLED_COLUMNS.items()})
+        return S.with_columns(batch, columns)

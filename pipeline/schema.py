@@ -94,6 +94,22 @@ def require_columns(columns, needed, stage: str) -> None:
         raise KeyError(f"{stage} needs columns {missing}; the batch has {sorted(columns)}")
 
 
+def with_columns(table: pa.Table, columns: dict[str, tuple[pa.DataType, list]]) -> pa.Table:
+    """``table`` with each named column set to ``(type, values)``: replaced where present, else appended."""
+    for name, (kind, values) in columns.items():
+        array = pa.array(values, kind)
+        if name in table.column_names:
+            table = table.set_column(table.schema.get_field_index(name), pa.field(name, kind), array)
+        else:
+            table = table.append_column(pa.field(name, kind), array)
+    return table
+
+
+def error_columns(errors: list, stages: list, reasons: list) -> dict[str, tuple[pa.DataType, list]]:
+    """The three error columns, for :func:`with_columns`."""
+    return {ERROR: (pa.string(), errors), ERROR_STAGE: (pa.string(), stages), ERROR_REASON: (pa.string(), reasons)}
+
+
 def extra_columns(columns) -> list[str]:
     """Input-list columns passed through unchanged (everything the pipeline does not own)."""
     return [c for c in columns if c not in OUTPUT_COLUMNS and c not in INTERNAL_COLUMNS]
