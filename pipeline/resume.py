@@ -124,6 +124,12 @@ def _tar_without(data: bytes, keys: set[str]) -> bytes:
 def reconcile(output: str, storage_options: dict | None = None) -> dict[str, int]:
     """Remove hidden temporaries, orphan WebDataset tars and duplicate rows. Safe to run any time no job
     is writing to ``output``; returns what it removed."""
+    return reconcile_and_scan(output, storage_options)[0]
+
+
+def reconcile_and_scan(output: str, storage_options: dict | None = None) -> tuple[dict[str, int], OutputState]:
+    """:func:`reconcile`, also returning the repaired output's state (scanned again only when rows were
+    rewritten), so callers need not scan the output a second time."""
     stats = {"temporaries": 0, "orphan_tars": 0, "duplicate_rows": 0}
     for folder in (PARQUET_DIR, WEBDATASET_DIR):
         for uri in list_files(join(output, folder), storage_options):
@@ -138,6 +144,8 @@ def reconcile(output: str, storage_options: dict | None = None) -> dict[str, int
             stats["orphan_tars"] += 1
     for uri, ids in sorted(_losing_rows(state).items()):
         stats["duplicate_rows"] += _rewrite_without(uri, ids, storage_options)
+    if stats["duplicate_rows"]:
+        state = scan_output(output, storage_options)
     if any(stats.values()):
         logger.info("reconciled %s: %s", output, stats)
-    return stats
+    return stats, state

@@ -24,7 +24,7 @@ from model.prompts import read_prompt
 from pipeline import schema as S
 from pipeline.captioner import Captioner
 from pipeline.config import JobConfig
-from pipeline.resume import reconcile, scan_output
+from pipeline.resume import OutputState, reconcile_and_scan
 from pipeline.sampler import FrameSampler
 from pipeline.sinks import RUNS_DIR, ShardWriter
 from pipeline.sources import read_video_refs
@@ -136,8 +136,7 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
     run_id = run_id or new_run_id()
     started = time.perf_counter()
     out = cfg.output
-    repaired = reconcile(out.output, cfg.storage_options)
-    before = scan_output(out.output, cfg.storage_options)
+    repaired, before = reconcile_and_scan(out.output, cfg.storage_options)
     done_ids = before.done_ids(out.retry_errors)
     init_ray(cfg.resources.ray_num_cpus)
     context = ray.data.DataContext.get_current()
@@ -154,15 +153,15 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
         done = sum(m["rows"] for m in written)
         logger.info("wrote %s (%d videos this run)", written[-1]["file"], done)
     wall_s = time.perf_counter() - started
-    repaired_after = reconcile(out.output, cfg.storage_options)
-    summary = summarise(cfg, run_id, written, wall_s, len(done_ids), repaired, repaired_after)
+    repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options)
+    summary = summarise(cfg, run_id, written, wall_s, len(done_ids), repaired, repaired_after, after)
     write_atomic(join(out.output, RUNS_DIR, f"{run_id}.json"),
                  json.dumps(summary, indent=2, default=str).encode(), cfg.storage_options)
     return summary
 
 
 def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, skipped: int,
-              repaired: dict, repaired_after: dict) -> dict:
+              repaired: dict, repaired_after: dict, state: OutputState) -> dict:
     """This run's counts and speeds plus the state of the whole output afterwards."""
     failed: Counter = Counter()
     flagged: Counter = Counter({flag: 0 for flag in S.FLAGS})
@@ -170,7 +169,6 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, s
         failed.update(m["failed"])
         flagged.update(m["flagged"])
     processed = sum(m["rows"] for m in written)
-    state = scan_output(cfg.output.output, cfg.storage_options)
     total_ok = int(pc.sum(state.rows.column("ok")).as_py() or 0)
     return {
         "run_id": run_id,
