@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--sql", help="any SQL over the table `captions`")
     what.add_argument("--export", choices=("parquet", "jsonl", "webdataset"), help="write the --where rows to --to")
     what.add_argument("--compare", nargs="+", metavar="OUTPUT", help="another run's outputs to join on video_id")
-    parser.add_argument("--where", help="SQL condition selecting rows (export, compare, listing)")
+    parser.add_argument("--where", help="one SQL expression selecting rows (export, compare, listing); DuckDB's "
+                                        "file access is off except for --sql")
     parser.add_argument("--to", help="export destination (file URI)")
     parser.add_argument("--limit", type=int, default=20, help="rows shown, and the size of the slowest view")
     return parser
@@ -35,9 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pipeline.query import CaptionQuery
+    from pipeline.query import CaptionQuery, check_where
 
-    query = CaptionQuery(args.outputs, limit=args.limit)
+    try:
+        if args.where:
+            check_where(args.where)  # before any data is read
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    query = CaptionQuery(args.outputs, limit=args.limit, file_access=bool(args.sql))
     if args.export:
         if not args.to:
             print("error: --export needs --to", file=sys.stderr)

@@ -116,11 +116,17 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from pipeline.masking import mask_text
     from pipeline.runner import format_summary, run_job
+    from pipeline.sources import VideoListError
 
-    summary = run_job(cfg, progress=args.verbose)
+    try:
+        summary = run_job(cfg, progress=args.verbose)
+    except (FileNotFoundError, VideoListError) as exc:
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
+        return 2
     print(format_summary(summary))
-    out = cfg.output.output
+    out = mask_text(cfg.output.output)
     print(f"\ncaptions: {out}/parquet/*.parquet" + (f"   webdataset: {out}/webdataset/*.tar"
           if "webdataset" in cfg.output.formats else "") + f"   summary: {out}/_runs/{summary['run_id']}.json")
     return 0

@@ -12,7 +12,8 @@ from typing import Any
 from model.captioning import GenerationSettings
 from pipeline.frames import SamplingConfig
 from pipeline.quality import QualityThresholds
-from pipeline.storage import RetryPolicy, redact
+from pipeline.masking import mask_values, redact
+from pipeline.storage import RetryPolicy
 
 LIST_FORMATS = ("auto", "txt", "csv", "jsonl", "parquet", "annotations", "prefix")
 OUTPUT_FORMATS = ("parquet", "webdataset")
@@ -159,10 +160,12 @@ class JobConfig:
         return config_from_dict(cls, raw, "job config")
 
     def to_dict(self, redacted: bool = True) -> dict[str, Any]:
-        """Plain data; ``storage_options`` (credentials) masked unless ``redacted=False``."""
+        """Plain data. ``redacted`` (the default) masks credentials: ``storage_options`` by key and value, every
+        other string (``source.input``, ``output.output``, ...) by value shape (URL user info, signed URLs)."""
         data = dataclasses.asdict(self)
         if redacted:
-            data["storage_options"] = redact(data["storage_options"])
+            data = mask_values(data)
+            data["storage_options"] = redact(self.storage_options)
         return data
 
 

@@ -122,27 +122,46 @@ def center_crop(frames: np.ndarray, side: int) -> np.ndarray:
 
 
 def _bounds(fps: float, num_total: int, start_s: float | None, end_s: float | None) -> tuple[int, int]:
+    if num_total < 1:
+        raise VideoDecodeError("empty" if num_total == 0 else "bad_header", f"the video has {num_total} frames")
     first = int(round(start_s * fps)) if start_s is not None and fps > 0 else 0
     last = int(round(end_s * fps)) - 1 if end_s is not None and fps > 0 else num_total - 1
     if first >= num_total:
-        raise VideoDecodeError("bad_clip", f"clip start {start_s}s is past the end of the video")
+        raise VideoDecodeError("bad_clip", f"clip start {start_s}s is past the end of the video "
+                                           f"({num_total} frames at {fps:g} fps)")
     if last < first:
         raise VideoDecodeError("bad_clip", f"clip [{start_s}, {end_s}]s holds no frames")
     return first, min(last, num_total - 1)
 
 
-def _stream_size(source: str | bytes) -> tuple[int, int] | None:
-    """(width, height) from the container header, without decoding a frame; None when PyAV cannot tell."""
+# decord sizes its frame index from the header (duration x fps) before reading any data: a container that
+# claims billions of frames makes it allocate gigabytes and abort the process. Beyond this claim PyAV,
+# which counts the frames it actually decodes, reads the file instead.
+MAX_HEADER_FRAMES = 20_000_000
+
+
+@dataclass(frozen=True)
+class _Header:
+    size: tuple[int, int] | None  # (width, height)
+    claimed_frames: float  # what the container says: frame count or duration x rate (0 when unknown)
+
+
+def _probe(source: str | bytes) -> _Header:
+    """Size and claimed length from the container header, without decoding a frame (PyAV)."""
     import av
 
     try:
         with av.open(io.BytesIO(source) if isinstance(source, bytes) else source) as container:
             if not container.streams.video:
-                return None
-            context = container.streams.video[0].codec_context
-            return (context.width, context.height) if context.width and context.height else None
+                return _Header(None, 0.0)
+            stream = container.streams.video[0]
+            context = stream.codec_context
+            size = (context.width, context.height) if context.width and context.height else None
+            rate = float(stream.average_rate or stream.guessed_rate or 0)
+            by_duration = (container.duration or 0) / 1e6 * rate
+            return _Header(size, max(float(stream.frames or 0), by_duration))
     except Exception:  # noqa: BLE001 - a failed probe only means decord opens the file first
-        return None
+        return _Header(None, 0.0)
 
 
 def _scaled(size: tuple[int, int], side: int) -> dict[str, int]:
@@ -160,7 +179,10 @@ def _decode_decord(
         return decord.VideoReader(uri, ctx=decord.cpu(0), num_threads=cfg.decode_threads, **size)
 
     # The size comes from the header, so decord opens (and indexes) the file once, already scaling.
-    size = _stream_size(source)
+    header = _probe(source)
+    if header.claimed_frames > MAX_HEADER_FRAMES:
+        raise _CannotOpen(f"the header claims {header.claimed_frames:.3g} frames (over {MAX_HEADER_FRAMES})")
+    size = header.size
     try:
         reader = open_reader(**_scaled(size, cfg.image_size)) if size else open_reader()
     except Exception as exc:  # noqa: BLE001 - decord raises bare RuntimeError/DECORDError on open

@@ -9,12 +9,10 @@ small JavaScript files loaded on demand with ``<script>`` tags, so the gallery w
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import os
 import tarfile
-
-
 
 from pipeline import schema as S
 from pipeline.query import read_captions
@@ -24,17 +22,37 @@ from pipeline.storage import get_fs, join, list_files
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gallery_template.html")
 
 
-def _keyframes(outputs: list[str], storage_options: dict | None) -> dict[str, bytes]:
-    """``{sample key: jpeg}`` from the WebDataset shards of the outputs (absent shards: no thumbnails)."""
-    found: dict[str, bytes] = {}
+def script_json(value) -> str:
+    """JSON that is safe inside an HTML ``<script>`` element and in a JavaScript file: ``<``, ``>``, ``&`` and
+    the line separators U+2028/U+2029 become ``\\u`` escapes, so no text (a title, a path, a caption) can
+    close the element or break the script."""
+    text = json.dumps(value)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                         ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
+
+
+def thumb_name(key: str) -> str:
+    """A short, safe file name for a sample's keyframe (ids can be longer than a file name may be)."""
+    return hashlib.sha1(key.encode()).hexdigest()[:24] + ".jpg"
+
+
+def _write_thumbs(outputs: list[str], wanted: set[str], thumbs_dir: str, storage_options: dict | None) -> set[str]:
+    """Copy the keyframes of the ``wanted`` sample keys from the outputs' WebDataset shards into ``thumbs_dir``,
+    streaming one tar member at a time (memory does not grow with the output); returns the keys written."""
+    written: set[str] = set()
     for output in outputs:
         for uri in list_files(join(output, WEBDATASET_DIR), storage_options, suffix=".tar"):
             fs, path = get_fs(uri, storage_options)
-            with tarfile.open(fileobj=io.BytesIO(fs.cat_file(path))) as tar:
-                for member in tar.getmembers():
-                    if member.isfile() and member.name.endswith(".jpg"):
-                        found[member.name.rsplit("/", 1)[-1][: -len(".jpg")]] = tar.extractfile(member).read()
-    return found
+            with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+                for member in tar:
+                    key = member.name.rsplit("/", 1)[-1][: -len(".jpg")]
+                    if member.isfile() and member.name.endswith(".jpg") and key in wanted and key not in written:
+                        with open(os.path.join(thumbs_dir, thumb_name(key)), "wb") as out:
+                            out.write(tar.extractfile(member).read())
+                        written.add(key)
+    return written
 
 
 def _card(row: dict, thumb: str | None, other: dict | None) -> dict:
@@ -65,29 +83,26 @@ def build_gallery(
     if compare:
         other = read_captions(compare, storage_options)
         others = {r[S.VIDEO_ID]: r for r in other.select([S.VIDEO_ID, S.CAPTION, S.ERROR, S.MODEL]).to_pylist()}
-    keyframes = _keyframes(outputs, storage_options)
     os.makedirs(os.path.join(out_dir, "thumbs"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "data"), exist_ok=True)
     columns = [S.VIDEO_ID, S.URI, S.CAPTION, S.ERROR, S.ERROR_STAGE, S.DURATION_S, S.WIDTH, S.HEIGHT, S.MODEL,
                *S.FLAGS]
     rows = table.select(columns).to_pylist()
+    with_thumbs = _write_thumbs(outputs, {sample_key(r[S.VIDEO_ID]) for r in rows if r[S.CAPTION] is not None},
+                                os.path.join(out_dir, "thumbs"), storage_options)
     pages = max(1, -(-len(rows) // page_size))
     for number in range(pages):
         cards = []
         for row in rows[number * page_size : (number + 1) * page_size]:
             key = sample_key(row[S.VIDEO_ID])
-            thumb = None
-            if key in keyframes:
-                thumb = f"thumbs/{key}.jpg"
-                with open(os.path.join(out_dir, thumb), "wb") as f:
-                    f.write(keyframes[key])
+            thumb = f"thumbs/{thumb_name(key)}" if key in with_thumbs else None
             cards.append(_card(row, thumb, others.get(row[S.VIDEO_ID]) if compare else None))
         with open(os.path.join(out_dir, "data", f"page-{number:05d}.js"), "w", encoding="utf-8") as f:
-            f.write(f"window.galleryPage({number}, {json.dumps(cards)});\n")
+            f.write(f"window.galleryPage({number}, {script_json(cards)});\n")
     index = {"title": title, "rows": len(rows), "pages": pages, "page_size": page_size, "compare": bool(compare),
              "sources": outputs, "compare_sources": compare or []}
     with open(TEMPLATE, encoding="utf-8") as f:
-        html = f.read().replace("__GALLERY_INDEX__", json.dumps(index))
+        html = f.read().replace("__GALLERY_INDEX__", script_json(index))
     with open(os.path.join(out_dir, "index.html"), "w", encoding="utf-8") as f:
         f.write(html)
     return index

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import pyarrow as pa
@@ -62,31 +63,85 @@ def _parquet_folder(output: str) -> str:
     return join(output, PARQUET_DIR)
 
 
-def read_captions(outputs: list[str], storage_options: dict | None = None) -> pa.Table:
+def unified_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for files written by different runs: every column of any file (first-seen order); a column
+    whose types differ takes the common type where Arrow can promote, else text (an id that is an integer in
+    one list and a string in another)."""
+    types: dict[str, pa.DataType] = {}
+    for schema in schemas:
+        for field in schema:
+            known = types.get(field.name)
+            if known is None or known == field.type:
+                types[field.name] = field.type
+                continue
+            try:
+                types[field.name] = pa.unify_schemas([pa.schema([(field.name, known)]), pa.schema([field])],
+                                                     promote_options="permissive").field(field.name).type
+            except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                types[field.name] = pa.string()
+    return pa.schema(list(types.items()))
+
+
+def read_captions(outputs: list[str], storage_options: dict | None = None, threads: int = 16) -> pa.Table:
     """Every row of one or many recaption outputs (output roots, their ``parquet/`` folders, or files).
 
+    Files may differ in their extra columns (types and presence): the schema is unified over all of them.
     Outputs written before the quality flags existed get them computed here (nothing is rewritten).
     """
-    tables = []
+    datasets = []
     for output in outputs:
         fs, path = get_fs(_parquet_folder(output), storage_options)
-        tables.append(pds.dataset(path, filesystem=fs, format="parquet").to_table())
-    table = pa.concat_tables(tables, promote_options="permissive")
+        datasets.append(pds.dataset(path, filesystem=fs, format="parquet"))
+    fragments = [fragment for dataset in datasets for fragment in dataset.get_fragments()]
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # footers only
+        schema = unified_schema(list(pool.map(lambda fragment: fragment.physical_schema, fragments)))
+    table = pds.dataset([pds.dataset(d.files, filesystem=d.filesystem, format="parquet", schema=schema)
+                         for d in datasets], schema=schema).to_table()
     if S.FLAG_EMPTY not in table.column_names:
         prompt = get_template("vicuna").render(DEFAULT_RECAPTION_QUERY)
         table = CaptionFlagger([prompt, DEFAULT_SYSTEM_PROMPT, DEFAULT_RECAPTION_QUERY]).add_columns(table)
     return table
 
 
-class CaptionQuery:
-    """A DuckDB connection with ``captions`` registered and the ready-made views created."""
+def check_where(where: str) -> str:
+    """``where`` if it is one SQL expression: no statement separator, no comment, parentheses balanced, so
+    it cannot close the ``where ( ... )`` it is put in or start another statement.
 
-    def __init__(self, outputs: list[str], storage_options: dict | None = None, limit: int = 20) -> None:
+    Raises:
+        ValueError: naming what is not allowed.
+    """
+    tokens = duckdb.tokenize(where)
+    depth = 0
+    for (start, kind), (end, _) in zip(tokens, tokens[1:] + [(len(where), None)]):
+        if kind == duckdb.token_type.comment:
+            raise ValueError(f"--where must be one SQL expression without comments: {where!r}")
+        if kind != duckdb.token_type.operator:
+            continue
+        for char in where[start:end]:
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if char == ";" or depth < 0:
+                raise ValueError(f"--where must be one SQL expression (no ';', balanced parentheses): {where!r}")
+    if depth:
+        raise ValueError(f"--where has unbalanced parentheses: {where!r}")
+    return where
+
+
+class CaptionQuery:
+    """A DuckDB connection with ``captions`` registered and the ready-made views created.
+
+    DuckDB's own file access is off unless ``file_access`` is set: the tables are Arrow tables in memory
+    and exports are written by pyarrow, so only free SQL (``--sql``) may want to read other files.
+    """
+
+    def __init__(self, outputs: list[str], storage_options: dict | None = None, limit: int = 20,
+                 file_access: bool = False) -> None:
         self.storage_options = storage_options
         self.con = duckdb.connect()
         self.con.register("captions", read_captions(outputs, storage_options))
         for name, sql in VIEWS.items():
             self.con.execute(f"create view {name} as {sql.format(limit=int(limit))}")
+        if not file_access:
+            self.con.execute("set enable_external_access = false")
 
     def sql(self, query: str) -> pa.Table:
         return self.con.sql(query).to_arrow_table()
@@ -97,7 +152,7 @@ class CaptionQuery:
         return self.sql(f"select * from {name}")
 
     def select(self, where: str | None = None) -> pa.Table:
-        return self.sql("select * from captions" + (f" where {where}" if where else ""))
+        return self.sql("select * from captions" + _where_clause(where))
 
     def export(self, out_uri: str, fmt: str, where: str | None = None) -> int:
         """Write the rows matching ``where`` to ``out_uri``; returns how many.
@@ -137,5 +192,9 @@ class CaptionQuery:
             "select a.video_id, a.uri, a.model as model_a, b.model as model_b, a.prompt_id as prompt_a, "
             "b.prompt_id as prompt_b, a.caption as caption_a, b.caption as caption_b, "
             "a.caption is not distinct from b.caption as same "
-            "from captions a join other b using (video_id)" + (f" where {where}" if where else "")
-            + " order by a.video_id")
+            "from captions a join other b using (video_id)" + _where_clause(where) + " order by a.video_id")
+
+
+def _where_clause(where: str | None) -> str:
+    """`` where (...)`` on lines of its own, after :func:`check_where`; empty for no condition."""
+    return f" where (\n{check_where(where)}\n)" if where else ""

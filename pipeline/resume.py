@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import tarfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import schema as S
+from pipeline.masking import mask_text
 from pipeline.sinks import PARQUET_DIR, WEBDATASET_DIR, sample_key
 from pipeline.storage import get_fs, join, list_files, remove, write_atomic
 
@@ -29,7 +31,8 @@ _SCAN_COLUMNS = [S.VIDEO_ID, S.ERROR, S.CREATED_AT]
 
 @dataclass
 class OutputState:
-    """One row per Parquet row of the output: ``video_id``, ``ok``, ``created_at``, ``file``."""
+    """One row per Parquet row of the output: ``video_id``, ``ok``, ``created_at``, ``file``, ``row`` (its
+    position in the file, so that two rows of one file with the same id can be told apart)."""
 
     rows: pa.Table
     files: list[str] = field(default_factory=list)
@@ -49,6 +52,7 @@ def _read_columns(uri: str, storage_options: dict | None) -> pa.Table:
         "ok": pc.is_null(table.column(S.ERROR)),
         S.CREATED_AT: table.column(S.CREATED_AT),
         "file": pa.array([uri] * table.num_rows, pa.string()),
+        "row": pa.array(range(table.num_rows), pa.int64()),
     })
 
 
@@ -58,7 +62,7 @@ def scan_output(output: str, storage_options: dict | None = None, threads: int =
     files = [f for f in files if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
     empty = pa.table({S.VIDEO_ID: pa.array([], pa.string()), "ok": pa.array([], pa.bool_()),
                       S.CREATED_AT: pa.array([], S.OUTPUT_SCHEMA.field(S.CREATED_AT).type),
-                      "file": pa.array([], pa.string())})
+                      "file": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
     if not files:
         return OutputState(empty, [])
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -66,8 +70,9 @@ def scan_output(output: str, storage_options: dict | None = None, threads: int =
     return OutputState(pa.concat_tables([empty] + tables), files)
 
 
-def _losing_rows(state: OutputState) -> dict[str, set[str]]:
-    """For ids present more than once: file -> ids to drop from it (keep caption over error, then newest)."""
+def _losing_rows(state: OutputState) -> dict[str, set[int]]:
+    """For ids present more than once: file -> positions of the rows to drop from it. Exactly one row per id
+    is kept: a caption beats an error, then the newest, then the later file, then the first row of a file."""
     rows = state.rows
     counts = pc.value_counts(rows.column(S.VIDEO_ID).combine_chunks())
     dup_ids = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
@@ -75,25 +80,28 @@ def _losing_rows(state: OutputState) -> dict[str, set[str]]:
         return {}
     dups = rows.filter(pc.is_in(rows.column(S.VIDEO_ID), value_set=dup_ids))
     order = dups.sort_by([(S.VIDEO_ID, "ascending"), ("ok", "descending"), (S.CREATED_AT, "descending"),
-                          ("file", "descending")])
-    drop: dict[str, set[str]] = {}
+                          ("file", "descending"), ("row", "ascending")])
+    drop: dict[str, set[int]] = {}
     seen: set[str] = set()
-    for video_id, file in zip(order.column(S.VIDEO_ID).to_pylist(), order.column("file").to_pylist()):
+    for video_id, file, row in zip(*(order.column(c).to_pylist() for c in (S.VIDEO_ID, "file", "row"))):
         if video_id in seen:
-            drop.setdefault(file, set()).add(video_id)
+            drop.setdefault(file, set()).add(row)
         seen.add(video_id)
     return drop
 
 
-def _rewrite_without(uri: str, ids: set[str], storage_options: dict | None) -> int:
+def _rewrite_without(uri: str, rows: set[int], storage_options: dict | None) -> int:
+    """Rewrite one Parquet file without the rows at the given positions, and its WebDataset shard to match."""
     fs, path = get_fs(uri, storage_options)
     with fs.open(path, "rb") as f:
         table = pq.read_table(f)
-    keep = table.filter(pc.invert(pc.is_in(table.column(S.VIDEO_ID), value_set=pa.array(sorted(ids)))))
+    keep = table.filter(pa.array([i not in rows for i in range(table.num_rows)]))
     tar_uri = shard_for(uri)
     tar_fs, tar_path = get_fs(tar_uri, storage_options)
-    if tar_fs.exists(tar_path):  # drop the same samples from the matching WebDataset shard first
-        write_atomic(tar_uri, _tar_without(tar_fs.cat_file(tar_path), {sample_key(i) for i in ids}), storage_options)
+    if tar_fs.exists(tar_path):  # the shard first: it must never hold a sample its Parquet file lacks
+        captioned = keep.filter(pc.is_null(keep.column(S.ERROR))).column(S.VIDEO_ID).to_pylist()
+        write_atomic(tar_uri, _tar_keeping(tar_fs.cat_file(tar_path), Counter(map(sample_key, captioned))),
+                     storage_options)
     if keep.num_rows == 0:
         remove(uri, storage_options)
         remove(tar_uri, storage_options)
@@ -111,13 +119,22 @@ def shard_for(parquet_uri: str) -> str:
     return join(base, WEBDATASET_DIR, "shard-" + name[len("part-"): -len(".parquet")] + ".tar")
 
 
-def _tar_without(data: bytes, keys: set[str]) -> bytes:
+def _tar_keeping(data: bytes, keep: Counter) -> bytes:
+    """The tar with, per sample key, only its first ``keep[key]`` samples (a sample is a run of members that
+    share a key, one member per extension)."""
     out = io.BytesIO()
+    left = Counter(keep)
     with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        current, extensions, kept = None, set(), False
         for member in src.getmembers():
-            if member.name.split("/")[-1].split(".", 1)[0] in keys:
-                continue
-            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+            key, _, extension = member.name.split("/")[-1].partition(".")
+            if key != current or extension in extensions:  # a new sample starts
+                current, extensions = key, set()
+                kept = left[key] > 0
+                left[key] -= kept
+            extensions.add(extension)
+            if kept:
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
     return out.getvalue()
 
 
@@ -147,5 +164,5 @@ def reconcile_and_scan(output: str, storage_options: dict | None = None) -> tupl
     if stats["duplicate_rows"]:
         state = scan_output(output, storage_options)
     if any(stats.values()):
-        logger.info("reconciled %s: %s", output, stats)
+        logger.info("reconciled %s: %s", mask_text(output), stats)
     return stats, state

@@ -24,6 +24,7 @@ from model.prompts import read_prompt
 from pipeline import schema as S
 from pipeline.captioner import Captioner
 from pipeline.config import JobConfig
+from pipeline.masking import mask_values
 from pipeline.resume import OutputState, reconcile_and_scan
 from pipeline.sampler import FrameSampler
 from pipeline.sinks import RUNS_DIR, ShardWriter
@@ -50,16 +51,34 @@ def init_ray(num_cpus: int | None = None) -> None:
                  log_to_driver=False)
 
 
-class SkipDone:
-    """Drop rows whose ``video_id`` is already finished in the output (a vectorised anti-join)."""
+class SkipFinished:
+    """Drops rows whose ``video_id`` is finished in the output (a vectorised anti-join) and marks a row whose
+    id an earlier row of this run already had (a list naming a video twice) as a duplicate, so the video is
+    decoded and captioned once; the writer counts the marked rows and drops them.
+
+    Stateful: one actor sees every row, so it holds the finished ids once and remembers the ids it passed.
+    """
 
     def __init__(self, done_ids: pa.Array) -> None:
         self.done_ids = done_ids
+        self.seen: set[str] = set()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if len(self.done_ids) == 0:
+        if len(self.done_ids):
+            batch = batch.filter(pc.invert(pc.is_in(batch.column(S.VIDEO_ID), value_set=self.done_ids)))
+        repeated = []
+        for video_id in batch.column(S.VIDEO_ID).to_pylist():
+            repeated.append(video_id in self.seen)
+            self.seen.add(video_id)
+        if not any(repeated):
             return batch
-        return batch.filter(pc.invert(pc.is_in(batch.column(S.VIDEO_ID), value_set=self.done_ids)))
+        errors = batch.column(S.ERROR).to_pylist()
+        stages = batch.column(S.ERROR_STAGE).to_pylist()
+        reasons = batch.column(S.ERROR_REASON).to_pylist()
+        for i in (i for i, r in enumerate(repeated) if r):
+            errors[i] = "source: an earlier row of the list has the same video_id"
+            stages[i], reasons[i] = S.STAGE_SOURCE, S.REASON_DUPLICATE
+        return S.with_columns(batch, S.error_columns(errors, stages, reasons))
 
 
 @dataclass(frozen=True)
@@ -89,7 +108,8 @@ def build_pipeline(
     keyframes = "webdataset" in cfg.output.formats and cfg.output.keyframes
 
     def pipeline(refs: ray.data.Dataset) -> ray.data.Dataset:
-        todo = refs.map_batches(SkipDone(done_ids), batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
+        todo = refs.map_batches(SkipFinished, fn_constructor_args=(done_ids,), batch_format="pyarrow",
+                                compute=ray.data.ActorPoolStrategy(size=1), num_cpus=LIGHT_NUM_CPUS)
         sampled = todo.map_batches(
             FrameSampler,
             fn_constructor_args=(cfg.sampling, cfg.storage_options, cfg.retry, keyframes, res.decode_io_threads),
@@ -145,16 +165,18 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
     placement = place_captioner(cfg)
     logger.info("run %s: %d videos already done; captioner x%d on %s", run_id, len(done_ids),
                 placement.concurrency, placement.device)
-    refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=cfg.resources.batch_size)
+    refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=cfg.resources.batch_size,
+                           retry=cfg.retry)
     manifests = build_pipeline(cfg, query, run_id, done_ids, placement)(refs)
     written = []
     for row in manifests.iter_rows():
         written.append(json.loads(row["manifest"]))
-        done = sum(m["rows"] for m in written)
-        logger.info("wrote %s (%d videos this run)", written[-1]["file"], done)
+        if written[-1]["file"]:
+            logger.info("wrote %s (%d videos this run)", written[-1]["file"], sum(m["rows"] for m in written))
     wall_s = time.perf_counter() - started
     repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options)
     summary = summarise(cfg, run_id, written, wall_s, len(done_ids), repaired, repaired_after, after)
+    summary = mask_values(summary)  # URIs with user info or signatures, in paths, errors and the config
     write_atomic(join(out.output, RUNS_DIR, f"{run_id}.json"),
                  json.dumps(summary, indent=2, default=str).encode(), cfg.storage_options)
     return summary
@@ -179,7 +201,8 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, s
             "failed": sum(failed.values()),
             "failed_by_reason": dict(sorted(failed.items())),
             "skipped_already_done": skipped,
-            "files_written": len(written),
+            "duplicates_skipped": sum(m["duplicates"] for m in written),
+            "files_written": sum(bool(m["file"]) for m in written),
             "wall_s": round(wall_s, 3),
             "videos_per_s": round(processed / wall_s, 4) if wall_s > 0 else None,
             "decode_s": round(sum(m["decode_s"] for m in written), 3),
@@ -204,7 +227,8 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"run {summary['run_id']} -> {summary['output']}",
         f"  this run: {run['videos']} videos ({run['ok']} ok, {run['failed']} failed), "
-        f"{run['skipped_already_done']} skipped as already done",
+        f"{run['skipped_already_done']} skipped as already done"
+        + (f", {run['duplicates_skipped']} repeated list rows skipped" if run["duplicates_skipped"] else ""),
     ]
     for reason, count in run["failed_by_reason"].items():
         lines.append(f"    failed {reason}: {count}")

@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from pipeline import schema as S
 from pipeline.frames import SampledVideo, SamplingConfig, VideoDecodeError, sample_frames
-from pipeline.storage import ReadError, RetryPolicy, is_local, local_path, read_bytes
+from pipeline.masking import mask_text
+from pipeline.storage import ReadError, RetryPolicy, check_local_file, is_local, local_path, read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -65,20 +66,21 @@ class FrameSampler:
         self.pool = ThreadPoolExecutor(max_workers=io_threads)
 
     def _fetch(self, uri: str) -> str | bytes | ReadError:
-        if is_local(uri):
-            return local_path(uri)  # decoders read local files directly
         try:
+            if is_local(uri):
+                path = local_path(uri)
+                check_local_file(path)  # a folder, a refused or impossible path: a read error, not a decode one
+                return path  # decoders read local files directly
             return read_bytes(uri, self.storage_options, self.retry)
         except ReadError as exc:
             return exc
 
     def _sample(self, source, start_s, end_s) -> SampledVideo:
-        if isinstance(source, str):
-            try:
-                return sample_frames(source, self.sampling, start_s, end_s)
-            except FileNotFoundError as exc:
-                raise ReadError("not_found", str(exc)) from exc
-        return sample_frames(source, self.sampling, start_s, end_s)
+        try:
+            return sample_frames(source, self.sampling, start_s, end_s)
+        except OSError as exc:  # the local file vanished or became unreadable between the check and the decode
+            raise ReadError("not_found" if isinstance(exc, FileNotFoundError) else "io",
+                            f"{type(exc).__name__}: {exc}") from exc
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         S.require_columns(batch.column_names, [S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.ERROR], "FrameSampler")
@@ -101,6 +103,13 @@ class FrameSampler:
                     errors[i], stages[i], reasons[i] = f"read: {exc}", S.STAGE_READ, exc.reason
                 except VideoDecodeError as exc:
                     errors[i], stages[i], reasons[i] = f"decode: {exc}", S.STAGE_DECODE, exc.reason
+                except MemoryError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one video must never abort the job; recorded, not hidden
+                    logger.warning("unexpected %s while sampling %s", type(exc).__name__, mask_text(row[S.URI]),
+                                   exc_info=True)
+                    errors[i] = f"decode: unexpected {type(exc).__name__}: {mask_text(str(exc))}"[:1000]
+                    stages[i], reasons[i] = S.STAGE_DECODE, "unexpected"
             elapsed = time.perf_counter() - started
             info = video.info if video is not None else None
             new[S.FRAMES].append(video.frames.tobytes() if video is not None else b"")

@@ -46,6 +46,8 @@ STAGE_SOURCE = "source"  # the list named a video that does not exist
 STAGE_READ = "read"  # object store: permanent error or retries exhausted
 STAGE_DECODE = "decode"  # the bytes are not a decodable video
 STAGE_CAPTION = "caption"  # the model failed on this video
+# A list row whose video_id an earlier row of the same run already has: never decoded, never written.
+REASON_DUPLICATE = "duplicate"
 
 OUTPUT_SCHEMA = pa.schema(
     [

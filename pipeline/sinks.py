@@ -20,10 +20,12 @@ import re
 from datetime import datetime, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import schema as S
 from pipeline.config import OutputConfig
+from pipeline.masking import mask_text, public_uri
 from pipeline.storage import join, write_atomic
 
 PARQUET_DIR = "parquet"
@@ -46,7 +48,10 @@ def sample_key(video_id: str) -> str:
 
 
 def conform(batch: pa.Table, run_id: str, created_at: datetime) -> pa.Table:
-    """The output record: every schema column in order and type (missing ones null), then extra columns."""
+    """The output record: every schema column in order and type (missing ones null), then extra columns.
+
+    URIs lose their credentials (user info, signatures) and error texts are scrubbed: nothing secret is stored.
+    """
     n = batch.num_rows
     columns, fields = [], []
     for field in S.OUTPUT_SCHEMA:
@@ -54,6 +59,11 @@ def conform(batch: pa.Table, run_id: str, created_at: datetime) -> pa.Table:
             array = pa.array([run_id] * n, field.type)
         elif field.name == S.CREATED_AT:
             array = pa.array([created_at] * n, field.type)
+        elif field.name == S.URI:
+            array = pa.array([public_uri(u) for u in batch.column(S.URI).to_pylist()], field.type)
+        elif field.name == S.ERROR and field.name in batch.column_names:
+            array = pa.array([mask_text(e) if e is not None else None for e in batch.column(S.ERROR).to_pylist()],
+                             field.type)
         elif field.name in batch.column_names:
             array = batch.column(field.name).cast(field.type)
         else:
@@ -93,7 +103,10 @@ class ShardWriter:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         S.require_columns(batch.column_names, [S.VIDEO_ID, S.URI, S.ERROR], "ShardWriter")
+        batch, duplicates = _without_duplicates(batch)
         table = conform(batch, self.run_id, datetime.now(timezone.utc))
+        if table.num_rows == 0:  # only repeats of earlier rows: nothing to write
+            return pa.table({"manifest": [json.dumps(_manifest(table, None, 0, duplicates))]})
         name = batch_name(table.column(S.VIDEO_ID).to_pylist())
         wds_rows = 0
         if "webdataset" in self.out.formats:
@@ -105,10 +118,20 @@ class ShardWriter:
         pq.write_table(table, buffer, compression="zstd")
         parquet_uri = join(self.out.output, PARQUET_DIR, f"part-{name}.parquet")
         write_atomic(parquet_uri, buffer.getvalue(), self.storage_options)
-        return pa.table({"manifest": [json.dumps(_manifest(table, parquet_uri, wds_rows))]})
+        return pa.table({"manifest": [json.dumps(_manifest(table, mask_text(parquet_uri), wds_rows, duplicates))]})
 
 
-def _manifest(table: pa.Table, uri: str, wds_rows: int) -> dict:
+def _without_duplicates(batch: pa.Table) -> tuple[pa.Table, int]:
+    """The batch less the rows marked as repeats of an earlier list row, and how many there were."""
+    if S.ERROR_REASON not in batch.column_names:
+        return batch, 0
+    repeated = pc.fill_null(pc.and_(pc.equal(batch.column(S.ERROR_STAGE), S.STAGE_SOURCE),
+                                    pc.equal(batch.column(S.ERROR_REASON), S.REASON_DUPLICATE)), False)
+    count = int(pc.sum(repeated).as_py() or 0)
+    return (batch.filter(pc.invert(repeated)), count) if count else (batch, 0)
+
+
+def _manifest(table: pa.Table, uri: str | None, wds_rows: int, duplicates: int = 0) -> dict:
     rows = table.select([S.ERROR, S.ERROR_STAGE, S.ERROR_REASON, S.NUM_TOKENS, S.TRUNCATED,
                          S.DECODE_S, S.CAPTION_S, *S.FLAGS]).to_pylist()
     failed: dict[str, int] = {}
@@ -126,5 +149,6 @@ def _manifest(table: pa.Table, uri: str, wds_rows: int) -> dict:
         "decode_s": sum(r[S.DECODE_S] or 0.0 for r in rows),
         "caption_s": sum(r[S.CAPTION_S] or 0.0 for r in rows),
         "webdataset_samples": wds_rows,
+        "duplicates": duplicates,
         "flagged": {flag: sum(bool(r[flag]) for r in rows) for flag in S.FLAGS},
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import posixpath
 from typing import Any
 
@@ -19,12 +20,17 @@ import ray
 
 from pipeline import schema as S
 from pipeline.config import VIDEO_EXTENSIONS, SourceConfig
-from pipeline.storage import get_fs, is_local, join, list_files
+from pipeline.masking import public_uri
+from pipeline.storage import ReadError, RetryPolicy, get_fs, is_local, join, list_files, object_info, read_bytes
 
 logger = logging.getLogger(__name__)
 
 READ_NUM_CPUS = 0.25
 URI_CANDIDATES = ("uri", "path", "video", "url", "file", "filename")
+
+
+class VideoListError(OSError):
+    """The video list could not be read (a transient failure that outlasted the retries, or no access)."""
 
 
 def detect_format(uri: str) -> str:
@@ -37,10 +43,28 @@ def detect_format(uri: str) -> str:
     return "prefix"
 
 
-def stable_video_id(uri: str, start_s: float | None = None, end_s: float | None = None) -> str:
-    """A short id derived from the URI (and clip bounds): the same input always gets the same id."""
+def stable_video_id(uri: str, start_s: Any = None, end_s: Any = None) -> str:
+    """A short id derived from the URI without its credentials (and the clip bounds): the same input always
+    gets the same id, and rotating a key in a signed URI does not change it."""
+    uri = public_uri(uri)
     key = uri if start_s is None and end_s is None else f"{uri}|{start_s}|{end_s}"
     return hashlib.sha1(key.encode()).hexdigest()[:20]
+
+
+def parse_seconds(value: Any) -> float | None:
+    """A clip bound in seconds: a number or numeric text; blank is None.
+
+    Raises:
+        ValueError: anything else (``1:30``, ``abc``), or a negative or non-finite number.
+    """
+    if value is None or isinstance(value, str) and not value.strip():
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    seconds = float(value.strip() if isinstance(value, str) else value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{value!r} is not a time in seconds >= 0")
+    return seconds
 
 
 def _parent(uri: str) -> str:
@@ -53,86 +77,128 @@ def _is_absolute(uri: str) -> bool:
 
 class NormaliseRefs:
     """Map a list's rows to the VideoRef columns: pick the URI column, resolve relative paths, derive ids,
-    and (annotations) find the first existing ``{prefix}/{name}.{ext}``; a missing video becomes an
-    error row of stage ``source``."""
+    and (annotations) find the first existing ``{prefix}/{name}.{ext}``. A row that names no video, has
+    clip bounds that are not seconds, or (annotations) names a missing video becomes an error row of stage
+    ``source``: one bad line never aborts the job."""
 
-    def __init__(self, cfg: SourceConfig, fmt: str, base: str, storage_options: dict | None) -> None:
+    def __init__(self, cfg: SourceConfig, fmt: str, base: str, storage_options: dict | None,
+                 retry: RetryPolicy = RetryPolicy()) -> None:
         self.cfg = cfg
         self.fmt = fmt
         self.base = base
         self.storage_options = storage_options or {}
+        self.retry = retry
 
-    def _uri_column(self, table: pa.Table) -> str:
+    def _uri_columns(self, table: pa.Table) -> list[str]:
+        """The columns a row's URI is taken from, first non-blank wins (JSONL rows may differ in their keys)."""
         if self.fmt == "txt":
-            return "text"
+            return ["text"]
         if self.cfg.uri_column:
             S.require_columns(table.column_names, [self.cfg.uri_column], "source")
-            return self.cfg.uri_column
-        for name in URI_CANDIDATES:
-            if name in table.column_names:
-                return name
-        raise KeyError(f"the video list has none of the columns {URI_CANDIDATES}; columns: {table.column_names} "
-                       "(set source.uri_column)")
+            return [self.cfg.uri_column]
+        present = [name for name in URI_CANDIDATES if name in table.column_names]
+        if not present:
+            raise KeyError(f"the video list has none of the columns {URI_CANDIDATES}; columns: "
+                           f"{table.column_names} (set source.uri_column)")
+        return present
 
     def _resolve(self, raw: str) -> str:
         raw = raw.strip()
         return raw if _is_absolute(raw) else join(self.base, raw)
 
-    def _find_annotation_video(self, name: str) -> tuple[str, str | None]:
+    def _find_annotation_video(self, name: str) -> tuple[str, tuple[str, str] | None]:
+        """The first existing candidate; else the first one with a (reason, message) error."""
         candidates = [join(self.base, f"{name}.{ext.lstrip('.')}") for ext in self.cfg.extensions]
-        fs, _ = get_fs(candidates[0], self.storage_options)
         for uri in candidates:
-            if fs.exists(get_fs(uri, self.storage_options)[1]):
+            try:
+                object_info(uri, self.storage_options, self.retry)
                 return uri, None
+            except ReadError as exc:
+                if exc.reason != "not_found":
+                    return uri, (exc.reason, f"source: {exc}")
         extensions = list(self.cfg.extensions)
-        return candidates[0], f"source: no video named {name!r} with extensions {extensions} under {self.base}"
+        return candidates[0], ("not_found", f"source: no video named {name!r} with extensions {extensions} "
+                                            f"under {public_uri(self.base)}")
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        if self.fmt == "txt":  # blank lines and '#' comments are not videos
+            text = pc.utf8_trim_whitespace(table.column("text"))
+            table = table.filter(pc.and_(pc.not_equal(text, ""), pc.invert(pc.starts_with(text, "#"))))
         n = table.num_rows
-        errors: list[str | None] = [None] * n
+        failures: list[tuple[str, str] | None] = [None] * n  # (reason, message) per row
+        ids: list[str | None] = [None] * n
         if self.fmt == "annotations":
             S.require_columns(table.column_names, [self.cfg.name_key], "source")
             names = [str(x) for x in table.column(self.cfg.name_key).to_pylist()]
             found = [self._find_annotation_video(name) for name in names]
             uris = [u for u, _ in found]
-            errors = [e for _, e in found]
-            ids = names
-            rest = [c for c in table.column_names if c != self.cfg.name_key]
+            failures = [f for _, f in found]
+            ids = list(names)
+            consumed = [self.cfg.name_key]
         else:
-            if self.fmt == "txt":  # blank lines and '#' comments are not videos
-                text = pc.utf8_trim_whitespace(table.column("text"))
-                table = table.filter(pc.and_(pc.not_equal(text, ""), pc.invert(pc.starts_with(text, "#"))))
-                n = table.num_rows
-                errors = [None] * n
-            uri_col = self._uri_column(table)
-            uris = [self._resolve(str(u)) for u in table.column(uri_col).to_pylist()]
-            ids = [None] * n
-            rest = [c for c in table.column_names if c != uri_col]
-        start = _float_column(table, S.START_S)
-        end = _float_column(table, S.END_S)
+            consumed = self._uri_columns(table)
+            raw = _coalesce([table.column(c).to_pylist() for c in consumed])
+            uris = [self._resolve(str(u)) if u is not None else "" for u in raw]
+            failures = [None if u is not None else
+                        ("no_uri", f"source: the list row has no video URI (looked in {consumed})") for u in raw]
+        start, end, bound_errors = _bounds_columns(table)
+        failures = [f or b for f, b in zip(failures, bound_errors)]
         if self.cfg.id_column in table.column_names:
             given = table.column(self.cfg.id_column).to_pylist()
-            ids = [str(g) if g is not None else i for g, i in zip(given, ids)]
-        ids = [i if i else stable_video_id(u, s, e) for i, u, s, e in zip(ids, uris, start, end)]
+            ids = [str(g) if g not in (None, "") else i for g, i in zip(given, ids)]
+        raw_start, raw_end = _raw_column(table, S.START_S), _raw_column(table, S.END_S)
+        for k in range(n):
+            if ids[k]:
+                continue
+            if uris[k] and bound_errors[k] is None:
+                ids[k] = stable_video_id(uris[k], start[k], end[k])
+            else:
+                ids[k] = _row_id(table, k, uris[k], raw_start[k], raw_end[k])
         out = {
             S.VIDEO_ID: pa.array(ids, pa.string()),
             S.URI: pa.array(uris, pa.string()),
             S.START_S: pa.array(start, pa.float64()),
             S.END_S: pa.array(end, pa.float64()),
-            S.ERROR: pa.array(errors, pa.string()),
-            S.ERROR_STAGE: pa.array([S.STAGE_SOURCE if e else None for e in errors], pa.string()),
-            S.ERROR_REASON: pa.array(["not_found" if e else None for e in errors], pa.string()),
+            S.ERROR: pa.array([f[1] if f else None for f in failures], pa.string()),
+            S.ERROR_STAGE: pa.array([S.STAGE_SOURCE if f else None for f in failures], pa.string()),
+            S.ERROR_REASON: pa.array([f[0] if f else None for f in failures], pa.string()),
         }
-        for name in rest:
-            if name not in out and name not in (self.cfg.id_column, S.START_S, S.END_S):
+        for name in table.column_names:
+            if name not in out and name not in consumed and name not in (self.cfg.id_column, S.START_S, S.END_S):
                 out[name] = table.column(name)
         return pa.table(out)
 
 
-def _float_column(table: pa.Table, name: str) -> list[float | None]:
-    if name not in table.column_names:
-        return [None] * table.num_rows
-    return pc.cast(table.column(name), pa.float64()).to_pylist()
+def _coalesce(columns: list[list[Any]]) -> list[Any]:
+    """Row-wise first value that is not null or blank."""
+    return [next((v for v in values if v is not None and str(v).strip()), None) for values in zip(*columns)]
+
+
+def _raw_column(table: pa.Table, name: str) -> list[Any]:
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
+
+
+def _bounds_columns(table: pa.Table) -> tuple[list[float | None], list[float | None], list[tuple[str, str] | None]]:
+    """Clip bounds in seconds, and a ``bad_bounds`` error for each row whose bounds are not usable."""
+    starts, ends, errors = [], [], []
+    for raw_start, raw_end in zip(_raw_column(table, S.START_S), _raw_column(table, S.END_S)):
+        try:
+            start, end = parse_seconds(raw_start), parse_seconds(raw_end)
+            if start is not None and end is not None and end <= start:
+                raise ValueError(f"end {end} is not after start {start}")
+            starts.append(start), ends.append(end), errors.append(None)
+        except (TypeError, ValueError) as exc:
+            starts.append(None), ends.append(None)
+            errors.append(("bad_bounds", f"source: clip bounds start_s={raw_start!r}, end_s={raw_end!r}: {exc}"))
+    return starts, ends, errors
+
+
+def _row_id(table: pa.Table, index: int, uri: str, raw_start: Any, raw_end: Any) -> str:
+    """An id for a row that names no usable video: from what the row says, so reruns find it again."""
+    if uri:
+        return stable_video_id(uri, f"bad:{raw_start!r}", f"bad:{raw_end!r}")
+    row = {k: v for k, v in table.slice(index, 1).to_pylist()[0].items()}
+    return stable_video_id("row:" + json.dumps(row, sort_keys=True, default=str))
 
 
 def _from_table(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
@@ -140,7 +206,8 @@ def _from_table(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
     return ray.data.from_arrow([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
 
 
-def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_per_block: int) -> ray.data.Dataset:
+def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_per_block: int,
+               retry: RetryPolicy) -> ray.data.Dataset:
     fs, path = get_fs(cfg.input, storage_options)
     # Reading a list is light work: a small CPU share keeps it schedulable beside the actor pools.
     light = {"filesystem": fs, "num_cpus": READ_NUM_CPUS}
@@ -153,8 +220,10 @@ def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_p
     if fmt == "parquet":
         return ray.data.read_parquet(path, **light)
     if fmt == "annotations":
-        with fs.open(path, "rb") as f:
-            items = json.load(f)
+        try:
+            items = json.loads(read_bytes(cfg.input, storage_options, retry))
+        except ReadError as exc:
+            raise VideoListError(f"could not read the video list: {exc}") from exc
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise ValueError(f"{cfg.input}: expected a JSON list of objects like {{\"{cfg.name_key}\": \"973\"}}")
         rows = [_scalar_fields(i) for i in items]
@@ -175,25 +244,31 @@ def _scalar_fields(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_video_refs(
-    cfg: SourceConfig, storage_options: dict | None = None, rows_per_block: int = 64
+    cfg: SourceConfig, storage_options: dict | None = None, rows_per_block: int = 64,
+    retry: RetryPolicy = RetryPolicy(),
 ) -> ray.data.Dataset:
     """A lazy dataset of VideoRef rows in many small blocks, so decoding spreads over the actors.
 
     Raises:
         FileNotFoundError: the list file (or every video of a prefix) is missing.
+        VideoListError: the list could not be looked up or read (a transient failure outlasted the retries,
+            or access was refused).
     """
     fmt = detect_format(cfg.input) if cfg.format == "auto" else cfg.format
     if fmt != "prefix":
-        fs, path = get_fs(cfg.input, storage_options)
-        if not fs.exists(path):
-            raise FileNotFoundError(f"video list {cfg.input} does not exist")
+        try:
+            object_info(cfg.input, storage_options, retry)
+        except ReadError as exc:
+            if exc.reason == "not_found":
+                raise FileNotFoundError(f"video list {public_uri(cfg.input)} does not exist") from exc
+            raise VideoListError(f"could not read the video list: {exc}") from exc
     base = cfg.videos_prefix or (_parent(cfg.input) if fmt != "prefix" else cfg.input)
     if is_local(base) and not base.startswith("/") and "://" not in base:
         base = posixpath.abspath(base)
     # File readers already split lists into many blocks; lists built in the driver are split here.
-    ds = _read_list(cfg, fmt, storage_options, rows_per_block)
-    if cfg.limit:
-        ds = ds.limit(cfg.limit)
+    ds = _read_list(cfg, fmt, storage_options, rows_per_block, retry)
     # An instance (not the class): stateless tasks, so existence checks of annotation names run in parallel.
-    return ds.map_batches(NormaliseRefs(cfg, fmt, base, storage_options), batch_format="pyarrow",
-                          num_cpus=READ_NUM_CPUS)
+    ds = ds.map_batches(NormaliseRefs(cfg, fmt, base, storage_options, retry), batch_format="pyarrow",
+                        num_cpus=READ_NUM_CPUS)
+    # After normalisation: comments and blank lines are not videos, so --limit counts videos.
+    return ds.limit(cfg.limit) if cfg.limit else ds

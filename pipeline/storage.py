@@ -7,6 +7,7 @@ Credentials come the way users already set them: the standard AWS variables and 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -18,17 +19,14 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
+from pipeline.masking import mask_text, public_uri, userinfo_secrets
+
 logger = logging.getLogger(__name__)
 
-_SECRET_MARKERS = ("key", "secret", "token", "password", "credential", "session")
-# Errors that retrying cannot fix.
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
-    FileNotFoundError,
-    PermissionError,
-    IsADirectoryError,
-    NotADirectoryError,
-    ValueError,
-)
+# Client-side failures that retrying cannot fix, matched by class name (botocore need not be imported).
+_PERMANENT_ERROR_NAMES = {"ParamValidationError": "bad_path", "InvalidBucketName": "bad_path",
+                          "NoCredentialsError": "permission"}
+_BAD_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EINVAL}
 
 
 @dataclass(frozen=True)
@@ -50,10 +48,11 @@ class RetryPolicy:
 
 
 class ReadError(Exception):
-    """An object could not be read. ``reason`` is ``not_found``, ``permission`` or ``io`` (retries spent).
+    """An object could not be read. ``reason`` is ``not_found``, ``permission``, ``not_a_file``, ``bad_path``
+    or ``io`` (retries spent).
 
-    Missing objects and refused access fail at once; anything else (timeouts, resets, throttling, 5xx)
-    is retried with backoff up to ``RetryPolicy.attempts`` times.
+    Permanent failures fail at once; anything else (timeouts, resets, throttling, 5xx) is retried with
+    backoff up to ``RetryPolicy.attempts`` times. The message never holds the URI's credentials.
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -83,12 +82,57 @@ def _http_status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def _classify(exc: BaseException) -> str:
+def permanent_reason(exc: BaseException) -> str | None:
+    """The read-error reason of a failure that retrying cannot fix; None for a possibly transient one."""
     if isinstance(exc, FileNotFoundError):
         return "not_found"
     if isinstance(exc, PermissionError):
         return "permission"
-    return "io"
+    if isinstance(exc, IsADirectoryError):
+        return "not_a_file"
+    if isinstance(exc, (NotADirectoryError, ValueError, TypeError)):
+        return "bad_path"  # a path under a regular file, a NUL byte, a value the client cannot send
+    if isinstance(exc, OSError) and exc.errno in _BAD_PATH_ERRNOS:
+        return "bad_path"  # file name too long, symlink loop
+    for cls in type(exc).__mro__:
+        if cls.__name__ in _PERMANENT_ERROR_NAMES:
+            return _PERMANENT_ERROR_NAMES[cls.__name__]
+    status = _http_status(exc)
+    if status in (404, 410):
+        return "not_found"
+    if status in (401, 403):
+        return "permission"
+    if status == 400:
+        return "bad_path"
+    return None
+
+
+def with_retries(uri: str, action: str, call, retry: RetryPolicy = RetryPolicy()):
+    """``call()`` with transient failures retried (bounded, jittered backoff).
+
+    Raises:
+        ReadError: a permanent failure (at once) or the retries are spent (reason ``io``); its message names
+            ``action`` and the URI without credentials.
+    """
+    shown, secrets = public_uri(uri), userinfo_secrets(uri)
+    for attempt in range(retry.attempts):
+        try:
+            return call()
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - backends raise their own types (aiohttp, botocore); bounded
+            reason = permanent_reason(exc)
+            detail = mask_text(f"{type(exc).__name__}: {exc}", secrets)
+            if reason is not None:
+                raise ReadError(reason, f"{action} {shown}: {detail}") from exc
+            if attempt + 1 == retry.attempts:
+                raise ReadError("io", f"{action} {shown}: transient I/O failure, {detail} "
+                                      f"(after {retry.attempts} attempts)") from exc
+            delay = retry.delay_s(attempt)
+            logger.warning("transient error (%s) on %s %s; retry %d in %.1fs", type(exc).__name__, action, shown,
+                           attempt + 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def read_bytes(
@@ -97,27 +141,43 @@ def read_bytes(
     """The whole object, retrying transient failures with backoff.
 
     Raises:
-        ReadError: missing object, no permission, or the retries are spent.
+        ReadError: a permanent failure (missing, refused, not a file, bad path), or the retries are spent.
     """
-    for attempt in range(retry.attempts):
-        try:
-            fs, path = get_fs(uri, storage_options)
-            return fs.cat_file(path)
-        except PERMANENT_ERRORS as exc:
-            raise ReadError(_classify(exc), f"{uri}: {exc}") from exc
-        except MemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - backends raise their own types (aiohttp, botocore); bounded
-            if _http_status(exc) in (400, 401, 403, 404, 410):
-                raise ReadError("not_found" if _http_status(exc) in (404, 410) else "permission",
-                                f"{uri}: {exc}") from exc
-            if attempt + 1 == retry.attempts:
-                raise ReadError("io", f"{uri}: {type(exc).__name__}: {exc} (after {retry.attempts} attempts)") from exc
-            delay = retry.delay_s(attempt)
-            logger.warning("transient error reading %s (%s); retry %d in %.1fs", uri, type(exc).__name__,
-                           attempt + 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    def fetch() -> bytes:
+        fs, path = get_fs(uri, storage_options)
+        return fs.cat_file(path)
+
+    return with_retries(uri, "reading", fetch, retry)
+
+
+def object_info(uri: str, storage_options: dict[str, Any] | None = None,
+                retry: RetryPolicy = RetryPolicy()) -> dict[str, Any]:
+    """fsspec ``info`` of an object; unlike ``fs.exists`` a transient failure is retried, not taken for absence.
+
+    Raises:
+        ReadError: ``not_found`` only when the store says so; ``io`` when it could not be asked.
+    """
+    def info() -> dict[str, Any]:
+        fs, path = get_fs(uri, storage_options)
+        return fs.info(path)
+
+    return with_retries(uri, "looking up", info, retry)
+
+
+def check_local_file(path: str) -> None:
+    """A local path names a readable regular file.
+
+    Raises:
+        ReadError: ``not_found``, ``permission``, ``not_a_file`` (a folder or a device) or ``bad_path``
+            (a NUL byte, a name too long, a path under a regular file).
+    """
+    try:
+        if not os.path.isfile(path) and os.path.exists(path):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", path)
+        with open(path, "rb"):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ReadError(permanent_reason(exc) or "io", f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
 def write_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
@@ -166,14 +226,3 @@ def remove(uri: str, storage_options: dict[str, Any] | None = None) -> None:
     if fs.exists(path):
         fs.rm_file(path)
 
-
-def redact(options: Any) -> Any:
-    """A copy of a config or storage-options structure with secret-looking values masked."""
-    if isinstance(options, dict):
-        return {
-            k: ("***" if any(m in str(k).lower() for m in _SECRET_MARKERS) and v else redact(v))
-            for k, v in options.items()
-        }
-    if isinstance(options, (list, tuple)):
-        return type(options)(redact(v) for v in options)
-    return options

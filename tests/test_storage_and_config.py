@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from pipeline.config import JobConfig
-from pipeline.storage import ReadError, RetryPolicy, read_bytes, redact, write_atomic
+from pipeline.masking import redact
+from pipeline.storage import ReadError, RetryPolicy, read_bytes, write_atomic
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.02)
 

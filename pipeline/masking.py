@@ -1,0 +1,80 @@
+"""Keep credentials out of everything the job logs, stores or prints.
+
+Secrets reach a job three ways: storage options (``key``, ``secret``, ``client_kwargs.headers.Authorization``,
+...), URIs with user info or signed query strings (``s3://KEY:SECRET@bucket/v.mp4``,
+``https://host/v.mp4?X-Amz-Signature=...``), and exception texts that quote either. Options are masked by
+key and by value shape; URIs keep their place but lose the secret; free text is scrubbed by shape and by
+the literal secrets it may quote.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+from urllib.parse import unquote
+
+MASK = "***"
+# Option keys whose values are credentials (matched as substrings of the lower-cased key).
+SECRET_KEY_MARKERS = ("key", "secret", "token", "password", "passwd", "passphrase", "credential", "session",
+                      "auth", "cookie", "sas", "signature", "private")
+# scheme://user:password@host -> the user info part.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s@?#]+)@")
+# ?X-Amz-Signature=...&sig=...&token=... -> the value.
+_SECRET_QUERY = re.compile(r"(?i)([?&;][^=&#\s]*(?:sig|key|secret|token|password|credential|auth)[^=&#\s]*=)[^&#\s]+")
+# Authorization header values quoted in text.
+_AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[A-Za-z0-9._~+/=\-]{6,}")
+_AUTH_FIELD = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?!bearer\b|basic\b|digest\b)[^\s\"',}]+")
+
+
+def userinfo_secrets(uri: str) -> list[str]:
+    """The literal secrets of a URI's user info (whole, and each of user and password, raw and unquoted),
+    so that error texts quoting the URI without its scheme can be scrubbed too."""
+    match = _USERINFO.search(uri)
+    if not match:
+        return []
+    info = match.group(2)
+    parts = {info, *info.split(":", 1)}
+    parts |= {unquote(p) for p in parts}
+    return sorted((p for p in parts if p), key=len, reverse=True)
+
+
+def public_uri(uri: str) -> str:
+    """``uri`` as it may be stored and shown: user info removed, secret query values masked."""
+    return _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, _USERINFO.sub(r"\1", uri))
+
+
+def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with URL user info, signed query values, ``Bearer``/``Basic`` credentials and the given
+    literal ``secrets`` masked."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    text = _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+    text = _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, text)
+    text = _AUTH_SCHEME.sub(lambda m: m.group(1) + m.group(2) + MASK, text)
+    return _AUTH_FIELD.sub(lambda m: m.group(1) + MASK, text)
+
+
+def mask_values(data: Any) -> Any:
+    """A copy of a nested structure with every string scrubbed by :func:`mask_text` (keys are not judged)."""
+    if isinstance(data, str):
+        return mask_text(data)
+    if isinstance(data, dict):
+        return {k: mask_values(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(mask_values(v) for v in data)
+    return data
+
+
+def is_secret_key(key: Any) -> bool:
+    return any(marker in str(key).lower() for marker in SECRET_KEY_MARKERS)
+
+
+def redact(options: Any) -> Any:
+    """A copy of storage options (or any credentials structure) with secrets masked by key and by value."""
+    if isinstance(options, dict):
+        return {k: (MASK if is_secret_key(k) and v not in (None, "", {}, []) else redact(v))
+                for k, v in options.items()}
+    if isinstance(options, (list, tuple)):
+        return type(options)(redact(v) for v in options)
+    return mask_values(options)
