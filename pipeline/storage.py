@@ -85,7 +85,9 @@ def _http_status(exc: BaseException) -> int | None:
 def permanent_reason(exc: BaseException) -> str | None:
     """The read-error reason of a failure that retrying cannot fix; None for a possibly transient one."""
     if isinstance(exc, FileNotFoundError):
-        return "not_found"
+        # fsspec's HTTP filesystem reports every failed lookup as missing; the cause tells a 503 from a 404.
+        cause = _http_status(exc.__cause__) if exc.__cause__ is not None else None
+        return None if cause is not None and (cause >= 500 or cause == 429) else "not_found"
     if isinstance(exc, PermissionError):
         return "permission"
     if isinstance(exc, IsADirectoryError):
@@ -122,7 +124,8 @@ def with_retries(uri: str, action: str, call, retry: RetryPolicy = RetryPolicy()
             raise
         except Exception as exc:  # noqa: BLE001 - backends raise their own types (aiohttp, botocore); bounded
             reason = permanent_reason(exc)
-            detail = mask_text(f"{type(exc).__name__}: {exc}", secrets)
+            shown_exc = exc.__cause__ if reason is None and exc.__cause__ is not None else exc
+            detail = mask_text(f"{type(shown_exc).__name__}: {shown_exc}", secrets)
             if reason is not None:
                 raise ReadError(reason, f"{action} {shown}: {detail}") from exc
             if attempt + 1 == retry.attempts:

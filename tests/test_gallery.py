@@ -120,3 +120,66 @@ def test_compare_mode_shows_both_runs(browser, galleries):
     pairs = browser.find_elements(By.CSS_SELECTOR, ".card .pair")
     assert len(pairs) == 5 and all(len(p.find_elements(By.TAG_NAME, "h4")) == 2 for p in pairs)
     browser.save_screenshot(os.path.join(ARTIFACTS, "gallery_compare.png"))
+
+
+XSS = '<img src=x onerror="window.pwned=(window.pwned||0)+1">'
+SCRIPT_BREAK = "</script><script>window.pwned=(window.pwned||0)+1</script>"
+
+
+@pytest.fixture(scope="module")
+def hostile_gallery(tmp_path_factory):
+    """An output whose ids, URIs, captions, errors and model names carry markup, under a folder whose path
+    closes a script element, with a 300-character id; and its gallery with a title that does the same."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline import schema as S
+    from pipeline.config import OutputConfig
+    from pipeline.sampler import encode_jpeg
+    from pipeline.sinks import ShardWriter
+
+    root = tmp_path_factory.mktemp("hostile_gallery")
+    out = str(root / ("run" + SCRIPT_BREAK))  # slashes in the payload become folders: a legal path
+    long_id = "L" * 300
+    ids = [f"id{XSS}", long_id, "failed"]
+    table = pa.table({
+        S.VIDEO_ID: ids, S.URI: [f"/videos/{XSS}.mp4", "/videos/long.mp4", f"/videos/{SCRIPT_BREAK}.mp4"],
+        S.CAPTION: [f"caption {XSS} {SCRIPT_BREAK}", "a long id", None],
+        S.ERROR: [None, None, f"decode: {XSS}"], S.ERROR_STAGE: [None, None, "decode"],
+        S.ERROR_REASON: [None, None, "undecodable"], S.MODEL: [f"model{XSS}"] * 3,
+        S.KEYFRAME_JPEG: [encode_jpeg(np.full((32, 32, 3), v, np.uint8)) for v in (40, 120, 200)],
+    })
+    ShardWriter(OutputConfig(output=out, formats=("parquet", "webdataset")), run_id="r1")(table)
+    title = f"Title {SCRIPT_BREAK} {XSS}"
+    site = str(root / "site")
+    build_gallery([out], site, title=title)
+    build_gallery([out], site + "_cmp", compare=[out], title=title)
+    return site, title, ids
+
+
+def test_gallery_json_is_escaped_for_script_elements(hostile_gallery):
+    site, _, _ = hostile_gallery
+    html = open(os.path.join(site, "index.html"), encoding="utf-8").read()
+    assert html.count("</script>") == 1 and html.count("<script") == 1  # only the template's own element
+    page = open(os.path.join(site, "data", "page-00000.js"), encoding="utf-8").read()
+    assert "<" not in page and ">" not in page.replace("=>", "")
+    assert all(len(name) < 40 for name in os.listdir(os.path.join(site, "thumbs")))
+
+
+def test_markup_in_title_path_ids_uris_captions_errors_and_models_stays_text(browser, hostile_gallery):
+    from selenium.webdriver.common.by import By
+
+    site, title, ids = hostile_gallery
+    for folder, models_shown in ((site, False), (site + "_cmp", True)):
+        open_page(browser, os.path.join(folder, "index.html"))
+        assert browser.execute_script("return window.pwned === undefined"), "script from the data ran"
+        assert browser.find_element(By.ID, "title").text.startswith(title)
+        shown = cards(browser)
+        assert sorted(c.get_attribute("data-id") for c in shown) == sorted(ids)
+        text = " ".join(c.text for c in shown)
+        for literal in (f"caption {XSS}", f"decode: {XSS}", f"/videos/{XSS}.mp4", f"id{XSS}",
+                        *([f"model{XSS}"] if models_shown else [])):
+            assert literal in text, literal
+        long_card = next(c for c in shown if c.get_attribute("data-id") == ids[1])
+        image = long_card.find_element(By.TAG_NAME, "img")
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 32

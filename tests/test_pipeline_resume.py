@@ -147,3 +147,34 @@ def test_duplicate_captions_are_removed_from_webdataset_too(tmp_path):
     assert len(read_rows(out)) == 1
 
 
+
+
+def test_an_id_twice_in_one_file_keeps_exactly_one_row_and_one_sample(tmp_path):
+    """Two copies of an id inside one Parquet file (one batch): reconcile keeps one, not none."""
+    out = str(tmp_path / "out")
+    writer = ShardWriter(OutputConfig(output=out, formats=("parquet", "webdataset")), run_id="r1")
+    ids = ["x", "x", "y", "z", "z"]
+    errors = [None, None, None, "decode: broken", None]  # z: an error copy and a caption copy
+    writer(pa.table({S.VIDEO_ID: ids, S.URI: [f"/v/{i}.mp4" for i in ids], S.ERROR: errors,
+                     S.ERROR_STAGE: [e and "decode" for e in errors], S.ERROR_REASON: [e and "undecodable" for e in errors],
+                     S.CAPTION: [None if e else f"caption {i}" for i, e in zip(ids, errors)]}))
+    assert reconcile(out)["duplicate_rows"] == 2
+    rows = read_rows(out)
+    assert sorted(r[S.VIDEO_ID] for r in rows) == ["x", "y", "z"] and all(r[S.ERROR] is None for r in rows)
+    tars = [os.path.join(out, "webdataset", f) for f in os.listdir(os.path.join(out, "webdataset"))]
+    assert sorted(s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)) == ["x", "y", "z"]
+    assert reconcile(out)["duplicate_rows"] == 0  # converged
+
+
+def test_a_video_listed_many_times_is_captioned_once_and_kept(ray_local, tmp_path):
+    good = write_video(str(tmp_path / "good.mp4"), 160, 120, 12, 12, seed=7)
+    other = write_video(str(tmp_path / "other.mp4"), 160, 120, 12, 12, seed=8)
+    listing = tmp_path / "list.txt"
+    listing.write_text("# the same clip, listed again and again\n" + f"{good}\n" * 40 + f"{other}\n{good}\n")
+    out = str(tmp_path / "out")
+    summary = run_job(job_config(str(listing), out, source={"limit": 41}))
+    assert summary["this_run"]["videos"] == 2 and summary["this_run"]["duplicates_skipped"] == 39
+    assert summary["output_total"]["videos"] == 2 and summary["output_total"]["ok"] == 2
+    assert sorted(r[S.URI] for r in read_rows(out)) == sorted([good, other])
+    again = run_job(job_config(str(listing), out))
+    assert again["this_run"]["videos"] == 0 and again["output_total"]["videos"] == 2

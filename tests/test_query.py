@@ -79,3 +79,68 @@ def test_query_command(two_runs, tmp_path):
     exported = run(str(root / "run_a"), "--export", "jsonl", "--where", "error is null", "--to", str(tmp_path / "o.jsonl"))
     assert exported.returncode == 0 and "wrote 4 rows" in exported.stdout
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 4
+
+
+def write_batch(out, ids, **extra):
+    import pyarrow as pa
+
+    from pipeline.config import OutputConfig
+    from pipeline.sinks import ShardWriter
+
+    n = len(ids)
+    table = pa.table({S.VIDEO_ID: ids, S.URI: [f"/v/{i}.mp4" for i in ids], S.CAPTION: [f"caption {i}" for i in ids],
+                      S.ERROR: pa.nulls(n, pa.string()), S.ERROR_STAGE: pa.nulls(n, pa.string()),
+                      S.ERROR_REASON: pa.nulls(n, pa.string()), **extra})
+    ShardWriter(OutputConfig(output=str(out)), run_id="r1")(table)
+
+
+@pytest.fixture()
+def mixed_output(tmp_path):
+    """Two files whose extra list columns differ: ``rank`` is an integer in the file listed first and text in
+    the second, and ``late`` exists only in the second (a reader that takes the first file's schema fails)."""
+    from pipeline.sinks import batch_name
+
+    first = next(ids for ids in (["a", "b", f"x{n}"] for n in range(100)) if batch_name(ids) < batch_name(["c"]))
+    write_batch(tmp_path / "out", first, rank=[1, 2, 3])
+    write_batch(tmp_path / "out", ["c"], rank=["third"], late=[True])
+    return tmp_path / "out"
+
+
+def test_files_with_different_extra_columns_are_read_together(mixed_output):
+    rows = {r[S.VIDEO_ID]: r for r in CaptionQuery([str(mixed_output)]).select().to_pylist()}
+    assert [(r["rank"], r["late"]) for k, r in sorted(rows.items()) if k != "c"] == [("1", None), ("2", None),
+                                                                                      ("3", None)]
+    assert (rows["c"]["rank"], rows["c"]["late"]) == ("third", True)
+
+
+@pytest.mark.parametrize("where", ["1=1; copy (select 1) to '{out}'", "1=1) union all select * from captions where (1=1",
+                                   "1=1 --", "(1=1"])
+def test_where_accepts_one_expression_only(mixed_output, tmp_path, where):
+    q = CaptionQuery([str(mixed_output)])
+    with pytest.raises(ValueError, match="--where"):
+        q.select(where.format(out=tmp_path / "pwned.csv"))
+    assert not (tmp_path / "pwned.csv").exists()
+    assert [r[S.VIDEO_ID] for r in q.select("caption like '%(%' or rank = '2'").to_pylist()] == ["b"]
+
+
+def test_duckdb_reads_no_files_unless_free_sql_is_asked_for(mixed_output, tmp_path):
+    import duckdb
+
+    (tmp_path / "private.csv").write_text("secret\n42\n")
+    peek = f"exists (select * from read_csv('{tmp_path / 'private.csv'}'))"
+    with pytest.raises(duckdb.PermissionException):
+        CaptionQuery([str(mixed_output)]).select(peek)
+    free = CaptionQuery([str(mixed_output)], file_access=True)
+    assert free.sql(f"select * from read_csv('{tmp_path / 'private.csv'}')").to_pylist() == [{"secret": 42}]
+
+
+def test_query_command_rejects_a_where_with_two_statements(mixed_output, tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = tmp_path / "written.csv"
+    result = subprocess.run([sys.executable, "jobs/query_captions.py", str(mixed_output), "--where",
+                             f"1=1; COPY (select 1) TO '{target}'"], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "one SQL expression" in result.stderr
+    assert not target.exists()

@@ -85,3 +85,42 @@ def test_missing_list_fails_before_the_job_starts(ray_local, tmp_path):
 def test_format_detection():
     assert [detect_format(u) for u in ("s3://b/l.txt", "l.CSV", "x.jsonl", "x.parquet", "annotations.json", "s3://b/videos/")] \
         == ["txt", "csv", "jsonl", "parquet", "annotations", "prefix"]
+
+
+def test_rows_take_their_uri_from_whichever_column_they_have_and_rows_without_one_are_errors(ray_local, files):
+    lines = [{"uri": f"{files}/videos/a.mp4"}, {"path": "b.mkv"}, {"path": "c.webm", "note": "x"},
+             {"note": "no video here"}, {"uri": "  ", "note": "blank"}]
+    (files / "mixed.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    rows = read_video_refs(SourceConfig(input=str(files / "mixed.jsonl"), videos_prefix=str(files / "videos"))).take_all()
+    good = sorted(r[S.URI] for r in rows if r[S.ERROR] is None)
+    assert good == [f"{files}/videos/{n}" for n in ("a.mp4", "b.mkv", "c.webm")]
+    bad = [r for r in rows if r[S.ERROR] is not None]
+    assert len(bad) == 2 and all((r[S.ERROR_STAGE], r[S.ERROR_REASON]) == ("source", "no_uri") for r in bad)
+    assert all(r[S.URI] == "" and "None" not in r[S.ERROR] for r in bad)
+    assert len({r[S.VIDEO_ID] for r in rows}) == 5  # each bad row keeps an id of its own
+
+
+def test_clip_bounds_that_are_not_seconds_are_error_rows_not_a_failed_job(ray_local, files):
+    (files / "bounds.csv").write_text("uri,start_s,end_s\n"
+                                      f"{files}/videos/a.mp4,1.5,4\n"
+                                      f"{files}/videos/a.mp4,1:30,\n"
+                                      f"{files}/videos/b.mkv,5,2\n"
+                                      f"{files}/videos/c.webm,-1,\n")
+    rows = read_video_refs(SourceConfig(input=str(files / "bounds.csv"))).take_all()
+    ok = [r for r in rows if r[S.ERROR] is None]
+    assert [(r[S.START_S], r[S.END_S]) for r in ok] == [(1.5, 4.0)]
+    bad = [r for r in rows if r[S.ERROR] is not None]
+    assert [(r[S.ERROR_STAGE], r[S.ERROR_REASON]) for r in bad] == [("source", "bad_bounds")] * 3
+    assert any("'1:30'" in r[S.ERROR] for r in bad)
+    assert len({r[S.VIDEO_ID] for r in rows}) == 4
+
+
+def test_limit_counts_videos_not_comment_lines(ray_local, files):
+    (files / "commented.txt").write_text("# first line is a comment\n\na.mp4\nb.mkv\nc.webm\n")
+    rows = read_video_refs(SourceConfig(input=str(files / "commented.txt"), limit=2)).take_all()
+    assert sorted(os.path.basename(r[S.URI]) for r in rows) == ["a.mp4", "b.mkv"]
+
+
+def test_video_ids_do_not_hold_or_depend_on_uri_credentials():
+    assert stable_video_id("s3://KEY:SECRET@bucket/v.mp4") == stable_video_id("s3://bucket/v.mp4")
+    assert stable_video_id("https://h/v.mp4?X-Amz-Signature=one") == stable_video_id("https://h/v.mp4?X-Amz-Signature=two")

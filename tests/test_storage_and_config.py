@@ -1,15 +1,16 @@
-"""Object-store reads retry transient failures (a real flaky HTTP server), writes are atomic, configs are
-validated as a whole, and credentials are masked."""
+"""Object-store reads retry transient failures (a real flaky HTTP server) and fail at once on permanent ones,
+writes are atomic, configs are validated as a whole, and credentials are masked wherever they appear."""
 
 import http.server
+import json
 import os
 import threading
 
 import pytest
 
 from pipeline.config import JobConfig
-from pipeline.masking import redact
-from pipeline.storage import ReadError, RetryPolicy, read_bytes, write_atomic
+from pipeline.masking import mask_text, public_uri, redact, userinfo_secrets
+from pipeline.storage import ReadError, RetryPolicy, permanent_reason, read_bytes, with_retries, write_atomic
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.02)
 
@@ -133,3 +134,73 @@ def test_credentials_are_masked():
     cfg = JobConfig.from_dict({"source": {"input": "x"}, "output": {"output": "y"}, "storage_options": options})
     assert "s3cr3t" not in repr(cfg.to_dict()) and cfg.to_dict()["source"]["input"] == "x"
     assert cfg.to_dict(redacted=False)["storage_options"]["secret"] == "s3cr3t"
+
+
+def test_credentials_in_headers_cookies_and_urls_are_masked():
+    options = {
+        "client_kwargs": {"headers": {"Authorization": "Bearer hdr-token-123", "X-Api-Key": "apikey-456"},
+                          "endpoint_url": "http://minio:pw-in-url@minio.local:9000",
+                          "proxies": {"https": "http://proxyuser:proxy-pass@proxy:3128"}},
+        "cookie": "session=cookie-789", "passphrase": "pass-phrase", "auth": ("u", "basic-pw"),
+        "sas_token": "sv=2024&sig=sas-sig", "region_name": "eu-west-1", "anon": False,
+    }
+    masked = repr(redact(options))
+    for secret in ("hdr-token-123", "apikey-456", "pw-in-url", "proxy-pass", "cookie-789", "pass-phrase", "basic-pw",
+                   "sas-sig"):
+        assert secret not in masked, secret
+    assert "eu-west-1" in masked and "minio.local:9000" in masked and "'anon': False" in masked
+
+    cfg = JobConfig.from_dict({"source": {"input": "s3://AKIAUSER:list-secret@bucket/list.txt"},
+                               "output": {"output": "https://host/out?X-Amz-Signature=sig-abc&x=1"},
+                               "storage_options": options})
+    shown = json.dumps(cfg.to_dict())
+    for secret in ("list-secret", "sig-abc", "hdr-token-123", "pw-in-url"):
+        assert secret not in shown, secret
+    assert "s3://***@bucket/list.txt" in shown and "x=1" in shown
+
+
+def test_uris_lose_user_info_and_signatures_and_text_is_scrubbed():
+    assert public_uri("s3://KEY:SECRET@bucket/v.mp4") == "s3://bucket/v.mp4"
+    assert public_uri("https://h/v.mp4?X-Amz-Credential=cred&X-Amz-Signature=abc&part=2") == \
+        "https://h/v.mp4?X-Amz-Credential=***&X-Amz-Signature=***&part=2"
+    assert public_uri("/data/a@b/v.mp4") == "/data/a@b/v.mp4"  # an @ in a local path is not user info
+    text = 'Invalid bucket name "KEY:SECRET@bucket"; header Authorization: Bearer abcdef123456'
+    scrubbed = mask_text(text, userinfo_secrets("s3://KEY:SECRET@bucket/v.mp4"))
+    assert "SECRET" not in scrubbed and "abcdef123456" not in scrubbed and "bucket" in scrubbed
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (FileNotFoundError(2, "gone"), "not_found"), (PermissionError(13, "no"), "permission"),
+    (IsADirectoryError(21, "dir"), "not_a_file"), (NotADirectoryError(20, "under a file"), "bad_path"),
+    (OSError(36, "File name too long"), "bad_path"), (ValueError("embedded null byte"), "bad_path"),
+    (TypeError("bad argument"), "bad_path"), (ConnectionResetError(104, "reset"), None), (TimeoutError(), None),
+])
+def test_permanent_failures_are_told_from_transient_ones(exc, reason):
+    assert permanent_reason(exc) == reason
+
+
+def test_a_client_side_validation_error_is_not_retried():
+    botocore = pytest.importorskip("botocore.exceptions")
+    calls = []
+
+    def bad_request():
+        calls.append(1)
+        raise botocore.ParamValidationError(report='Invalid bucket name "KEY:SECRET@bucket"')
+
+    with pytest.raises(ReadError) as info:
+        with_retries("s3://KEY:SECRET@bucket/v.mp4", "reading", bad_request, FAST)
+    assert info.value.reason == "bad_path" and len(calls) == 1
+    assert "SECRET" not in str(info.value) and "s3://bucket/v.mp4" in str(info.value)
+
+
+def test_a_list_behind_a_failing_store_is_a_transient_failure_not_a_missing_file(flaky):
+    from pipeline.config import SourceConfig
+    from pipeline.sources import VideoListError, read_video_refs
+
+    _, url = flaky(failures=10**6)  # every request answers 503
+    s3_options = {"key": "id", "secret": "value", "client_kwargs": {"endpoint_url": url, "region_name": "us-east-1"},
+                  "config_kwargs": {"retries": {"max_attempts": 1}}}
+    for uri, options in (("s3://lists/videos.txt", s3_options), (f"{url}/videos.txt", None)):
+        with pytest.raises(VideoListError, match="transient I/O failure") as info:
+            read_video_refs(SourceConfig(input=uri), options, retry=FAST)
+        assert "503" in str(info.value) and "after 4 attempts" in str(info.value)
