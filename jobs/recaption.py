@@ -117,12 +117,13 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     from pipeline.masking import mask_text
+    from pipeline.resources import ResourceError
     from pipeline.runner import format_summary, run_job
     from pipeline.sources import VideoListError
 
     try:
         summary = run_job(cfg, progress=args.verbose)
-    except (FileNotFoundError, VideoListError) as exc:
+    except (FileNotFoundError, VideoListError, ResourceError) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 2
     print(format_summary(summary))

@@ -74,9 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from pipeline.resources import ResourceError
     from training.trainer import run_training
 
-    result = run_training(cfg)
+    try:
+        result = run_training(cfg)
+    except ResourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     last = result["history"][-1] if result["history"] else {}
     print(json.dumps({"weights_dir": result["weights_dir"], "steps": result["steps"], "examples": result["examples"],
                       "final_loss": last.get("loss"), "skipped_videos": last.get("skipped_videos")}, indent=2))

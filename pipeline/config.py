@@ -80,31 +80,32 @@ class ModelConfig:
 
 @dataclass
 class ResourceConfig:
-    """How many actors and what each reserves. ``None`` means: decided from the cluster at start.
-
-    ``caption_num_gpus`` defaults to 1 per actor when the cluster has GPUs (pool size = GPUs), 0 otherwise.
+    """How many actors and what each reserves. ``None`` means: sized from the cluster at start
+    (:func:`pipeline.resources.plan_pipeline`): one caption actor per GPU (one on CPU otherwise), decode
+    actors on the CPUs that are left. Explicit values that the cluster cannot hold stop the job at once.
     """
 
     batch_size: int = 8
-    decode_concurrency: int = 2
-    decode_num_cpus: float = 1.0
+    decode_concurrency: int | None = None
+    decode_num_cpus: float | None = None
     decode_io_threads: int = 4
     caption_concurrency: int | None = None
     caption_num_gpus: float | None = None
-    caption_num_cpus: float = 1.0
+    caption_num_cpus: float | None = None
     rows_per_file: int = 256
     ray_num_cpus: int | None = None
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("batch_size", "decode_concurrency", "decode_io_threads", "rows_per_file"):
+        for name in ("batch_size", "decode_io_threads", "rows_per_file"):
             if getattr(self, name) < 1:
                 out.append(f"resources.{name} must be >= 1, got {getattr(self, name)}")
-        if self.caption_concurrency is not None and self.caption_concurrency < 1:
-            out.append(f"resources.caption_concurrency must be >= 1, got {self.caption_concurrency}")
-        for name in ("decode_num_cpus", "caption_num_cpus"):
-            if getattr(self, name) < 0:
-                out.append(f"resources.{name} must be >= 0")
+        for name in ("decode_concurrency", "caption_concurrency", "ray_num_cpus"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                out.append(f"resources.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("decode_num_cpus", "caption_num_cpus", "caption_num_gpus"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                out.append(f"resources.{name} must be >= 0, got {getattr(self, name)}")
         return out
 
 

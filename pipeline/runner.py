@@ -12,7 +12,6 @@ import os
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -25,6 +24,7 @@ from pipeline import schema as S
 from pipeline.captioner import Captioner
 from pipeline.config import JobConfig
 from pipeline.masking import mask_values
+from pipeline.resources import LIGHT_NUM_CPUS, PipelinePlan, cluster_totals, plan_pipeline
 from pipeline.resume import OutputState, reconcile_and_scan
 from pipeline.sampler import FrameSampler
 from pipeline.sinks import RUNS_DIR, ShardWriter
@@ -33,7 +33,6 @@ from pipeline.storage import join, write_atomic
 
 logger = logging.getLogger(__name__)
 
-LIGHT_NUM_CPUS = 0.25  # list filtering and file writing: I/O-bound, must fit beside the actor pools
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -81,27 +80,20 @@ class SkipFinished:
         return S.with_columns(batch, S.error_columns(errors, stages, reasons))
 
 
-@dataclass(frozen=True)
-class CaptionPlacement:
-    concurrency: int
-    num_gpus: float
-    num_cpus: float
-    device: str
+def plan_for(cfg: JobConfig) -> PipelinePlan:
+    """The pool sizes of this job on the connected cluster (explicit settings checked, the rest derived).
 
-
-def place_captioner(cfg: JobConfig) -> CaptionPlacement:
-    """One actor per GPU when the cluster has GPUs; one CPU actor otherwise (tests, demos)."""
-    gpus = ray.cluster_resources().get("GPU", 0)
+    Raises:
+        ResourceError: what was asked does not fit what the cluster has.
+    """
     res = cfg.resources
-    num_gpus = res.caption_num_gpus if res.caption_num_gpus is not None else (1.0 if gpus else 0.0)
-    if num_gpus > 0:
-        default = max(1, int(gpus // num_gpus))
-        return CaptionPlacement(res.caption_concurrency or default, num_gpus, res.caption_num_cpus, "cuda")
-    return CaptionPlacement(res.caption_concurrency or 1, 0.0, res.caption_num_cpus, "cpu")
+    cpus, gpus = cluster_totals()
+    return plan_pipeline(cpus, gpus, res.decode_concurrency, res.decode_num_cpus, res.caption_concurrency,
+                         res.caption_num_cpus, res.caption_num_gpus)
 
 
 def build_pipeline(
-    cfg: JobConfig, query: str, run_id: str, done_ids: pa.Array, placement: CaptionPlacement
+    cfg: JobConfig, query: str, run_id: str, done_ids: pa.Array, plan: PipelinePlan
 ) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
     """``VideoRef rows -> manifest rows`` (one per written file). Lazy: nothing runs until consumed."""
     res = cfg.resources
@@ -115,18 +107,18 @@ def build_pipeline(
             fn_constructor_args=(cfg.sampling, cfg.storage_options, cfg.retry, keyframes, res.decode_io_threads),
             batch_size=res.batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=res.decode_concurrency),
-            num_cpus=res.decode_num_cpus,
+            compute=ray.data.ActorPoolStrategy(size=plan.decode_concurrency),
+            num_cpus=plan.decode_num_cpus,
         )
         captioned = sampled.map_batches(
             Captioner,
             fn_constructor_args=(cfg.model, cfg.generation, query, cfg.sampling.num_frames,
-                                 cfg.sampling.image_size, placement.device, cfg.quality),
+                                 cfg.sampling.image_size, plan.device, cfg.quality),
             batch_size=res.batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=placement.concurrency),
-            num_gpus=placement.num_gpus,
-            num_cpus=placement.num_cpus,
+            compute=ray.data.ActorPoolStrategy(size=plan.caption_concurrency),
+            num_gpus=plan.caption_num_gpus,
+            num_cpus=plan.caption_num_cpus,
         )
         return captioned.map_batches(
             ShardWriter(cfg.output, run_id, cfg.storage_options),
@@ -149,6 +141,7 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
 
     Raises:
         ValueError: invalid configuration (every problem listed).
+        ResourceError: the pools asked for do not fit the cluster.
         FileNotFoundError: the video list does not exist.
     """
     cfg.validate()
@@ -156,18 +149,19 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
     run_id = run_id or new_run_id()
     started = time.perf_counter()
     out = cfg.output
+    init_ray(cfg.resources.ray_num_cpus)
+    plan = plan_for(cfg)  # before any work: a job that cannot be scheduled stops here, saying why
     repaired, before = reconcile_and_scan(out.output, cfg.storage_options)
     done_ids = before.done_ids(out.retry_errors)
-    init_ray(cfg.resources.ray_num_cpus)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = progress
-    placement = place_captioner(cfg)
-    logger.info("run %s: %d videos already done; captioner x%d on %s", run_id, len(done_ids),
-                placement.concurrency, placement.device)
+    logger.info("run %s: %d videos already done; decode x%d at %g CPU, captioner x%d on %s at %g CPU",
+                run_id, len(done_ids), plan.decode_concurrency, plan.decode_num_cpus, plan.caption_concurrency,
+                plan.device, plan.caption_num_cpus)
     refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=cfg.resources.batch_size,
                            retry=cfg.retry)
-    manifests = build_pipeline(cfg, query, run_id, done_ids, placement)(refs)
+    manifests = build_pipeline(cfg, query, run_id, done_ids, plan)(refs)
     written = []
     for row in manifests.iter_rows():
         written.append(json.loads(row["manifest"]))

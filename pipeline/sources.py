@@ -21,11 +21,12 @@ import ray
 from pipeline import schema as S
 from pipeline.config import VIDEO_EXTENSIONS, SourceConfig
 from pipeline.masking import public_uri
+from pipeline.resources import LIGHT_NUM_CPUS
 from pipeline.storage import ReadError, RetryPolicy, get_fs, is_local, join, list_files, object_info, read_bytes
 
 logger = logging.getLogger(__name__)
 
-READ_NUM_CPUS = 0.25
+READ_NUM_CPUS = LIGHT_NUM_CPUS  # reading a list is light work: it must fit beside the actor pools
 URI_CANDIDATES = ("uri", "path", "video", "url", "file", "filename")
 
 
@@ -209,7 +210,6 @@ def _from_table(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
 def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_per_block: int,
                retry: RetryPolicy) -> ray.data.Dataset:
     fs, path = get_fs(cfg.input, storage_options)
-    # Reading a list is light work: a small CPU share keeps it schedulable beside the actor pools.
     light = {"filesystem": fs, "num_cpus": READ_NUM_CPUS}
     if fmt == "txt":
         return ray.data.read_text(path, **light)
@@ -218,6 +218,9 @@ def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_p
     if fmt == "jsonl":
         return ray.data.read_json(path, **light)  # Arrow's JSON reader takes one object per line
     if fmt == "parquet":
+        # Ray Data's V2 Parquet path lists files in a 1-CPU task that no setting reaches: on a small machine
+        # whose CPUs the actor pools hold it never starts. The V1 path reads with the tasks sized here.
+        ray.data.DataContext.get_current().use_datasource_v2 = False
         return ray.data.read_parquet(path, **light)
     if fmt == "annotations":
         try:

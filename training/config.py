@@ -92,7 +92,7 @@ class RunConfig:
     checkpoint_every: int = 50
     num_workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # None: sized from the cluster beside the decode actor
     seed: int = 0
 
     def problems(self) -> list[str]:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from model.loading import save_weights_dir
 from model.weights import LoraPair
+from pipeline.resources import cluster_totals, plan_training_cpus
 from pipeline.runner import init_ray
 from pipeline.storage import get_fs, join
 from training.config import TrainConfig
@@ -24,6 +25,7 @@ from training.recipe import METRICS_FILE, TRAINABLE_FILE, train_func
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
+TRAIN_DECODE_NUM_CPUS = 0.5  # the one decode actor that feeds the workers
 WEIGHTS_DIR = "weights"
 _PEFT_LORA = re.compile(r"^language_model\.base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.default\.weight$")
 
@@ -61,7 +63,10 @@ def run_training(cfg: TrainConfig) -> dict:
     """Train (resuming from the run's latest checkpoint when there is one) and export ``<output>/weights``."""
     cfg.validate()
     init_ray()
-    dataset, stats = build_train_dataset(cfg)
+    cpus, gpus = cluster_totals()
+    cpus_per_worker = plan_training_cpus(cpus, gpus, cfg.run.num_workers, cfg.run.use_gpu, cfg.run.cpus_per_worker,
+                                         TRAIN_DECODE_NUM_CPUS)
+    dataset, stats = build_train_dataset(cfg, decode_num_cpus=TRAIN_DECODE_NUM_CPUS)
     steps = total_steps(cfg, stats.examples)
     logger.info("%d examples (%d caption rows without a caption skipped); %d steps on %d workers",
                 stats.examples, stats.skipped_without_caption, steps, cfg.run.num_workers)
@@ -69,7 +74,7 @@ def run_training(cfg: TrainConfig) -> dict:
         train_func,
         train_loop_config={"train": cfg.to_dict(), "total_steps": steps},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
-                                     resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=cfg.run.name, storage_path=join(cfg.run.output, CHECKPOINTS_DIR)),
         datasets={"train": dataset},
     )

@@ -1,0 +1,100 @@
+"""Pool sizes derive from what the cluster has; a setting the cluster cannot hold stops the job at once with a
+message naming what was asked and what there is; the default command finishes on a 2-CPU machine."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.resources import LIGHT_RESERVE_CPUS, ResourceError, plan_pipeline
+from pipeline.sample_videos import write_video
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def total_cpus(plan):
+    return plan.decode_concurrency * plan.decode_num_cpus + plan.caption_concurrency * plan.caption_num_cpus
+
+
+@pytest.mark.parametrize(("cpus", "gpus"), [(1, 0), (2, 0), (4, 0), (16, 0), (2, 1), (16, 1), (8, 8), (64, 8)])
+def test_defaults_fit_every_cluster_shape(cpus, gpus):
+    plan = plan_pipeline(cpus, gpus)
+    assert total_cpus(plan) + LIGHT_RESERVE_CPUS <= cpus + 1e-9
+    assert plan.decode_concurrency >= 1 and plan.caption_concurrency >= 1
+    if gpus:
+        assert (plan.device, plan.caption_concurrency, plan.caption_num_gpus) == ("cuda", gpus, 1.0)
+    else:
+        assert (plan.device, plan.caption_concurrency, plan.caption_num_gpus) == ("cpu", 1, 0.0)
+
+
+def test_decode_actors_take_the_cpus_the_captioners_leave():
+    plan = plan_pipeline(16, 1)
+    assert (plan.caption_num_cpus, plan.decode_concurrency, plan.decode_num_cpus) == (1.0, 14, 1.0)
+    small = plan_pipeline(2, 0)
+    assert (small.decode_concurrency, small.decode_num_cpus, small.caption_num_cpus) == (1, 0.75, 0.75)
+
+
+def test_explicit_settings_are_kept_when_they_fit_and_refused_when_not():
+    plan = plan_pipeline(2, 0, decode_concurrency=1, decode_num_cpus=0.5, caption_num_cpus=0.5)
+    assert (plan.decode_concurrency, plan.decode_num_cpus, plan.caption_num_cpus) == (1, 0.5, 0.5)
+    with pytest.raises(ResourceError) as info:
+        plan_pipeline(2, 0, decode_concurrency=2, decode_num_cpus=1.0, caption_num_cpus=1.0)
+    text = str(info.value)
+    assert "decode actors 2 x (1 CPU)" in text and "caption actors 1 x (1 CPU)" in text
+    assert "= 3.5 CPUs" in text and "the cluster has 2 CPUs and 0 GPUs" in text
+    with pytest.raises(ResourceError, match="2 GPUs, but the cluster has 16 CPUs and 1 GPUs"):
+        plan_pipeline(16, 1, caption_concurrency=2)
+
+
+def recaption(args, timeout):
+    return subprocess.run([sys.executable, "jobs/recaption.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def small_lists(tmp_path_factory):
+    root = tmp_path_factory.mktemp("defaults")
+    videos = [write_video(str(root / f"v{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(3)]
+    (root / "list.txt").write_text("\n".join(videos) + "\n")
+    pq.write_table(pa.table({"uri": videos}), root / "list.parquet")
+    (root / "two_cpus.yaml").write_text("resources: {ray_num_cpus: 2}\ngeneration: {max_new_tokens: 8}\n"
+                                        "sampling: {num_frames: 4}\n")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("listing", ["list.txt", "list.parquet"])
+def test_the_default_command_finishes_on_two_cpus(small_lists, listing):
+    """No resource settings at all (the README's first example, sized down to two CPUs)."""
+    root = small_lists
+    out = root / f"out_{listing}"
+    result = recaption(["--input", str(root / listing), "--output", str(out), "--model", "tiny",
+                        "--config", str(root / "two_cpus.yaml")], timeout=420)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "this run: 3 videos (3 ok, 0 failed)" in result.stdout
+
+
+def test_an_oversized_setting_fails_within_seconds_saying_why(small_lists, tmp_path):
+    (tmp_path / "big.yaml").write_text("resources: {ray_num_cpus: 2, decode_concurrency: 8, decode_num_cpus: 1}\n")
+    started = time.monotonic()
+    result = recaption(["--input", str(small_lists / "list.txt"), "--output", str(tmp_path / "out"), "--model", "tiny",
+                        "--config", str(tmp_path / "big.yaml")], timeout=120)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "decode actors 8 x (1 CPU)" in result.stderr and "the cluster has 2 CPUs" in result.stderr
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "out" / "parquet").exists()
+
+
+def test_training_workers_leave_room_for_their_decode_actor():
+    from pipeline.resources import plan_training_cpus
+
+    assert plan_training_cpus(2, 0, num_workers=2, use_gpu=False) == 0.5
+    assert plan_training_cpus(16, 8, num_workers=8, use_gpu=True) == 1.0
+    with pytest.raises(ResourceError, match=r"training workers 2 x \(1 CPU\).*the cluster has 2 CPUs"):
+        plan_training_cpus(2, 0, num_workers=2, use_gpu=False, cpus_per_worker=1.0)
+    with pytest.raises(ResourceError, match="GPUs"):
+        plan_training_cpus(16, 1, num_workers=2, use_gpu=True)
