@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Light work beside the actor pools: the stateful SkipFinished actor (0.25 CPU) plus at least one 0.25-CPU
-# task at a time for list reading and file writing.
+# Light work beside the actor pools: the stateful MarkRepeats actor plus at least one task at a time for
+# list reading and file writing. The actor's share differs from the tasks' on purpose: Ray Data fuses map
+# steps with equal remote args, and fused into the single actor the list normalisation (annotation lookups)
+# would run serially instead of in parallel tasks.
 LIGHT_NUM_CPUS = 0.25
+SKIP_NUM_CPUS = 0.2
 LIGHT_RESERVE_CPUS = 2 * LIGHT_NUM_CPUS
 MIN_SHARE_CPUS = 0.25  # no pool is sized below this
 

@@ -24,7 +24,7 @@ from pipeline import schema as S
 from pipeline.captioner import Captioner
 from pipeline.config import JobConfig
 from pipeline.masking import mask_values
-from pipeline.resources import LIGHT_NUM_CPUS, PipelinePlan, cluster_totals, plan_pipeline
+from pipeline.resources import LIGHT_NUM_CPUS, SKIP_NUM_CPUS, PipelinePlan, cluster_totals, plan_pipeline
 from pipeline.resume import OutputState, reconcile_and_scan
 from pipeline.sampler import FrameSampler
 from pipeline.sinks import RUNS_DIR, ShardWriter
@@ -50,21 +50,27 @@ def init_ray(num_cpus: int | None = None) -> None:
                  log_to_driver=False)
 
 
-class SkipFinished:
-    """Drops rows whose ``video_id`` is finished in the output (a vectorised anti-join) and marks a row whose
-    id an earlier row of this run already had (a list naming a video twice) as a duplicate, so the video is
-    decoded and captioned once; the writer counts the marked rows and drops them.
-
-    Stateful: one actor sees every row, so it holds the finished ids once and remembers the ids it passed.
-    """
+class SkipDone:
+    """Drop rows whose ``video_id`` is already finished in the output (a vectorised anti-join)."""
 
     def __init__(self, done_ids: pa.Array) -> None:
         self.done_ids = done_ids
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if len(self.done_ids) == 0:
+            return batch
+        return batch.filter(pc.invert(pc.is_in(batch.column(S.VIDEO_ID), value_set=self.done_ids)))
+
+
+class MarkRepeats:
+    """Marks a row whose ``video_id`` an earlier row of this run already had (a list naming a video twice) as
+    a ``source/duplicate`` error, so the video is decoded and captioned once; the writer counts the marked
+    rows and drops them. Stateful: one actor sees every row and remembers the ids it passed."""
+
+    def __init__(self) -> None:
         self.seen: set[str] = set()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if len(self.done_ids):
-            batch = batch.filter(pc.invert(pc.is_in(batch.column(S.VIDEO_ID), value_set=self.done_ids)))
         repeated = []
         for video_id in batch.column(S.VIDEO_ID).to_pylist():
             repeated.append(video_id in self.seen)
@@ -100,8 +106,9 @@ def build_pipeline(
     keyframes = "webdataset" in cfg.output.formats and cfg.output.keyframes
 
     def pipeline(refs: ray.data.Dataset) -> ray.data.Dataset:
-        todo = refs.map_batches(SkipFinished, fn_constructor_args=(done_ids,), batch_format="pyarrow",
-                                compute=ray.data.ActorPoolStrategy(size=1), num_cpus=LIGHT_NUM_CPUS)
+        todo = refs.map_batches(SkipDone(done_ids), batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
+        todo = todo.map_batches(MarkRepeats, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
+                                num_cpus=SKIP_NUM_CPUS)
         sampled = todo.map_batches(
             FrameSampler,
             fn_constructor_args=(cfg.sampling, cfg.storage_options, cfg.retry, keyframes, res.decode_io_threads),
