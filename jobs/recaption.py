@@ -42,6 +42,7 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser.add_argument("--prompt-file", help="read the instruction from this file (local or fsspec URI)")
     parser.add_argument("--retry-errors", action="store_true", help="retry videos that failed in earlier runs")
     parser.add_argument("--limit", type=int, help="only the first N videos of the list")
+    parser.add_argument("--allow-empty", action="store_true", help="an empty list ends the run without an error")
     parser.add_argument("--demo", action="store_true", help=f"run the embedded default into ./{DEMO_DIR}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="also Ray Data's progress reports")
@@ -79,6 +80,8 @@ def config_from_args(args: argparse.Namespace, preset: dict | None = None):
         _set(raw, "output", "formats", ["parquet", "webdataset"] if args.format == "both" else [args.format])
     if args.retry_errors:
         _set(raw, "output", "retry_errors", True)
+    if args.allow_empty:
+        _set(raw, "source", "allow_empty", True)
     if args.prompt is not None:
         raw["prompt"] = args.prompt
     if args.prompt_file is not None:
@@ -118,7 +121,7 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
         return 2
     from pipeline.masking import mask_text
     from pipeline.resources import ResourceError
-    from pipeline.runner import format_summary, run_job
+    from pipeline.runner import RunIncomplete, format_summary, run_job
     from pipeline.sources import VideoListError
 
     try:
@@ -126,6 +129,9 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
     except (FileNotFoundError, VideoListError, ResourceError) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 2
+    except RunIncomplete as exc:
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
+        return 1
     print(format_summary(summary))
     out = mask_text(cfg.output.output)
     print(f"\ncaptions: {out}/parquet/*.parquet" + (f"   webdataset: {out}/webdataset/*.tar"

@@ -38,6 +38,7 @@ class SourceConfig:
     id_column: str = "video_id"
     name_key: str = "video_name"
     limit: int | None = None
+    allow_empty: bool = False  # an empty list is a finished run, not an error
 
     def problems(self) -> list[str]:
         out = []

@@ -50,16 +50,40 @@ def init_ray(num_cpus: int | None = None) -> None:
                  log_to_driver=False)
 
 
-class SkipDone:
-    """Drop rows whose ``video_id`` is already finished in the output (a vectorised anti-join)."""
+class RunIncomplete(RuntimeError):
+    """The run read no list rows (and an empty list was not allowed), or rows read were not all accounted for."""
 
-    def __init__(self, done_ids: pa.Array) -> None:
+
+@ray.remote(num_cpus=0)
+class RowTally:
+    """Counts of list rows seen by the pipeline's first step, kept apart from what the writer reports, so the
+    end of a run can check that every row read was written, skipped as done or dropped as a repeat."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+
+    def add(self, **counts: int) -> None:
+        self.counts.update(counts)
+
+    def totals(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+class SkipDone:
+    """Drop rows whose ``video_id`` is already finished in the output (a vectorised anti-join); with a
+    ``tally``, count the rows read and the rows skipped."""
+
+    def __init__(self, done_ids: pa.Array, tally=None) -> None:
         self.done_ids = done_ids
+        self.tally = tally
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if len(self.done_ids) == 0:
-            return batch
-        return batch.filter(pc.invert(pc.is_in(batch.column(S.VIDEO_ID), value_set=self.done_ids)))
+        todo = batch
+        if len(self.done_ids):
+            todo = batch.filter(pc.invert(pc.is_in(batch.column(S.VIDEO_ID), value_set=self.done_ids)))
+        if self.tally is not None:  # waited for, so the count is in before this block moves on
+            ray.get(self.tally.add.remote(read=batch.num_rows, done=batch.num_rows - todo.num_rows))
+        return todo
 
 
 class MarkRepeats:
@@ -99,14 +123,14 @@ def plan_for(cfg: JobConfig) -> PipelinePlan:
 
 
 def build_pipeline(
-    cfg: JobConfig, query: str, run_id: str, done_ids: pa.Array, plan: PipelinePlan
+    cfg: JobConfig, query: str, run_id: str, done_ids: pa.Array, plan: PipelinePlan, tally=None
 ) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
     """``VideoRef rows -> manifest rows`` (one per written file). Lazy: nothing runs until consumed."""
     res = cfg.resources
     keyframes = "webdataset" in cfg.output.formats and cfg.output.keyframes
 
     def pipeline(refs: ray.data.Dataset) -> ray.data.Dataset:
-        todo = refs.map_batches(SkipDone(done_ids), batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
+        todo = refs.map_batches(SkipDone(done_ids, tally), batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
         todo = todo.map_batches(MarkRepeats, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
                                 num_cpus=SKIP_NUM_CPUS)
         sampled = todo.map_batches(
@@ -150,6 +174,8 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
         ValueError: invalid configuration (every problem listed).
         ResourceError: the pools asked for do not fit the cluster.
         FileNotFoundError: the video list does not exist.
+        RunIncomplete: the list yielded no rows (unless ``source.allow_empty``), or not every row read was
+            accounted for; the summary is written first, with ``complete: false``.
     """
     cfg.validate()
     query = read_prompt(cfg.prompt, cfg.prompt_file)
@@ -168,7 +194,8 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
                 plan.device, plan.caption_num_cpus)
     refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=cfg.resources.batch_size,
                            retry=cfg.retry)
-    manifests = build_pipeline(cfg, query, run_id, done_ids, plan)(refs)
+    tally = RowTally.remote()
+    manifests = build_pipeline(cfg, query, run_id, done_ids, plan, tally)(refs)
     written = []
     for row in manifests.iter_rows():
         written.append(json.loads(row["manifest"]))
@@ -176,14 +203,32 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
             logger.info("wrote %s (%d videos this run)", written[-1]["file"], sum(m["rows"] for m in written))
     wall_s = time.perf_counter() - started
     repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options)
-    summary = summarise(cfg, run_id, written, wall_s, len(done_ids), repaired, repaired_after, after)
+    counts = ray.get(tally.totals.remote())
+    summary = summarise(cfg, run_id, written, wall_s, counts, repaired, repaired_after, after)
     summary = mask_values(summary)  # URIs with user info or signatures, in paths, errors and the config
     write_atomic(join(out.output, RUNS_DIR, f"{run_id}.json"),
                  json.dumps(summary, indent=2, default=str).encode(), cfg.storage_options)
+    problem = incompleteness(summary, cfg.source.allow_empty)
+    if problem:
+        raise RunIncomplete(problem)
     return summary
 
 
-def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, skipped: int,
+def incompleteness(summary: dict, allow_empty: bool) -> str | None:
+    """Why a finished run must not count as a success, or None."""
+    run, listed = summary["this_run"], summary["config"]["source"]["input"]
+    if run["list_rows"] == 0 and not allow_empty:
+        return (f"the video list {listed} yielded no rows: nothing was read (check the list; a transient storage "
+                "failure can look like an empty list). Pass --allow-empty if an empty list is expected.")
+    if not summary["complete"]:
+        accounted = run["videos"] + run["skipped_already_done"] + run["duplicates_skipped"]
+        return (f"read {run['list_rows']} rows from {listed} but accounted for {accounted} (written "
+                f"{run['videos']}, already done {run['skipped_already_done']}, repeats {run['duplicates_skipped']}); "
+                "rerun the same command to finish the rest")
+    return None
+
+
+def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, counts: dict[str, int],
               repaired: dict, repaired_after: dict, state: OutputState) -> dict:
     """This run's counts and speeds plus the state of the whole output afterwards."""
     failed: Counter = Counter()
@@ -192,17 +237,21 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, s
         failed.update(m["failed"])
         flagged.update(m["flagged"])
     processed = sum(m["rows"] for m in written)
+    duplicates = sum(m["duplicates"] for m in written)
+    list_rows, skipped = counts.get("read", 0), counts.get("done", 0)
     total_ok = int(pc.sum(state.rows.column("ok")).as_py() or 0)
     return {
         "run_id": run_id,
         "output": cfg.output.output,
+        "complete": list_rows == processed + skipped + duplicates,
         "this_run": {
+            "list_rows": list_rows,
             "videos": processed,
             "ok": sum(m["ok"] for m in written),
             "failed": sum(failed.values()),
             "failed_by_reason": dict(sorted(failed.items())),
             "skipped_already_done": skipped,
-            "duplicates_skipped": sum(m["duplicates"] for m in written),
+            "duplicates_skipped": duplicates,
             "files_written": sum(bool(m["file"]) for m in written),
             "wall_s": round(wall_s, 3),
             "videos_per_s": round(processed / wall_s, 4) if wall_s > 0 else None,
@@ -227,8 +276,8 @@ def format_summary(summary: dict) -> str:
     run, total = summary["this_run"], summary["output_total"]
     lines = [
         f"run {summary['run_id']} -> {summary['output']}",
-        f"  this run: {run['videos']} videos ({run['ok']} ok, {run['failed']} failed), "
-        f"{run['skipped_already_done']} skipped as already done"
+        f"  this run: {run['list_rows']} list rows read; {run['videos']} videos ({run['ok']} ok, "
+        f"{run['failed']} failed), {run['skipped_already_done']} skipped as already done"
         + (f", {run['duplicates_skipped']} repeated list rows skipped" if run["duplicates_skipped"] else ""),
     ]
     for reason, count in run["failed_by_reason"].items():

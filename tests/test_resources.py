@@ -75,7 +75,7 @@ def test_the_default_command_finishes_on_two_cpus(small_lists, listing):
     result = recaption(["--input", str(root / listing), "--output", str(out), "--model", "tiny",
                         "--config", str(root / "two_cpus.yaml")], timeout=420)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "this run: 3 videos (3 ok, 0 failed)" in result.stdout
+    assert "this run: 3 list rows read; 3 videos (3 ok, 0 failed)" in result.stdout
 
 
 def test_an_oversized_setting_fails_within_seconds_saying_why(small_lists, tmp_path):
