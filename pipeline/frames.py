@@ -43,6 +43,11 @@ class SamplingConfig:
     image_size: int = 336
     mode: str = "middle"
     decode_threads: int = 1
+    # Hostile or broken headers: a frame larger than this is refused (``too_large``) before anything is
+    # decoded (8K UHD is 33.2 M pixels); a header claiming more frames than this is not trusted to size
+    # decord's index, and a file that really holds more is refused.
+    max_pixels: int = 40_000_000
+    max_frames: int = 20_000_000
 
     def __post_init__(self) -> None:
         problems = []
@@ -54,6 +59,8 @@ class SamplingConfig:
             problems.append(f"mode must be one of {SAMPLING_MODES}, got {self.mode!r}")
         if self.decode_threads < 0:
             problems.append(f"decode_threads must be >= 0, got {self.decode_threads}")
+        if self.max_pixels < 1 or self.max_frames < 1:
+            problems.append(f"max_pixels and max_frames must be >= 1, got {self.max_pixels}, {self.max_frames}")
         if problems:
             raise ValueError("invalid sampling config: " + "; ".join(problems))
 
@@ -134,10 +141,9 @@ def _bounds(fps: float, num_total: int, start_s: float | None, end_s: float | No
     return first, min(last, num_total - 1)
 
 
-# decord sizes its frame index from the header (duration x fps) before reading any data: a container that
-# claims billions of frames makes it allocate gigabytes and abort the process. Beyond this claim PyAV,
-# which counts the frames it actually decodes, reads the file instead.
-MAX_HEADER_FRAMES = 20_000_000
+def _check_pixels(width: int, height: int, cfg: SamplingConfig) -> None:
+    if width * height > cfg.max_pixels:
+        raise VideoDecodeError("too_large", f"frames of {width}x{height} exceed max_pixels {cfg.max_pixels}")
 
 
 @dataclass(frozen=True)
@@ -180,8 +186,13 @@ def _decode_decord(
 
     # The size comes from the header, so decord opens (and indexes) the file once, already scaling.
     header = _probe(source)
-    if header.claimed_frames > MAX_HEADER_FRAMES:
-        raise _CannotOpen(f"the header claims {header.claimed_frames:.3g} frames (over {MAX_HEADER_FRAMES})")
+    if header.size:
+        _check_pixels(*header.size, cfg)
+    # decord sizes its frame index from the header (duration x fps) before reading any data: a container that
+    # claims billions of frames makes it allocate gigabytes and abort the process (std::bad_alloc). PyAV,
+    # which counts the frames it actually decodes, reads such a file instead.
+    if header.claimed_frames > cfg.max_frames:
+        raise _CannotOpen(f"the header claims {header.claimed_frames:.3g} frames (over max_frames {cfg.max_frames})")
     size = header.size
     try:
         reader = open_reader(**_scaled(size, cfg.image_size)) if size else open_reader()
@@ -216,9 +227,14 @@ def _decode_pyav(source: str | bytes, cfg: SamplingConfig, start_s, end_s, rng) 
             raise VideoDecodeError("no_video_stream", "the file has no video stream")
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
+        _check_pixels(width, height, cfg)
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
-        num_total = sum(1 for _ in container.decode(stream))  # exact count: GIF/webm headers often lack it
+        num_total = 0  # exact count: GIF/webm headers often lack it
+        for _ in container.decode(stream):
+            num_total += 1
+            if num_total > cfg.max_frames:
+                raise VideoDecodeError("too_large", f"more than max_frames {cfg.max_frames} frames")
     if fps <= 0:
         fps = 25.0  # GIFs without timing: assume 25 fps as the reference does
     first, last = _bounds(fps, num_total, start_s, end_s)

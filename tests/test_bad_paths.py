@@ -108,3 +108,39 @@ def test_a_container_claiming_billions_of_frames_is_read_from_its_real_frames(tm
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["pyav", "12"]
+
+
+def write_audio_only(path):
+    import av
+    import numpy as np
+
+    with av.open(path, mode="w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_devices_pipes_audio_and_bombs_are_error_rows_not_hangs_or_out_of_memory(tmp_path):
+    fifo = str(tmp_path / "pipe.mp4")
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    gif = write_video(str(tmp_path / "small.gif"), 64, 64, 4, 10, codec="gif")
+    bomb = bytearray(open(gif, "rb").read())
+    bomb[6:10] = struct.pack("<HH", 16000, 16000)  # GIF logical screen: 256 M pixels per frame, 2 KB file
+    (tmp_path / "bomb.gif").write_bytes(bytes(bomb))
+    uris = ["/dev/zero", fifo, write_audio_only(str(tmp_path / "sound.mp4")), str(tmp_path / "bomb.gif")]
+    rows = FrameSampler(SAMPLING)(refs(uris)).to_pylist()
+    assert outcome(rows) == [("read", "not_a_file"), ("read", "not_a_file"), ("decode", "no_video_stream"),
+                             ("decode", "too_large")]
+
+
+def test_a_video_with_more_frames_than_allowed_is_too_large(tmp_path):
+    from dataclasses import replace
+
+    path = write_video(str(tmp_path / "long.mkv"), 96, 64, 12, 12, seed=5)
+    rows = FrameSampler(replace(SAMPLING, max_frames=5))(refs([path])).to_pylist()
+    assert outcome(rows) == [("decode", "too_large")]
