@@ -123,13 +123,14 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
     from pipeline.resources import ResourceError
     from pipeline.runner import RunIncomplete, format_summary, run_job
     from pipeline.sources import VideoListError
+    from pipeline.watchdog import Stalled
 
     try:
         summary = run_job(cfg, progress=args.verbose)
     except (FileNotFoundError, VideoListError, ResourceError) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 2
-    except RunIncomplete as exc:
+    except (RunIncomplete, Stalled) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 1
     print(format_summary(summary))

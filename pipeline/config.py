@@ -95,6 +95,8 @@ class ResourceConfig:
     caption_num_cpus: float | None = None
     rows_per_file: int = 256
     ray_num_cpus: int | None = None
+    stall_warn_s: float = 300.0  # no output for this long: log what the cluster waits on (again each period)
+    stall_fail_s: float | None = None  # no output for this long: stop the job with that diagnosis
 
     def problems(self) -> list[str]:
         out = []
@@ -104,6 +106,8 @@ class ResourceConfig:
         for name in ("decode_concurrency", "caption_concurrency", "ray_num_cpus"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 out.append(f"resources.{name} must be >= 1, got {getattr(self, name)}")
+        if self.stall_warn_s <= 0 or (self.stall_fail_s is not None and self.stall_fail_s <= 0):
+            out.append("resources.stall_warn_s and resources.stall_fail_s must be > 0")
         for name in ("decode_num_cpus", "caption_num_cpus", "caption_num_gpus"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 out.append(f"resources.{name} must be >= 0, got {getattr(self, name)}")

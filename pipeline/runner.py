@@ -30,6 +30,7 @@ from pipeline.sampler import FrameSampler
 from pipeline.sinks import RUNS_DIR, ShardWriter
 from pipeline.sources import read_video_refs
 from pipeline.storage import join, write_atomic
+from pipeline.watchdog import describe_cluster, watched
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
         ValueError: invalid configuration (every problem listed).
         ResourceError: the pools asked for do not fit the cluster.
         FileNotFoundError: the video list does not exist.
+        Stalled: no output for ``resources.stall_fail_s`` (when set); the message says what the cluster waits on.
         RunIncomplete: the list yielded no rows (unless ``source.allow_empty``), or not every row read was
             accounted for; the summary is written first, with ``complete: false``.
     """
@@ -197,7 +199,8 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
     tally = RowTally.remote()
     manifests = build_pipeline(cfg, query, run_id, done_ids, plan, tally)(refs)
     written = []
-    for row in manifests.iter_rows():
+    res = cfg.resources
+    for row in watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster):
         written.append(json.loads(row["manifest"]))
         if written[-1]["file"]:
             logger.info("wrote %s (%d videos this run)", written[-1]["file"], sum(m["rows"] for m in written))
