@@ -90,6 +90,7 @@ class ResourceConfig:
     decode_concurrency: int | None = None
     decode_num_cpus: float | None = None
     decode_io_threads: int = 4
+    decode_max_in_memory_mb: float = 64  # larger objects are streamed to a local file before decoding
     caption_concurrency: int | None = None
     caption_num_gpus: float | None = None
     caption_num_cpus: float | None = None

@@ -136,7 +136,8 @@ def build_pipeline(
                                 num_cpus=SKIP_NUM_CPUS)
         sampled = todo.map_batches(
             FrameSampler,
-            fn_constructor_args=(cfg.sampling, cfg.storage_options, cfg.retry, keyframes, res.decode_io_threads),
+            fn_constructor_args=(cfg.sampling, cfg.storage_options, cfg.retry, keyframes, res.decode_io_threads,
+                                 res.decode_max_in_memory_mb),
             batch_size=res.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=plan.decode_concurrency),

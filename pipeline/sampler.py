@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +16,7 @@ import pyarrow as pa
 from pipeline import schema as S
 from pipeline.frames import SampledVideo, SamplingConfig, VideoDecodeError, sample_frames
 from pipeline.masking import mask_text
-from pipeline.storage import ReadError, RetryPolicy, check_local_file, is_local, local_path, read_bytes
+from pipeline.storage import ReadError, RetryPolicy, check_local_file, is_local, local_path, read_or_spool
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +61,19 @@ class FrameSampler:
         retry: RetryPolicy = RetryPolicy(),
         keyframes: bool = False,
         io_threads: int = 4,
+        max_in_memory_mb: float = 64,
     ) -> None:
         self.sampling = sampling
         self.storage_options = storage_options or {}
         self.retry = retry
         self.keyframes = keyframes
         self.pool = ThreadPoolExecutor(max_workers=io_threads)
+        # Objects above this size are streamed to local files, so an actor's memory does not grow with them.
+        self.max_in_memory_bytes = int(max_in_memory_mb * 1024 * 1024)
+        self.spool_dir = tempfile.mkdtemp(prefix="pllava-spool-")
+
+    def __del__(self) -> None:
+        shutil.rmtree(getattr(self, "spool_dir", ""), ignore_errors=True)
 
     def _fetch(self, uri: str) -> str | bytes | ReadError:
         try:
@@ -71,9 +81,13 @@ class FrameSampler:
                 path = local_path(uri)
                 check_local_file(path)  # a folder, a refused or impossible path: a read error, not a decode one
                 return path  # decoders read local files directly
-            return read_bytes(uri, self.storage_options, self.retry)
+            return read_or_spool(uri, self.spool_dir, self.max_in_memory_bytes, self.storage_options, self.retry)
         except ReadError as exc:
             return exc
+
+    def _release(self, source) -> None:
+        if isinstance(source, str) and source.startswith(self.spool_dir + os.sep):
+            os.remove(source)
 
     def _sample(self, source, start_s, end_s) -> SampledVideo:
         try:
@@ -110,6 +124,8 @@ class FrameSampler:
                                    exc_info=True)
                     errors[i] = f"decode: unexpected {type(exc).__name__}: {mask_text(str(exc))}"[:1000]
                     stages[i], reasons[i] = S.STAGE_DECODE, "unexpected"
+                finally:
+                    self._release(source)
             elapsed = time.perf_counter() - started
             info = video.info if video is not None else None
             new[S.FRAMES].append(video.frames.tobytes() if video is not None else b"")

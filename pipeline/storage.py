@@ -153,6 +153,36 @@ def read_bytes(
     return with_retries(uri, "reading", fetch, retry)
 
 
+def read_or_spool(uri: str, spool_dir: str, max_in_memory_bytes: int, storage_options: dict[str, Any] | None = None,
+                  retry: RetryPolicy = RetryPolicy()) -> bytes | str:
+    """The object's bytes when it is at most ``max_in_memory_bytes``; else a copy streamed to a file under
+    ``spool_dir`` (its path; the caller removes it), so memory does not grow with object size.
+
+    Raises:
+        ReadError: as :func:`read_bytes`.
+    """
+    def fetch() -> bytes | str:
+        fs, path = get_fs(uri, storage_options)
+        size = fs.info(path).get("size")
+        if size is not None and size <= max_in_memory_bytes:
+            return fs.cat_file(path)
+        local = os.path.join(spool_dir, f"{uuid.uuid4().hex}-{os.path.basename(path)[-80:]}")
+        try:
+            with fs.open(path, "rb", block_size=SPOOL_CHUNK_BYTES) as src, open(local, "wb") as dst:
+                while chunk := src.read(SPOOL_CHUNK_BYTES):
+                    dst.write(chunk)
+        except BaseException:
+            if os.path.exists(local):
+                os.remove(local)
+            raise
+        return local
+
+    return with_retries(uri, "reading", fetch, retry)
+
+
+SPOOL_CHUNK_BYTES = 8 * 1024 * 1024
+
+
 def object_info(uri: str, storage_options: dict[str, Any] | None = None,
                 retry: RetryPolicy = RetryPolicy()) -> dict[str, Any]:
     """fsspec ``info`` of an object; unlike ``fs.exists`` a transient failure is retried, not taken for absence.
