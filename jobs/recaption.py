@@ -119,6 +119,7 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from pipeline.lease import OutputBusy
     from pipeline.masking import mask_text
     from pipeline.resources import ResourceError
     from pipeline.runner import RunIncomplete, format_summary, run_job
@@ -127,7 +128,7 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
 
     try:
         summary = run_job(cfg, progress=args.verbose)
-    except (FileNotFoundError, VideoListError, ResourceError) as exc:
+    except (FileNotFoundError, VideoListError, ResourceError, OutputBusy) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 2
     except (RunIncomplete, Stalled) as exc:

@@ -23,6 +23,7 @@ from model.prompts import read_prompt
 from pipeline import schema as S
 from pipeline.captioner import Captioner
 from pipeline.config import JobConfig
+from pipeline.lease import OutputLease
 from pipeline.masking import mask_values
 from pipeline.resources import LIGHT_NUM_CPUS, SKIP_NUM_CPUS, PipelinePlan, cluster_totals, plan_pipeline
 from pipeline.resume import OutputState, reconcile_and_scan
@@ -175,6 +176,7 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
     Raises:
         ValueError: invalid configuration (every problem listed).
         ResourceError: the pools asked for do not fit the cluster.
+        OutputBusy: another live job is writing this output (its lease names it).
         FileNotFoundError: the video list does not exist.
         Stalled: no output for ``resources.stall_fail_s`` (when set); the message says what the cluster waits on.
         RunIncomplete: the list yielded no rows (unless ``source.allow_empty``), or not every row read was
@@ -184,9 +186,20 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
     query = read_prompt(cfg.prompt, cfg.prompt_file)
     run_id = run_id or new_run_id()
     started = time.perf_counter()
-    out = cfg.output
     init_ray(cfg.resources.ray_num_cpus)
     plan = plan_for(cfg)  # before any work: a job that cannot be scheduled stops here, saying why
+    with OutputLease(cfg.output.output, run_id, cfg.storage_options):
+        summary = _run_holding_the_output(cfg, query, run_id, plan, started, progress)
+    problem = incompleteness(summary, cfg.source.allow_empty)
+    if problem:
+        raise RunIncomplete(problem)
+    return summary
+
+
+def _run_holding_the_output(cfg: JobConfig, query: str, run_id: str, plan: PipelinePlan, started: float,
+                            progress: bool) -> dict:
+    """Repair, run the pipeline, repair again and write the summary (the caller holds the output's lease)."""
+    out, res = cfg.output, cfg.resources
     repaired, before = reconcile_and_scan(out.output, cfg.storage_options)
     done_ids = before.done_ids(out.retry_errors)
     context = ray.data.DataContext.get_current()
@@ -195,12 +208,10 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
     logger.info("run %s: %d videos already done; decode x%d at %g CPU, captioner x%d on %s at %g CPU",
                 run_id, len(done_ids), plan.decode_concurrency, plan.decode_num_cpus, plan.caption_concurrency,
                 plan.device, plan.caption_num_cpus)
-    refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=cfg.resources.batch_size,
-                           retry=cfg.retry)
+    refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=res.batch_size, retry=cfg.retry)
     tally = RowTally.remote()
     manifests = build_pipeline(cfg, query, run_id, done_ids, plan, tally)(refs)
     written = []
-    res = cfg.resources
     for row in watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster):
         written.append(json.loads(row["manifest"]))
         if written[-1]["file"]:
@@ -212,9 +223,6 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
     summary = mask_values(summary)  # URIs with user info or signatures, in paths, errors and the config
     write_atomic(join(out.output, RUNS_DIR, f"{run_id}.json"),
                  json.dumps(summary, indent=2, default=str).encode(), cfg.storage_options)
-    problem = incompleteness(summary, cfg.source.allow_empty)
-    if problem:
-        raise RunIncomplete(problem)
     return summary
 
 
