@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -34,6 +35,9 @@ from pipeline.storage import join, write_atomic
 from pipeline.watchdog import describe_cluster, watched
 
 logger = logging.getLogger(__name__)
+
+MAX_DECODER_CRASHES = 2  # a video that kills its decode actor this often becomes a decode/crashed row
+CAPTION_MAX_RESTARTS = 8
 
 
 
@@ -138,11 +142,15 @@ def build_pipeline(
         sampled = todo.map_batches(
             FrameSampler,
             fn_constructor_args=(cfg.sampling, cfg.storage_options, cfg.retry, keyframes, res.decode_io_threads,
-                                 res.decode_max_in_memory_mb),
+                                 res.decode_max_in_memory_mb, crash_journal_dir(run_id), MAX_DECODER_CRASHES),
             batch_size=res.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=plan.decode_concurrency),
             num_cpus=plan.decode_num_cpus,
+            # Restarts are unbounded here because each crash is charged to its video (the crash journal);
+            # a batch is resent a bounded number of times.
+            max_restarts=-1,
+            max_task_retries=MAX_DECODER_CRASHES + 2,
         )
         captioned = sampled.map_batches(
             Captioner,
@@ -153,6 +161,8 @@ def build_pipeline(
             compute=ray.data.ActorPoolStrategy(size=plan.caption_concurrency),
             num_gpus=plan.caption_num_gpus,
             num_cpus=plan.caption_num_cpus,
+            max_restarts=CAPTION_MAX_RESTARTS,  # bounded: a captioner that keeps dying ends the job with an error
+            max_task_retries=CAPTION_MAX_RESTARTS,
         )
         return captioned.map_batches(
             ShardWriter(cfg.output, run_id, cfg.storage_options),
@@ -162,6 +172,11 @@ def build_pipeline(
         )
 
     return pipeline
+
+
+def crash_journal_dir(run_id: str) -> str:
+    """Node-local folder where this run's decode actors note the video in progress (see CrashJournal)."""
+    return os.path.join(tempfile.gettempdir(), "pllava-crash-journal", run_id)
 
 
 def new_run_id() -> str:

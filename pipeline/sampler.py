@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import schema as S
+from pipeline.crash_journal import CrashJournal
 from pipeline.frames import SampledVideo, SamplingConfig, VideoDecodeError, sample_frames
 from pipeline.masking import mask_text
 from pipeline.storage import ReadError, RetryPolicy, check_local_file, is_local, local_path, read_or_spool
@@ -62,6 +63,8 @@ class FrameSampler:
         keyframes: bool = False,
         io_threads: int = 4,
         max_in_memory_mb: float = 64,
+        journal_dir: str | None = None,
+        max_crashes: int = 2,
     ) -> None:
         self.sampling = sampling
         self.storage_options = storage_options or {}
@@ -71,6 +74,8 @@ class FrameSampler:
         # Objects above this size are streamed to local files, so an actor's memory does not grow with them.
         self.max_in_memory_bytes = int(max_in_memory_mb * 1024 * 1024)
         self.spool_dir = tempfile.mkdtemp(prefix="pllava-spool-")
+        # A video that kills this process (a native decoder crash) is counted by the next incarnation.
+        self.journal = CrashJournal(journal_dir, max_crashes) if journal_dir else None
 
     def __del__(self) -> None:
         shutil.rmtree(getattr(self, "spool_dir", ""), ignore_errors=True)
@@ -98,7 +103,7 @@ class FrameSampler:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         S.require_columns(batch.column_names, [S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.ERROR], "FrameSampler")
-        rows = batch.select([S.URI, S.START_S, S.END_S, S.ERROR]).to_pylist()
+        rows = batch.select([S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.ERROR]).to_pylist()
         pending = [i for i, r in enumerate(rows) if r[S.ERROR] is None]
         fetched = dict(zip(pending, self.pool.map(lambda i: self._fetch(rows[i][S.URI]), pending)))
         new: dict[str, list] = {name: [] for name in SAMPLED_COLUMNS}
@@ -110,8 +115,15 @@ class FrameSampler:
             source = fetched.get(i)
             if isinstance(source, ReadError):
                 errors[i], stages[i], reasons[i] = f"read: {source}", S.STAGE_READ, source.reason
+            elif source is not None and self.journal and self.journal.should_skip(row[S.VIDEO_ID]):
+                errors[i] = (f"decode: the decoder process died {self.journal.crashes(row[S.VIDEO_ID])} times on "
+                             "this video; not decoded again")
+                stages[i], reasons[i] = S.STAGE_DECODE, "crashed"
+                self._release(source)
             elif source is not None:
                 try:
+                    if self.journal:
+                        self.journal.start(row[S.VIDEO_ID])
                     video = self._sample(source, row[S.START_S], row[S.END_S])
                 except ReadError as exc:
                     errors[i], stages[i], reasons[i] = f"read: {exc}", S.STAGE_READ, exc.reason
@@ -125,6 +137,8 @@ class FrameSampler:
                     errors[i] = f"decode: unexpected {type(exc).__name__}: {mask_text(str(exc))}"[:1000]
                     stages[i], reasons[i] = S.STAGE_DECODE, "unexpected"
                 finally:
+                    if self.journal:
+                        self.journal.finish()
                     self._release(source)
             elapsed = time.perf_counter() - started
             info = video.info if video is not None else None
