@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from pipeline.masking import mask_text
-from pipeline.storage import get_fs, join, remove, write_atomic
+from pipeline.storage import ReadError, join, read_bytes, remove, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +66,12 @@ class OutputLease:
         self._thread: threading.Thread | None = None
 
     def read(self) -> LeaseRecord | None:
-        fs, path = get_fs(self.uri, self.storage_options)
         try:
-            with fs.open(path, "rb") as f:
-                return LeaseRecord(**json.loads(f.read()))
-        except FileNotFoundError:
-            return None
+            return LeaseRecord(**json.loads(read_bytes(self.uri, self.storage_options)))
+        except ReadError as exc:
+            if exc.reason == "not_found":
+                return None
+            raise OSError(f"could not read the output lease: {exc}") from exc
         except (ValueError, TypeError, KeyError):
             logger.warning("unreadable lease %s: taken over", mask_text(self.uri))
             return None

@@ -279,6 +279,8 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, c
             "failed_by_reason": dict(sorted(failed.items())),
             "skipped_already_done": skipped,
             "duplicates_skipped": duplicates,
+            "read_retries": sum(m.get("read_retries", 0) for m in written),
+            "write_retries": sum(m.get("write_retries", 0) for m in written),
             "files_written": sum(bool(m["file"]) for m in written),
             "wall_s": round(wall_s, 3),
             "videos_per_s": round(processed / wall_s, 4) if wall_s > 0 else None,

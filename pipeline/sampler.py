@@ -80,13 +80,15 @@ class FrameSampler:
     def __del__(self) -> None:
         shutil.rmtree(getattr(self, "spool_dir", ""), ignore_errors=True)
 
-    def _fetch(self, uri: str) -> str | bytes | ReadError:
+    def _fetch(self, uri: str, retries: list[int]) -> str | bytes | ReadError:
+        """The video's local path or bytes, or its read error; ``retries[0]`` counts transient failures."""
         try:
             if is_local(uri):
                 path = local_path(uri)
                 check_local_file(path)  # a folder, a refused or impossible path: a read error, not a decode one
                 return path  # decoders read local files directly
-            return read_or_spool(uri, self.spool_dir, self.max_in_memory_bytes, self.storage_options, self.retry)
+            return read_or_spool(uri, self.spool_dir, self.max_in_memory_bytes, self.storage_options, self.retry,
+                                 on_retry=lambda: retries.__setitem__(0, retries[0] + 1))
         except ReadError as exc:
             return exc
 
@@ -105,7 +107,8 @@ class FrameSampler:
         S.require_columns(batch.column_names, [S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.ERROR], "FrameSampler")
         rows = batch.select([S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.ERROR]).to_pylist()
         pending = [i for i, r in enumerate(rows) if r[S.ERROR] is None]
-        fetched = dict(zip(pending, self.pool.map(lambda i: self._fetch(rows[i][S.URI]), pending)))
+        retries = [[0] for _ in rows]
+        fetched = dict(zip(pending, self.pool.map(lambda i: self._fetch(rows[i][S.URI], retries[i]), pending)))
         new: dict[str, list] = {name: [] for name in SAMPLED_COLUMNS}
         errors = batch.column(S.ERROR).to_pylist()
         stages = batch.column(S.ERROR_STAGE).to_pylist()
@@ -154,4 +157,5 @@ class FrameSampler:
             new[S.DECODE_S].append(elapsed if source is not None else None)
         columns = S.error_columns(errors, stages, reasons)
         columns.update({name: (kind, new[name]) for name, kind in SAMPLED_COLUMNS.items()})
+        columns[S.READ_RETRIES] = (pa.int32(), [r[0] for r in retries])
         return S.with_columns(batch, columns)

@@ -16,6 +16,7 @@ ERROR_STAGE = "error_stage"
 ERROR_REASON = "error_reason"
 FRAMES = "frames"  # uint8 (T, S, S, 3); empty (0, S, S, 3) on error rows; never written out
 KEYFRAME_JPEG = "keyframe_jpeg"  # JPEG bytes of the middle sampled frame (WebDataset only)
+READ_RETRIES = "read_retries"  # transient read failures retried for this video (counted in the run summary)
 CAPTION = "caption"
 MODEL = "model"
 PROMPT_ID = "prompt_id"
@@ -86,7 +87,7 @@ OUTPUT_SCHEMA = pa.schema(
 OUTPUT_COLUMNS = tuple(OUTPUT_SCHEMA.names)
 INPUT_COLUMNS = (VIDEO_ID, URI, START_S, END_S)
 # Columns that exist only inside the pipeline.
-INTERNAL_COLUMNS = (FRAMES, KEYFRAME_JPEG)
+INTERNAL_COLUMNS = (FRAMES, KEYFRAME_JPEG, READ_RETRIES)
 
 
 def require_columns(columns, needed, stage: str) -> None:

@@ -107,18 +107,31 @@ class ShardWriter:
         table = conform(batch, self.run_id, datetime.now(timezone.utc))
         if table.num_rows == 0:  # only repeats of earlier rows: nothing to write
             return pa.table({"manifest": [json.dumps(_manifest(table, None, 0, duplicates))]})
+        write_retries = [0]
+
+        def count_write_retry() -> None:
+            write_retries[0] += 1
+
         name = batch_name(table.column(S.VIDEO_ID).to_pylist())
         wds_rows = 0
         if "webdataset" in self.out.formats:
             keyframes = (batch.column(S.KEYFRAME_JPEG).to_pylist() if S.KEYFRAME_JPEG in batch.column_names
                          and self.out.keyframes else [None] * batch.num_rows)
             data, wds_rows = _webdataset_tar(table, keyframes)
-            write_atomic(join(self.out.output, WEBDATASET_DIR, f"shard-{name}.tar"), data, self.storage_options)
+            write_atomic(join(self.out.output, WEBDATASET_DIR, f"shard-{name}.tar"), data, self.storage_options,
+                         on_retry=count_write_retry)
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         parquet_uri = join(self.out.output, PARQUET_DIR, f"part-{name}.parquet")
-        write_atomic(parquet_uri, buffer.getvalue(), self.storage_options)
-        return pa.table({"manifest": [json.dumps(_manifest(table, mask_text(parquet_uri), wds_rows, duplicates))]})
+        write_atomic(parquet_uri, buffer.getvalue(), self.storage_options, on_retry=count_write_retry)
+        manifest = _manifest(table, mask_text(parquet_uri), wds_rows, duplicates)
+        manifest["read_retries"] = _column_sum(batch, S.READ_RETRIES)
+        manifest["write_retries"] = write_retries[0]
+        return pa.table({"manifest": [json.dumps(manifest)]})
+
+
+def _column_sum(batch: pa.Table, name: str) -> int:
+    return int(pc.sum(batch.column(name)).as_py() or 0) if name in batch.column_names else 0
 
 
 def _without_duplicates(batch: pa.Table) -> tuple[pa.Table, int]:
@@ -150,5 +163,7 @@ def _manifest(table: pa.Table, uri: str | None, wds_rows: int, duplicates: int =
         "caption_s": sum(r[S.CAPTION_S] or 0.0 for r in rows),
         "webdataset_samples": wds_rows,
         "duplicates": duplicates,
+        "read_retries": 0,
+        "write_retries": 0,
         "flagged": {flag: sum(bool(r[flag]) for r in rows) for flag in S.FLAGS},
     }

@@ -8,6 +8,7 @@ array, typically thousands of rows) is parsed there.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -211,12 +212,11 @@ def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_p
                retry: RetryPolicy) -> ray.data.Dataset:
     fs, path = get_fs(cfg.input, storage_options)
     light = {"filesystem": fs, "num_cpus": READ_NUM_CPUS}
-    if fmt == "txt":
-        return ray.data.read_text(path, **light)
-    if fmt == "csv":
-        return ray.data.read_csv(path, **light)
-    if fmt == "jsonl":
-        return ray.data.read_json(path, **light)  # Arrow's JSON reader takes one object per line
+    if fmt in ("txt", "csv", "jsonl"):
+        # Read in a task with the same bounded retries as videos: through Ray Data's file readers a transient
+        # store failure (503, a dropped connection) can end as a list of zero rows instead of an error.
+        return ray.data.from_items([{"list_uri": cfg.input}]).map_batches(
+            ReadListFile(fmt, storage_options, retry), batch_format="pyarrow", num_cpus=READ_NUM_CPUS)
     if fmt == "parquet":
         # Ray Data's V2 Parquet path lists files in a 1-CPU task that no setting reaches: on a small machine
         # whose CPUs the actor pools hold it never starts. The V1 path reads with the tasks sized here.
@@ -239,6 +239,34 @@ def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_p
             raise FileNotFoundError(f"no videos with extensions {list(exts)} under {cfg.input}")
         return _from_table(pa.table({"uri": pa.array(uris, pa.string())}), rows_per_block)
     raise ValueError(f"unknown list format {fmt!r}")
+
+
+class ReadListFile:
+    """One list file (txt, csv or jsonl) -> its rows, read with bounded retries (raises when they are spent)."""
+
+    def __init__(self, fmt: str, storage_options: dict | None, retry: RetryPolicy) -> None:
+        self.fmt = fmt
+        self.storage_options = storage_options or {}
+        self.retry = retry
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tables = [parse_list(read_bytes(uri, self.storage_options, self.retry), self.fmt)
+                  for uri in batch.column("list_uri").to_pylist()]
+        return pa.concat_tables(tables, promote_options="permissive")
+
+
+def parse_list(data: bytes, fmt: str) -> pa.Table:
+    """The rows of a list file's bytes: ``text`` lines (txt), or the columns of a csv or jsonl file."""
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+
+    if fmt == "txt":
+        return pa.table({"text": pa.array(data.decode("utf-8", errors="replace").splitlines(), pa.string())})
+    if fmt == "csv":
+        return pcsv.read_csv(io.BytesIO(data))
+    if fmt == "jsonl":
+        return pjson.read_json(io.BytesIO(data))  # one object per line
+    raise ValueError(f"not a list file format: {fmt!r}")
 
 
 def _scalar_fields(item: dict[str, Any]) -> dict[str, Any]:

@@ -68,9 +68,19 @@ def local_path(uri: str) -> str:
     return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
+# botocore's own retries for S3 unless the storage options say otherwise: the standard mode (throttling-aware,
+# 3 attempts) inside our bounded retries, so the two layers cannot multiply into minutes per object.
+S3_CLIENT_RETRIES = {"max_attempts": 3, "mode": "standard"}
+
+
 def get_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and the path inside it for ``uri`` (local paths, ``file://``, ``s3://``, ``gs://``...)."""
-    return url_to_fs(uri, **(storage_options or {}))
+    options = dict(storage_options or {})
+    if uri.startswith(("s3://", "s3a://")):
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("retries", S3_CLIENT_RETRIES)
+        options["config_kwargs"] = config
+    return url_to_fs(uri, **options)
 
 
 def join(base: str, *parts: str) -> str:
@@ -109,8 +119,9 @@ def permanent_reason(exc: BaseException) -> str | None:
     return None
 
 
-def with_retries(uri: str, action: str, call, retry: RetryPolicy = RetryPolicy()):
-    """``call()`` with transient failures retried (bounded, jittered backoff).
+def with_retries(uri: str, action: str, call, retry: RetryPolicy = RetryPolicy(), on_retry=None):
+    """``call()`` with transient failures retried (bounded, jittered backoff); ``on_retry()`` is called before
+    each retry (to count them).
 
     Raises:
         ReadError: a permanent failure (at once) or the retries are spent (reason ``io``); its message names
@@ -132,6 +143,8 @@ def with_retries(uri: str, action: str, call, retry: RetryPolicy = RetryPolicy()
                 raise ReadError("io", f"{action} {shown}: transient I/O failure, {detail} "
                                       f"(after {retry.attempts} attempts)") from exc
             delay = retry.delay_s(attempt)
+            if on_retry is not None:
+                on_retry()
             logger.warning("transient error (%s) on %s %s; retry %d in %.1fs", type(exc).__name__, action, shown,
                            attempt + 1, delay)
             time.sleep(delay)
@@ -154,7 +167,7 @@ def read_bytes(
 
 
 def read_or_spool(uri: str, spool_dir: str, max_in_memory_bytes: int, storage_options: dict[str, Any] | None = None,
-                  retry: RetryPolicy = RetryPolicy()) -> bytes | str:
+                  retry: RetryPolicy = RetryPolicy(), on_retry=None) -> bytes | str:
     """The object's bytes when it is at most ``max_in_memory_bytes``; else a copy streamed to a file under
     ``spool_dir`` (its path; the caller removes it), so memory does not grow with object size.
 
@@ -177,7 +190,7 @@ def read_or_spool(uri: str, spool_dir: str, max_in_memory_bytes: int, storage_op
             raise
         return local
 
-    return with_retries(uri, "reading", fetch, retry)
+    return with_retries(uri, "reading", fetch, retry, on_retry)
 
 
 SPOOL_CHUNK_BYTES = 8 * 1024 * 1024
@@ -213,11 +226,15 @@ def check_local_file(path: str) -> None:
         raise ReadError(permanent_reason(exc) or "io", f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
-def write_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+def write_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None = None,
+                 retry: RetryPolicy = RetryPolicy(), on_retry=None) -> None:
     """Write ``data`` so that readers see the whole file or nothing.
 
     Local: a hidden temporary file in the same folder, then ``os.replace``. Object stores: one PUT
-    (or a multipart upload, which becomes visible only when complete).
+    (or a multipart upload, which becomes visible only when complete), transient failures retried.
+
+    Raises:
+        OSError: a permanent failure, or the retries are spent.
     """
     if is_local(uri):
         path = local_path(uri)
@@ -234,8 +251,14 @@ def write_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None =
             if os.path.exists(tmp):
                 os.remove(tmp)
         return
-    fs, path = get_fs(uri, storage_options)
-    fs.pipe_file(path, data)
+    def put() -> None:
+        fs, path = get_fs(uri, storage_options)
+        fs.pipe_file(path, data)
+
+    try:
+        with_retries(uri, "writing", put, retry, on_retry)
+    except ReadError as exc:
+        raise OSError(str(exc)) from exc
 
 
 def list_files(uri: str, storage_options: dict[str, Any] | None = None, suffix: str = "") -> list[str]:

@@ -204,3 +204,18 @@ def test_a_list_behind_a_failing_store_is_a_transient_failure_not_a_missing_file
         with pytest.raises(VideoListError, match="transient I/O failure") as info:
             read_video_refs(SourceConfig(input=uri), options, retry=FAST)
         assert "503" in str(info.value) and "after 4 attempts" in str(info.value)
+
+
+def test_the_sampler_counts_the_retries_each_video_needed(flaky):
+    import pyarrow as pa
+
+    from pipeline import schema as S
+    from pipeline.frames import SamplingConfig
+    from pipeline.sampler import FrameSampler
+
+    _, url = flaky(failures=2)  # two 503s, then the (undecodable) body
+    batch = pa.table({S.VIDEO_ID: ["v"], S.URI: [f"{url}/video.mp4"], S.START_S: pa.nulls(1, pa.float64()),
+                      S.END_S: pa.nulls(1, pa.float64()), S.ERROR: pa.nulls(1, pa.string()),
+                      S.ERROR_STAGE: pa.nulls(1, pa.string()), S.ERROR_REASON: pa.nulls(1, pa.string())})
+    row = FrameSampler(SamplingConfig(num_frames=2, image_size=32), retry=FAST)(batch).to_pylist()[0]
+    assert row[S.READ_RETRIES] >= 1 and row[S.ERROR_STAGE] == "decode"  # read after retrying, then not a video

