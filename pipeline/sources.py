@@ -213,10 +213,18 @@ def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_p
     fs, path = get_fs(cfg.input, storage_options)
     light = {"filesystem": fs, "num_cpus": READ_NUM_CPUS}
     if fmt in ("txt", "csv", "jsonl"):
-        # Read in a task with the same bounded retries as videos: through Ray Data's file readers a transient
-        # store failure (503, a dropped connection) can end as a list of zero rows instead of an error.
-        return ray.data.from_items([{"list_uri": cfg.input}]).map_batches(
-            ReadListFile(fmt, storage_options, retry), batch_format="pyarrow", num_cpus=READ_NUM_CPUS)
+        # Read in a task with the same bounded retries as videos (through Ray Data's file readers a transient
+        # store failure can end as a list of zero rows instead of an error), split into many small blocks so
+        # decoding spreads over the decode actors. The driver holds references to the blocks, not the rows.
+        blocks = _read_list_blocks.options(num_cpus=READ_NUM_CPUS).remote(
+            cfg.input, fmt, storage_options, retry, rows_per_block)
+        try:
+            return ray.data.from_arrow_refs(list(blocks))
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.as_instanceof_cause()
+            if isinstance(cause, ReadError):
+                raise VideoListError(f"could not read the video list: {cause}") from exc
+            raise
     if fmt == "parquet":
         # Ray Data's V2 Parquet path lists files in a 1-CPU task that no setting reaches: on a small machine
         # whose CPUs the actor pools hold it never starts. The V1 path reads with the tasks sized here.
@@ -241,18 +249,16 @@ def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_p
     raise ValueError(f"unknown list format {fmt!r}")
 
 
-class ReadListFile:
-    """One list file (txt, csv or jsonl) -> its rows, read with bounded retries (raises when they are spent)."""
+MAX_LIST_BLOCKS = 2000  # a list of millions of rows becomes at most this many blocks
 
-    def __init__(self, fmt: str, storage_options: dict | None, retry: RetryPolicy) -> None:
-        self.fmt = fmt
-        self.storage_options = storage_options or {}
-        self.retry = retry
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        tables = [parse_list(read_bytes(uri, self.storage_options, self.retry), self.fmt)
-                  for uri in batch.column("list_uri").to_pylist()]
-        return pa.concat_tables(tables, promote_options="permissive")
+@ray.remote(num_returns="streaming")
+def _read_list_blocks(uri: str, fmt: str, storage_options: dict | None, retry: RetryPolicy, rows_per_block: int):
+    """One list file (txt, csv or jsonl), read with bounded retries, as a stream of small Arrow blocks."""
+    table = parse_list(read_bytes(uri, storage_options, retry), fmt)
+    step = max(1, rows_per_block, -(-table.num_rows // MAX_LIST_BLOCKS))
+    for start in range(0, max(table.num_rows, 1), step):
+        yield table.slice(start, step)
 
 
 def parse_list(data: bytes, fmt: str) -> pa.Table:
