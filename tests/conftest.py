@@ -141,3 +141,22 @@ def two_runs(ray_local, tmp_path_factory):
     first = run_job(job_config(str(listing), str(root / "run_a")))
     second = run_job(job_config(str(listing), str(root / "run_b"), prompt="Name the main object."))
     return root, first, second
+
+
+def slow_job_command(folder, num_videos: int = 6, tokens: int = 400) -> list[str]:
+    """``jobs/recaption.py`` over ``num_videos`` generated clips, one video per batch and per file, with forced
+    long captions: a job slow enough to be interfered with (killed, raced) while it runs."""
+    import sys
+
+    import yaml
+
+    from pipeline.sample_videos import write_video
+
+    videos = [write_video(str(folder / f"v{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(num_videos)]
+    (folder / "list.txt").write_text("\n".join(videos) + "\n")
+    (folder / "slow.yaml").write_text(yaml.safe_dump({
+        "generation": {"max_new_tokens": tokens, "min_new_tokens": tokens},
+        "resources": {"batch_size": 1, "rows_per_file": 1, "decode_concurrency": 1, "decode_num_cpus": 0.5,
+                      "caption_num_cpus": 0.5}}))
+    return [sys.executable, "jobs/recaption.py", "--input", str(folder / "list.txt"), "--output",
+            str(folder / "out"), "--model", "tiny", "--num-frames", "4", "--config", str(folder / "slow.yaml")]

@@ -10,9 +10,8 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
-from conftest import job_config
+from conftest import job_config, slow_job_command
 from pipeline import schema as S
 from pipeline.crash_journal import CrashJournal
 from pipeline.runner import run_job
@@ -69,15 +68,8 @@ def test_a_video_that_always_kills_its_decoder_becomes_an_error_row(ray_local, t
 
 
 def test_a_killed_caption_actor_is_restarted_and_the_job_finishes(tmp_path):
-    videos = [write_video(str(tmp_path / f"v{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(6)]
-    (tmp_path / "list.txt").write_text("\n".join(videos) + "\n")
-    (tmp_path / "slow.yaml").write_text(yaml.safe_dump({
-        "generation": {"max_new_tokens": 300, "min_new_tokens": 300},
-        "resources": {"batch_size": 1, "rows_per_file": 1, "decode_concurrency": 1, "decode_num_cpus": 0.5,
-                      "caption_num_cpus": 0.5}}))
     out = str(tmp_path / "out")
-    job = subprocess.Popen([sys.executable, "jobs/recaption.py", "--input", str(tmp_path / "list.txt"), "--output",
-                            out, "--model", "tiny", "--num-frames", "4", "--config", str(tmp_path / "slow.yaml")],
+    job = subprocess.Popen(slow_job_command(tmp_path, num_videos=6, tokens=300),
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            start_new_session=True)
     try:

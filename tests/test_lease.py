@@ -10,10 +10,9 @@ import sys
 import time
 
 import pytest
-import yaml
 
+from conftest import slow_job_command
 from pipeline.lease import LEASE_NAME, OutputBusy, OutputLease
-from pipeline.sample_videos import write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,15 +59,8 @@ def test_a_lease_of_a_process_gone_from_this_host_is_taken_over(tmp_path):
 
 @pytest.mark.slow
 def test_a_second_job_on_a_busy_output_stops_saying_who_holds_it(tmp_path):
-    videos = [write_video(str(tmp_path / f"v{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(6)]
-    (tmp_path / "list.txt").write_text("\n".join(videos) + "\n")
-    (tmp_path / "slow.yaml").write_text(yaml.safe_dump({
-        "generation": {"max_new_tokens": 400, "min_new_tokens": 400},
-        "resources": {"batch_size": 1, "rows_per_file": 1, "decode_concurrency": 1, "decode_num_cpus": 0.5,
-                      "caption_num_cpus": 0.5}}))
+    args = slow_job_command(tmp_path, num_videos=6, tokens=400)
     out = str(tmp_path / "out")
-    args = [sys.executable, "jobs/recaption.py", "--input", str(tmp_path / "list.txt"), "--output", out,
-            "--model", "tiny", "--num-frames", "4", "--config", str(tmp_path / "slow.yaml")]
     first = subprocess.Popen(args, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
