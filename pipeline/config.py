@@ -91,6 +91,7 @@ class ResourceConfig:
     decode_num_cpus: float | None = None
     decode_io_threads: int = 4
     decode_max_in_memory_mb: float = 64  # larger objects are streamed to a local file before decoding
+    decode_timeout_s: float | None = 600.0  # one video's decode past this: decode/timeout (None: no limit)
     caption_concurrency: int | None = None
     caption_num_gpus: float | None = None
     caption_num_cpus: float | None = None
@@ -107,6 +108,8 @@ class ResourceConfig:
         for name in ("decode_concurrency", "caption_concurrency", "ray_num_cpus"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 out.append(f"resources.{name} must be >= 1, got {getattr(self, name)}")
+        if self.decode_timeout_s is not None and self.decode_timeout_s <= 0:
+            out.append(f"resources.decode_timeout_s must be > 0 or null, got {self.decode_timeout_s}")
         if self.stall_warn_s <= 0 or (self.stall_fail_s is not None and self.stall_fail_s <= 0):
             out.append("resources.stall_warn_s and resources.stall_fail_s must be > 0")
         for name in ("decode_num_cpus", "caption_num_cpus", "caption_num_gpus"):

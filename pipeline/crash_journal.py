@@ -59,8 +59,22 @@ class CrashJournal:
         prefix = f"crash-{_key(video_id)}-"
         return sum(name.startswith(prefix) for name in os.listdir(self.folder))
 
+    def timed_out(self, video_id: str) -> bool:
+        return os.path.exists(os.path.join(self.folder, f"timeout-{_key(video_id)}"))
+
+    def mark_timeout(self, video_id: str) -> None:
+        """Called by a process about to end itself because decoding ``video_id`` ran past its time limit."""
+        open(os.path.join(self.folder, f"timeout-{_key(video_id)}"), "w").close()
+        self.finish()  # the end is deliberate: not a crash to charge as well
+
+    def skip_reason(self, video_id: str) -> str | None:
+        """``timeout`` or ``crashed`` when the video must not be decoded again, else None."""
+        if self.timed_out(video_id):
+            return "timeout"
+        return "crashed" if self.crashes(video_id) >= self.max_crashes else None
+
     def should_skip(self, video_id: str) -> bool:
-        return self.crashes(video_id) >= self.max_crashes
+        return self.skip_reason(video_id) is not None
 
     def start(self, video_id: str) -> None:
         with open(self.note, "w", encoding="utf-8") as f:

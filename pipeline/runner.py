@@ -142,7 +142,8 @@ def build_pipeline(
         sampled = todo.map_batches(
             FrameSampler,
             fn_constructor_args=(cfg.sampling, cfg.storage_options, cfg.retry, keyframes, res.decode_io_threads,
-                                 res.decode_max_in_memory_mb, crash_journal_dir(run_id), MAX_DECODER_CRASHES),
+                                 res.decode_max_in_memory_mb, crash_journal_dir(run_id), MAX_DECODER_CRASHES,
+                                 res.decode_timeout_s),
             batch_size=res.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=plan.decode_concurrency),

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +21,8 @@ from pipeline.masking import mask_text
 from pipeline.storage import ReadError, RetryPolicy, check_local_file, is_local, local_path, read_or_spool
 
 logger = logging.getLogger(__name__)
+
+DECODE_TIMEOUT_EXIT_CODE = 86  # a decode process that ended itself at its time limit
 
 # Columns this stage adds, with their Arrow types.
 SAMPLED_COLUMNS = {
@@ -65,6 +68,7 @@ class FrameSampler:
         max_in_memory_mb: float = 64,
         journal_dir: str | None = None,
         max_crashes: int = 2,
+        decode_timeout_s: float | None = None,
     ) -> None:
         self.sampling = sampling
         self.storage_options = storage_options or {}
@@ -76,6 +80,12 @@ class FrameSampler:
         self.spool_dir = tempfile.mkdtemp(prefix="pllava-spool-")
         # A video that kills this process (a native decoder crash) is counted by the next incarnation.
         self.journal = CrashJournal(journal_dir, max_crashes) if journal_dir else None
+        # A native decode cannot be interrupted: past the limit the process notes the video and ends itself;
+        # Ray restarts the actor and the video becomes a decode/timeout row (needs the journal).
+        self.decode_timeout_s = decode_timeout_s if self.journal else None
+        self._current: tuple[str, float] | None = None  # (video_id, deadline) of the decode in progress
+        if self.decode_timeout_s:
+            threading.Thread(target=self._enforce_time_limit, name="decode-time-limit", daemon=True).start()
 
     def __del__(self) -> None:
         shutil.rmtree(getattr(self, "spool_dir", ""), ignore_errors=True)
@@ -91,6 +101,16 @@ class FrameSampler:
                                  on_retry=lambda: retries.__setitem__(0, retries[0] + 1))
         except ReadError as exc:
             return exc
+
+    def _enforce_time_limit(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.decode_timeout_s / 4))
+            current = self._current
+            if current is not None and time.monotonic() > current[1]:
+                logger.error("decoding %s ran past %g s: ending this decode process", current[0],
+                             self.decode_timeout_s)
+                self.journal.mark_timeout(current[0])
+                os._exit(DECODE_TIMEOUT_EXIT_CODE)
 
     def _release(self, source) -> None:
         if isinstance(source, str) and source.startswith(self.spool_dir + os.sep):
@@ -119,14 +139,18 @@ class FrameSampler:
             if isinstance(source, ReadError):
                 errors[i], stages[i], reasons[i] = f"read: {source}", S.STAGE_READ, source.reason
             elif source is not None and self.journal and self.journal.should_skip(row[S.VIDEO_ID]):
-                errors[i] = (f"decode: the decoder process died {self.journal.crashes(row[S.VIDEO_ID])} times on "
-                             "this video; not decoded again")
-                stages[i], reasons[i] = S.STAGE_DECODE, "crashed"
+                reason = self.journal.skip_reason(row[S.VIDEO_ID])
+                errors[i] = (f"decode: took longer than {self.decode_timeout_s:g} s; not decoded again"
+                             if reason == "timeout" else f"decode: the decoder process died "
+                             f"{self.journal.crashes(row[S.VIDEO_ID])} times on this video; not decoded again")
+                stages[i], reasons[i] = S.STAGE_DECODE, reason
                 self._release(source)
             elif source is not None:
                 try:
                     if self.journal:
                         self.journal.start(row[S.VIDEO_ID])
+                    if self.decode_timeout_s:
+                        self._current = (row[S.VIDEO_ID], time.monotonic() + self.decode_timeout_s)
                     video = self._sample(source, row[S.START_S], row[S.END_S])
                 except ReadError as exc:
                     errors[i], stages[i], reasons[i] = f"read: {exc}", S.STAGE_READ, exc.reason
@@ -140,6 +164,7 @@ class FrameSampler:
                     errors[i] = f"decode: unexpected {type(exc).__name__}: {mask_text(str(exc))}"[:1000]
                     stages[i], reasons[i] = S.STAGE_DECODE, "unexpected"
                 finally:
+                    self._current = None
                     if self.journal:
                         self.journal.finish()
                     self._release(source)

@@ -86,3 +86,24 @@ def test_a_killed_caption_actor_is_restarted_and_the_job_finishes(tmp_path):
     assert job.returncode == 0, output[-3000:]
     rows = read_rows(out)
     assert len(rows) == 6 and len({r[S.VIDEO_ID] for r in rows}) == 6 and all(r[S.ERROR] is None for r in rows)
+
+
+def test_a_decode_past_its_time_limit_ends_as_a_timeout_row_and_the_job_goes_on(ray_local, tmp_path):
+    """The limit is set below any real decode time, so the decode process ends itself mid-decode; Ray restarts
+    it and the video is not tried again."""
+    video = write_video(str(tmp_path / "slow.mp4"), 320, 240, 48, 24, seed=2)
+    (tmp_path / "list.txt").write_text(f"{video}\n")
+    summary = run_job(job_config(str(tmp_path / "list.txt"), str(tmp_path / "out"),
+                                 resources={"batch_size": 1, "decode_timeout_s": 0.001}))
+    (row,) = read_rows(str(tmp_path / "out"))
+    assert (row[S.ERROR_STAGE], row[S.ERROR_REASON]) == ("decode", "timeout") and "0.001 s" in row[S.ERROR]
+    assert summary["complete"]
+
+
+def test_the_journal_records_a_timeout_apart_from_crashes(tmp_path):
+    journal = CrashJournal(str(tmp_path / "journal"))
+    journal.start("slow")
+    journal.mark_timeout("slow")
+    again = CrashJournal(str(tmp_path / "journal"))
+    assert again.skip_reason("slow") == "timeout" and again.crashes("slow") == 0
+    assert again.skip_reason("other") is None
