@@ -98,3 +98,24 @@ def test_training_workers_leave_room_for_their_decode_actor():
         plan_training_cpus(2, 0, num_workers=2, use_gpu=False, cpus_per_worker=1.0)
     with pytest.raises(ResourceError, match="GPUs"):
         plan_training_cpus(16, 1, num_workers=2, use_gpu=True)
+
+
+@pytest.mark.slow
+def test_training_with_two_workers_and_no_resource_settings_finishes_on_two_cpus(tmp_path):
+    """`jobs/train_lora.py --num-workers 2` used to wait forever on 2 CPUs (two 1-CPU workers, no room for the
+    decode actor that feeds them)."""
+    import json
+
+    items = []
+    for i in range(2):
+        write_video(str(tmp_path / f"v{i}.mp4"), 160, 120, 16, 8, seed=i)
+        items.append({"video": f"v{i}.mp4", "QA": [{"q": "What moves?", "a": f"a square moves {i}"}]})
+    (tmp_path / "qa.json").write_text(json.dumps(items))
+    (tmp_path / "small.yaml").write_text("lora: {r: 4, alpha: 8}\noptim: {batch_size: 1}\n")
+    result = subprocess.run([sys.executable, "jobs/train_lora.py", "--data", str(tmp_path / "qa.json"),
+                             "--video-root", str(tmp_path), "--model", "tiny", "--output", str(tmp_path / "run"),
+                             "--num-workers", "2", "--max-steps", "1", "--num-frames", "4",
+                             "--config", str(tmp_path / "small.yaml")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=420)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert os.path.isdir(tmp_path / "run" / "weights")
