@@ -138,8 +138,7 @@ class FrameSampler:
             source = fetched.get(i)
             if isinstance(source, ReadError):
                 errors[i], stages[i], reasons[i] = f"read: {source}", S.STAGE_READ, source.reason
-            elif source is not None and self.journal and self.journal.should_skip(row[S.VIDEO_ID]):
-                reason = self.journal.skip_reason(row[S.VIDEO_ID])
+            elif source is not None and self.journal and (reason := self.journal.skip_reason(row[S.VIDEO_ID])):
                 errors[i] = (f"decode: took longer than {self.decode_timeout_s:g} s; not decoded again"
                              if reason == "timeout" else f"decode: the decoder process died "
                              f"{self.journal.crashes(row[S.VIDEO_ID])} times on this video; not decoded again")

@@ -1,8 +1,9 @@
 """Video lists -> a lazy Ray Dataset of VideoRef rows (video_id, uri, start_s, end_s, extra columns).
 
-List files are read by Ray Data's readers in tasks, never into the driver; only a bare prefix is
-listed by the driver (one LIST per 1000 objects) and an Inter4K ``annotations.json`` (a single JSON
-array, typically thousands of rows) is parsed there.
+txt, csv and jsonl lists are read by one task with bounded retries that streams small Arrow blocks (the
+driver holds references, not rows); Parquet lists by Ray Data's reader. Only a bare prefix is listed by the
+driver (one LIST per 1000 objects) and an Inter4K ``annotations.json`` (a single JSON array, typically
+thousands of rows) is parsed there.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def _row_id(table: pa.Table, index: int, uri: str, raw_start: Any, raw_end: Any)
     """An id for a row that names no usable video: from what the row says, so reruns find it again."""
     if uri:
         return stable_video_id(uri, f"bad:{raw_start!r}", f"bad:{raw_end!r}")
-    row = {k: v for k, v in table.slice(index, 1).to_pylist()[0].items()}
+    row = table.slice(index, 1).to_pylist()[0]
     return stable_video_id("row:" + json.dumps(row, sort_keys=True, default=str))
 
 
@@ -302,7 +303,6 @@ def read_video_refs(
     base = cfg.videos_prefix or (_parent(cfg.input) if fmt != "prefix" else cfg.input)
     if is_local(base) and not base.startswith("/") and "://" not in base:
         base = posixpath.abspath(base)
-    # File readers already split lists into many blocks; lists built in the driver are split here.
     ds = _read_list(cfg, fmt, storage_options, rows_per_block, retry)
     # An instance (not the class): stateless tasks, so existence checks of annotation names run in parallel.
     ds = ds.map_batches(NormaliseRefs(cfg, fmt, base, storage_options, retry), batch_format="pyarrow",
