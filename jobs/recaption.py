@@ -26,7 +26,7 @@ DEMO_DIR = "demo_output"
 def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=description)
-    parser.add_argument("--config", help="YAML file with sections source, sampling, model, generation, "
+    parser.add_argument("--config", help="YAML file with sections source, sampling, model, generation, vllm, "
                                          "resources, output, retry, storage_options (flags override it)")
     parser.add_argument("--input", help="video list (txt/csv/jsonl/parquet/annotations.json) or a prefix to list")
     parser.add_argument("--videos-prefix", help="where annotation names and relative list paths point")
@@ -36,7 +36,11 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (published PLLaVA checkpoints: 4)")
     parser.add_argument("--format", choices=("parquet", "webdataset", "both"), help="output format(s)")
     parser.add_argument("--num-frames", type=int, help="frames sampled per video (default 16)")
-    parser.add_argument("--batch-size", type=int, help="videos per generate call (default 8)")
+    parser.add_argument("--engine", choices=("auto", "hf", "vllm"),
+                        help="language-model engine: hf (transformers), vllm, or auto (default: vllm on a GPU "
+                             "where vLLM is installed, else hf); vLLM knobs go in the config's vllm section")
+    parser.add_argument("--batch-size", type=int, help="videos per decode batch and per hf generate call "
+                                                       "(default 8; the vllm engine takes vllm.batch_size, 64)")
     parser.add_argument("--max-new-tokens", type=int, help="default 400")
     parser.add_argument("--prompt", help="instruction for the model (default: the recaption prompt)")
     parser.add_argument("--prompt-file", help="read the instruction from this file (local or fsspec URI)")
@@ -73,6 +77,7 @@ def config_from_args(args: argparse.Namespace, preset: dict | None = None):
     _set(raw, "model", "model", args.model)
     _set(raw, "model", "weights_dir", args.weights_dir)
     _set(raw, "model", "lora_alpha", args.lora_alpha)
+    _set(raw, "model", "engine", args.engine)
     _set(raw, "sampling", "num_frames", args.num_frames)
     _set(raw, "resources", "batch_size", args.batch_size)
     _set(raw, "generation", "max_new_tokens", args.max_new_tokens)
@@ -119,6 +124,7 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from model.settings import EngineUnavailable
     from pipeline.lease import OutputBusy
     from pipeline.masking import mask_text
     from pipeline.resources import ResourceError
@@ -128,7 +134,7 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
 
     try:
         summary = run_job(cfg, progress=args.verbose)
-    except (FileNotFoundError, VideoListError, ResourceError, OutputBusy) as exc:
+    except (FileNotFoundError, VideoListError, ResourceError, OutputBusy, EngineUnavailable) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 2
     except (RunIncomplete, Stalled) as exc:

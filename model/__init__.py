@@ -1,6 +1,7 @@
 """PLLaVA: configuration, model, processor, prompt templates, weight loading and a tiny offline model."""
 
-from model.captioning import CaptionResult, GenerationSettings, caption_videos, generate_captions
+from model.captioning import CaptionResult, caption_videos, generate_captions
+from model.settings import GenerationSettings, VllmSettings
 from model.configuration_pllava import PllavaConfig
 from model.loading import WeightMismatchError, load_pllava, save_merged, save_published, save_weights_dir
 from model.modeling_pllava import PllavaForConditionalGeneration
@@ -10,6 +11,7 @@ from model.prompts import DEFAULT_RECAPTION_QUERY, TEMPLATES, get_template, read
 __all__ = [
     "CaptionResult",
     "GenerationSettings",
+    "VllmSettings",
     "caption_videos",
     "generate_captions",
     "PllavaConfig",

@@ -115,12 +115,13 @@ class PllavaProcessor:
         """Left-padded ``input_ids`` and ``attention_mask`` ``(B, L)``."""
         return dict(self.tokenizer(list(prompts), return_tensors="pt", padding=True))
 
-    def decode(self, token_ids: torch.Tensor) -> list[str]:
-        """Generated ids ``(B, n)`` -> answers: cut at the first end-of-answer token, special tokens and
-        stop strings removed."""
+    def decode(self, token_ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
+        """Generated ids (a ``(B, n)`` tensor or one list per answer) -> answers: cut at the first
+        end-of-answer token, special tokens and stop strings removed."""
         stops = set(self.stop_token_ids)
         rows = []
-        for row in token_ids.tolist():
+        for row in token_ids.tolist() if isinstance(token_ids, torch.Tensor) else token_ids:
+            row = list(row)
             cut = next((i for i, token in enumerate(row) if token in stops), len(row))
             rows.append(row[:cut])
         answers = []

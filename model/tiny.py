@@ -31,7 +31,7 @@ walks runs moves turns looks sits stands jumps rides drives holds opens closes p
 slowly quickly gently suddenly together left right up down forward away around toward inside outside
 bright dark large small tall long wide calm busy static moving close distant sunny cloudy night day
 """.split())
-TINY_FORMAT_VERSION = 2  # bump when the factory's output changes, so cached tiny models are rebuilt
+TINY_FORMAT_VERSION = 3  # bump when the factory's output changes, so cached tiny models are rebuilt
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class TinySpec:
     vision_layers: int = 2
     text_hidden: int = 64
     text_layers: int = 2
-    text_heads: int = 4
+    text_heads: int = 2  # head_dim 32: the smallest vLLM's CPU attention takes
     text_intermediate: int | None = None  # default: 2 x text_hidden
     vision_heads: int = 2
     image_size: int = 336

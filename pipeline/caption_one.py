@@ -1,6 +1,7 @@
 """Caption one video (local path or any fsspec URI such as ``s3://``) and print the caption.
 
     pllava-caption VIDEO --model-dir DIR [--weights-dir DIR] [--lora-alpha 4] [--num-frames 16] [--prompt TEXT]
+        [--engine hf|vllm]
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=400)
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--engine", default="auto", choices=("auto", "hf", "vllm"),
+                        help="hf (transformers), vllm, or auto: vllm on a GPU where it is installed, else hf")
     parser.add_argument("--attn-implementation", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"))
     parser.add_argument("--start-s", type=float, help="clip start in seconds")
     parser.add_argument("--end-s", type=float, help="clip end in seconds")
@@ -63,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from model import GenerationSettings, generate_captions, load_pllava, read_prompt
+    from model.loading import default_device
+    from model.settings import EngineUnavailable, VllmSettings, resolve_engine
+
+    try:
+        engine = resolve_engine(args.engine, str(args.device or default_device()))
+    except EngineUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     query = read_prompt(args.prompt, args.prompt_file)
     try:
@@ -91,9 +102,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read {args.video}: {exc}", file=sys.stderr)
         return 2
     decoded = time.perf_counter()
-    result = generate_captions(
-        model, processor, video.frames[None], query, GenerationSettings(max_new_tokens=args.max_new_tokens)
-    )[0]
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    if engine == "vllm":
+        from model.vllm_engine import VllmCaptionEngine
+
+        prompt_tokens = len(processor.tokenizer(processor.render(query))["input_ids"])
+        vllm_engine = VllmCaptionEngine(model, processor, settings, VllmSettings(), max_prompt_tokens=prompt_tokens)
+        try:
+            result = vllm_engine.caption(video.frames[None], query)[0]
+        finally:
+            vllm_engine.shutdown()
+        if isinstance(result, BaseException):
+            print(f"error: captioning failed: {result}", file=sys.stderr)
+            return 1
+    else:
+        result = generate_captions(model, processor, video.frames[None], query, settings)[0]
     done = time.perf_counter()
     print(result.text)
     logging.getLogger(__name__).info(

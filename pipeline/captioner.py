@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from model import GenerationSettings, generate_captions, load_pllava
+from model import GenerationSettings, VllmSettings, generate_captions, load_pllava
 from model.prompts import prompt_id
 from pipeline import schema as S
 from pipeline.config import ModelConfig
@@ -43,23 +44,18 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-class Captioner:
-    """Loads the model once per actor; each call captions the batch's good rows in one ``generate``.
+def failure(exc: BaseException) -> tuple[str, str]:
+    """``(reason, message)`` of a video the model failed on."""
+    reason = "out_of_memory" if _is_out_of_memory(exc) else "model_error"
+    text = (str(exc).splitlines() or [""])[0][:300]
+    return reason, f"caption: {type(exc).__name__}: {text}"
 
-    A batch that runs out of GPU memory is split in halves and retried, one that fails otherwise is
-    retried video by video; a single video that still fails becomes an error row of stage ``caption``.
-    """
 
-    def __init__(
-        self,
-        model_cfg: ModelConfig,
-        generation: GenerationSettings,
-        query: str,
-        num_frames: int,
-        image_size: int,
-        device: str | None = None,
-        quality: QualityThresholds = QualityThresholds(),
-    ) -> None:
+class _CaptionStage:
+    """What both engines share: the model load, the names recorded per row, and the row assembly."""
+
+    def __init__(self, model_cfg: ModelConfig, generation: GenerationSettings, query: str, num_frames: int,
+                 image_size: int, device: str | None, quality: QualityThresholds) -> None:
         dtype = getattr(torch, model_cfg.dtype) if model_cfg.dtype else None
         self.model, self.processor = load_pllava(
             resolve_model_dir(model_cfg.model),
@@ -81,10 +77,62 @@ class Captioner:
         self.image_size = image_size
         name = "tiny" if model_cfg.model == "tiny" else self.model.name_or_path
         self.model_name = f"{name}@{self.model.fingerprint}"
-        rendered = self.processor.render(query)
-        self.prompt_id = prompt_id(self.processor.template, rendered)
+        self.rendered = self.processor.render(query)
+        self.prompt_id = prompt_id(self.processor.template, self.rendered)
         self.pooling = "x".join(str(x) for x in self.model.config.pooling_shape)
-        self.flagger = CaptionFlagger([rendered, self.processor.system_prompt, query], quality)
+        self.flagger = CaptionFlagger([self.rendered, self.processor.system_prompt, query], quality)
+
+    def _good_frames(self, batch: pa.Table) -> tuple[list[int], list[np.ndarray]]:
+        S.require_columns(batch.column_names, [S.FRAMES, S.ERROR], "Captioner")
+        good = [i for i, e in enumerate(batch.column(S.ERROR).to_pylist()) if e is None]
+        blobs = batch.column(S.FRAMES).to_pylist()
+        return good, [frames_from_bytes(blobs[i], self.num_frames, self.image_size) for i in good]
+
+    def _rows(self, batch: pa.Table, good: list[int], outcomes: list) -> pa.Table:
+        """The batch with caption columns; ``outcomes`` holds per good row ``(CaptionResult, seconds)`` or
+        ``((reason, message), 0.0)`` for a video the model failed on."""
+        errors = batch.column(S.ERROR).to_pylist()
+        stages = batch.column(S.ERROR_STAGE).to_pylist()
+        reasons = batch.column(S.ERROR_REASON).to_pylist()
+        new = {name: [None] * batch.num_rows for name in CAPTION_COLUMNS}
+        for i, (result, seconds) in zip(good, outcomes):
+            if isinstance(result, tuple):
+                reasons[i], errors[i] = result
+                stages[i] = S.STAGE_CAPTION
+                continue
+            new[S.CAPTION][i] = result.text
+            new[S.NUM_TOKENS][i] = result.num_tokens
+            new[S.TRUNCATED][i] = result.truncated
+            new[S.CAPTION_S][i] = seconds
+        for i in range(batch.num_rows):
+            new[S.MODEL][i] = self.model_name
+            new[S.PROMPT_ID][i] = self.prompt_id
+            new[S.NUM_FRAMES][i] = self.num_frames
+            new[S.POOLING][i] = self.pooling
+        columns = S.error_columns(errors, stages, reasons)
+        columns.update({name: (kind, new[name]) for name, kind in CAPTION_COLUMNS.items()})
+        return self.flagger.add_columns(S.with_columns(batch.drop_columns([S.FRAMES]), columns))
+
+
+class Captioner(_CaptionStage):
+    """The ``hf`` engine: loads the model once per actor; each call captions the batch's good rows in one
+    transformers ``generate``.
+
+    A batch that runs out of GPU memory is split in halves and retried, one that fails otherwise is
+    retried video by video; a single video that still fails becomes an error row of stage ``caption``.
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        generation: GenerationSettings,
+        query: str,
+        num_frames: int,
+        image_size: int,
+        device: str | None = None,
+        quality: QualityThresholds = QualityThresholds(),
+    ) -> None:
+        super().__init__(model_cfg, generation, query, num_frames, image_size, device, quality)
 
     def _caption(self, frames_list: list) -> list:
         """``(CaptionResult, seconds)`` per video, or ``((reason, message), 0.0)`` for a video that failed.
@@ -103,8 +151,7 @@ class Captioner:
             if oom and torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(frames_list) == 1:
-                reason = "out_of_memory" if oom else "model_error"
-                return [((reason, f"caption: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"), 0.0)]
+                return [(failure(exc), 0.0)]
             half = len(frames_list) // 2 if oom else 1
             logger.warning("%s at batch %d; retrying in parts", "out of memory" if oom else type(exc).__name__,
                            len(frames_list))
@@ -112,28 +159,49 @@ class Captioner:
                     for item in self._caption(frames_list[i : i + half])]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        S.require_columns(batch.column_names, [S.FRAMES, S.ERROR], "Captioner")
-        errors = batch.column(S.ERROR).to_pylist()
-        stages = batch.column(S.ERROR_STAGE).to_pylist()
-        reasons = batch.column(S.ERROR_REASON).to_pylist()
-        good = [i for i, e in enumerate(errors) if e is None]
-        blobs = batch.column(S.FRAMES).to_pylist()
-        frames = [frames_from_bytes(blobs[i], self.num_frames, self.image_size) for i in good]
-        new = {name: [None] * batch.num_rows for name in CAPTION_COLUMNS}
-        for i, (result, seconds) in zip(good, self._caption(frames) if frames else []):
-            if isinstance(result, tuple):
-                reasons[i], errors[i] = result
-                stages[i] = S.STAGE_CAPTION
-                continue
-            new[S.CAPTION][i] = result.text
-            new[S.NUM_TOKENS][i] = result.num_tokens
-            new[S.TRUNCATED][i] = result.truncated
-            new[S.CAPTION_S][i] = seconds
-        for i in range(batch.num_rows):
-            new[S.MODEL][i] = self.model_name
-            new[S.PROMPT_ID][i] = self.prompt_id
-            new[S.NUM_FRAMES][i] = self.num_frames
-            new[S.POOLING][i] = self.pooling
-        columns = S.error_columns(errors, stages, reasons)
-        columns.update({name: (kind, new[name]) for name, kind in CAPTION_COLUMNS.items()})
-        return self.flagger.add_columns(S.with_columns(batch.drop_columns([S.FRAMES]), columns))
+        good, frames = self._good_frames(batch)
+        return self._rows(batch, good, self._caption(frames) if frames else [])
+
+
+class VllmCaptioner(_CaptionStage):
+    """The ``vllm`` engine: the vision path in torch, the language model on vLLM's async engine.
+
+    ``__call__`` is a coroutine, so one actor holds several batches in flight (the stage's
+    ``max_concurrency``) and vLLM's continuous batching keeps the GPU busy past each batch's longest
+    caption. A video vLLM rejects or fails on becomes an error row; an engine that died twice (it is
+    rebuilt once) ends the actor's process so Ray restarts it and resends the batch.
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        generation: GenerationSettings,
+        query: str,
+        num_frames: int,
+        image_size: int,
+        device: str | None = None,
+        quality: QualityThresholds = QualityThresholds(),
+        vllm_settings: VllmSettings = VllmSettings(),
+    ) -> None:
+        from model.vllm_engine import VllmCaptionEngine
+
+        super().__init__(model_cfg, generation, query, num_frames, image_size, device, quality)
+        prompt_tokens = len(self.processor.tokenizer(self.rendered)["input_ids"])
+        self.engine = VllmCaptionEngine(self.model, self.processor, generation, vllm_settings,
+                                        max_prompt_tokens=prompt_tokens)
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        from model.vllm_engine import EngineDied
+
+        good, frames = self._good_frames(batch)
+        outcomes: list = []
+        if frames:
+            started = time.perf_counter()
+            try:
+                results = await self.engine.acaption(np.stack(frames), self.query)
+            except EngineDied:
+                logger.critical("the vLLM engine died twice; ending this actor so Ray restarts it")
+                os._exit(1)
+            elapsed = (time.perf_counter() - started) / len(frames)
+            outcomes = [((failure(r), 0.0) if isinstance(r, BaseException) else (r, elapsed)) for r in results]
+        return self._rows(batch, good, outcomes)

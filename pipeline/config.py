@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from model.captioning import GenerationSettings
+from model.settings import ENGINES, GenerationSettings, VllmSettings
 from pipeline.frames import SamplingConfig
 from pipeline.quality import QualityThresholds
 from pipeline.masking import mask_values, redact
@@ -55,7 +55,11 @@ class SourceConfig:
 
 @dataclass
 class ModelConfig:
-    """``model`` is a model folder or ``tiny`` (an offline random model built on the spot)."""
+    """``model`` is a model folder or ``tiny`` (an offline random model built on the spot).
+
+    ``engine``: ``hf`` (transformers ``generate``, the reference path), ``vllm`` (the language model on vLLM,
+    tuned in the ``vllm`` section) or ``auto`` (vllm on a GPU where it is installed, else hf).
+    """
 
     model: str = "tiny"
     weights_dir: str | None = None
@@ -64,9 +68,12 @@ class ModelConfig:
     template: str | None = None
     dtype: str | None = None
     attn_implementation: str = "sdpa"
+    engine: str = "auto"
 
     def problems(self) -> list[str]:
         out = []
+        if self.engine not in ENGINES:
+            out.append(f"model.engine must be one of {ENGINES}, got {self.engine!r}")
         if not self.model:
             out.append("model.model is required (a model folder or 'tiny')")
         if self.dtype not in (None, "bfloat16", "float16", "float32"):
@@ -141,6 +148,7 @@ class JobConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    vllm: VllmSettings = field(default_factory=VllmSettings)
     resources: ResourceConfig = field(default_factory=ResourceConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -152,8 +160,11 @@ class JobConfig:
     def validate(self) -> "JobConfig":
         """Raises ValueError listing every problem at once."""
         problems = []
-        for part in (self.source, self.model, self.resources, self.output):
+        for part in (self.source, self.model, self.resources, self.output, self.vllm):
             problems += part.problems()
+        if self.model.engine == "vllm" and self.generation.num_beams != 1:
+            problems.append("the vllm engine does not do beam search: set generation.num_beams to 1 or use "
+                            "model.engine hf")
         if self.prompt is not None and self.prompt_file is not None:
             problems.append("give prompt or prompt_file, not both")
         if problems:

@@ -22,7 +22,8 @@ import ray
 
 from model.prompts import read_prompt
 from pipeline import schema as S
-from pipeline.captioner import Captioner
+from model.settings import resolve_engine
+from pipeline.captioner import Captioner, VllmCaptioner
 from pipeline.config import JobConfig
 from pipeline.lease import OutputLease
 from pipeline.masking import mask_values
@@ -124,8 +125,11 @@ def plan_for(cfg: JobConfig) -> PipelinePlan:
     """
     res = cfg.resources
     cpus, gpus = cluster_totals()
+    caption_gpus = res.caption_num_gpus
+    if caption_gpus is None and cfg.model.engine != "hf" and cfg.vllm.tensor_parallel_size > 1:
+        caption_gpus = float(cfg.vllm.tensor_parallel_size)  # one actor owns the GPUs its engine shards over
     return plan_pipeline(cpus, gpus, res.decode_concurrency, res.decode_num_cpus, res.caption_concurrency,
-                         res.caption_num_cpus, res.caption_num_gpus)
+                         res.caption_num_cpus, caption_gpus)
 
 
 def build_pipeline(
@@ -134,6 +138,7 @@ def build_pipeline(
     """``VideoRef rows -> manifest rows`` (one per written file). Lazy: nothing runs until consumed."""
     res = cfg.resources
     keyframes = "webdataset" in cfg.output.formats and cfg.output.keyframes
+    engine = resolve_engine(cfg.model.engine, plan.device)  # checked in run_job before any work
 
     def pipeline(refs: ray.data.Dataset) -> ray.data.Dataset:
         todo = refs.map_batches(SkipDone(done_ids, tally), batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
@@ -153,17 +158,30 @@ def build_pipeline(
             max_restarts=-1,
             max_task_retries=MAX_DECODER_CRASHES + 2,
         )
+        stage_args = (cfg.model, cfg.generation, query, cfg.sampling.num_frames, cfg.sampling.image_size,
+                      plan.device, cfg.quality)
+        if engine == "vllm":
+            # Several batches in flight per actor: vLLM schedules their requests together, so a batch's
+            # longest caption never leaves the GPU idle (the pattern of ray.data.llm's engine stage).
+            stage, stage_args = VllmCaptioner, stage_args + (cfg.vllm,)
+            batch_size, in_flight = cfg.vllm.batch_size, cfg.vllm.max_concurrent_batches
+            compute = ray.data.ActorPoolStrategy(size=plan.caption_concurrency,
+                                                 max_tasks_in_flight_per_actor=2 * in_flight)
+            concurrency_args = {"max_concurrency": in_flight}
+        else:
+            stage, batch_size = Captioner, res.batch_size
+            compute, concurrency_args = ray.data.ActorPoolStrategy(size=plan.caption_concurrency), {}
         captioned = sampled.map_batches(
-            Captioner,
-            fn_constructor_args=(cfg.model, cfg.generation, query, cfg.sampling.num_frames,
-                                 cfg.sampling.image_size, plan.device, cfg.quality),
-            batch_size=res.batch_size,
+            stage,
+            fn_constructor_args=stage_args,
+            batch_size=batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=plan.caption_concurrency),
+            compute=compute,
             num_gpus=plan.caption_num_gpus,
             num_cpus=plan.caption_num_cpus,
             max_restarts=CAPTION_MAX_RESTARTS,  # bounded: a captioner that keeps dying ends the job with an error
             max_task_retries=CAPTION_MAX_RESTARTS,
+            **concurrency_args,
         )
         return captioned.map_batches(
             ShardWriter(cfg.output, run_id, cfg.storage_options),
@@ -204,6 +222,7 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
     started = time.perf_counter()
     init_ray(cfg.resources.ray_num_cpus)
     plan = plan_for(cfg)  # before any work: a job that cannot be scheduled stops here, saying why
+    resolve_engine(cfg.model.engine, plan.device)  # and so does one whose engine is not installed
     with OutputLease(cfg.output.output, run_id, cfg.storage_options):
         summary = _run_holding_the_output(cfg, query, run_id, plan, started, progress)
     problem = incompleteness(summary, cfg.source.allow_empty)
@@ -221,9 +240,10 @@ def _run_holding_the_output(cfg: JobConfig, query: str, run_id: str, plan: Pipel
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = progress
-    logger.info("run %s: %d videos already done; decode x%d at %g CPU, captioner x%d on %s at %g CPU",
+    engine = resolve_engine(cfg.model.engine, plan.device)
+    logger.info("run %s: %d videos already done; decode x%d at %g CPU, captioner x%d (%s engine) on %s at %g CPU",
                 run_id, len(done_ids), plan.decode_concurrency, plan.decode_num_cpus, plan.caption_concurrency,
-                plan.device, plan.caption_num_cpus)
+                engine, plan.device, plan.caption_num_cpus)
     refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=res.batch_size, retry=cfg.retry)
     tally = RowTally.remote()
     manifests = build_pipeline(cfg, query, run_id, done_ids, plan, tally)(refs)
@@ -236,6 +256,7 @@ def _run_holding_the_output(cfg: JobConfig, query: str, run_id: str, plan: Pipel
     repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options)
     counts = ray.get(tally.totals.remote())
     summary = summarise(cfg, run_id, written, wall_s, counts, repaired, repaired_after, after)
+    summary["engine"] = engine
     summary = mask_values(summary)  # URIs with user info or signatures, in paths, errors and the config
     write_atomic(join(out.output, RUNS_DIR, f"{run_id}.json"),
                  json.dumps(summary, indent=2, default=str).encode(), cfg.storage_options)

@@ -1,0 +1,354 @@
+"""The ``vllm`` caption engine: the vision path in torch, the language model on vLLM.
+
+PLLaVA is not a vLLM architecture, so the work is split at the prompt. The CLIP tower, projector and 3-D
+pool run in torch (:meth:`PllavaForConditionalGeneration.encode_videos`); each prompt goes to vLLM as one
+mixed prompt: text positions as token ids (vLLM embeds them with the same embedding table), the ``<image>``
+token's expansion as the video's pooled embeddings. That is the sequence ``merge_video_tokens`` builds for
+``generate``, so greedy captions in float32 are the same on both engines. Text stays token ids so the
+system prompt before the video is a prefix vLLM can cache.
+
+vLLM loads the language model alone, with any LoRA already merged, from a folder this module writes once
+per checkpoint fingerprint and dtype into a local cache (atomic, under a file lock, shared by every actor on
+the node). After the export the torch copy of the language model is dropped: the actor holds only the
+vision path beside vLLM.
+
+Requests run on vLLM's async engine in a background event loop, so several batches are in flight at once
+and continuous batching fills the slots a finished caption frees. Everything after generation (stop
+handling, token counts, truncation) is :func:`model.captioning.results_from_token_ids`, shared with ``hf``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from model.captioning import CaptionResult, results_from_token_ids
+from model.modeling_pllava import PllavaForConditionalGeneration
+from model.processing_pllava import PllavaProcessor
+from model.settings import GenerationSettings, VllmSettings
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMAT_VERSION = 1  # bump when the export's layout changes, so cached exports are rewritten
+MODEL_LEN_MARGIN = 32  # tokens of slack over the derived prompt + answer length
+CPU_KV_CACHE_MAX_SEQS = 16  # sequences the derived CPU KV cache holds at full length
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+class EngineDied(RuntimeError):
+    """vLLM's engine died again after one rebuild; the caller should let its process be restarted."""
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "pllava-recaption", "vllm")
+
+
+def export_language_model(
+    model: PllavaForConditionalGeneration, processor: PllavaProcessor, cache_dir: str | None = None
+) -> str:
+    """The language model (LoRA merged, as loaded) and tokenizer as a plain transformers folder vLLM loads.
+
+    Written once per weights fingerprint and dtype: built aside, then renamed, under a file lock, so the
+    actors of one node share one copy and a killed writer leaves no half folder behind.
+    """
+    from filelock import FileLock
+
+    if model.language_model is None:
+        raise ValueError("this model's language model was already handed to vLLM and dropped")
+    root = cache_dir or default_cache_dir()
+    os.makedirs(root, exist_ok=True)
+    dtype = _DTYPE_NAMES[model.dtype]
+    target = os.path.join(root, f"lm-{model.fingerprint or 'unnamed'}-{dtype}-v{EXPORT_FORMAT_VERSION}")
+    done = os.path.join(target, "config.json")
+    if os.path.isfile(done):
+        return target
+    with FileLock(target + ".lock"):
+        if os.path.isfile(done):
+            return target
+        scratch = tempfile.mkdtemp(prefix=".lm-", dir=root)
+        try:
+            model.language_model.save_pretrained(scratch, safe_serialization=True)
+            processor.tokenizer.save_pretrained(scratch)
+            os.rename(scratch, target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    logger.info("wrote the language model for vLLM to %s", target)
+    return target
+
+
+def mixed_prompt(token_ids: Sequence[int], image_token_id: int, video_embeds: torch.Tensor) -> dict:
+    """One vLLM ``EmbedsPrompt`` for a tokenized prompt holding one ``<image>`` and its video's embeddings.
+
+    Args:
+        token_ids: the rendered prompt's ids (no padding), with exactly one ``image_token_id``.
+        video_embeds: ``(N, D)`` pooled video tokens.
+
+    Returns:
+        ``prompt_token_ids`` (L+N-1), ``prompt_is_token_ids`` (True at text positions) and ``prompt_embeds``
+        ``(L+N-1, D)`` (the video rows in place of ``<image>``, zeros where vLLM uses the token ids).
+
+    Raises:
+        ValueError: the prompt does not hold exactly one ``<image>`` token.
+    """
+    ids = list(token_ids)
+    if ids.count(image_token_id) != 1:
+        raise ValueError(f"each prompt must hold exactly one <image> token (id {image_token_id}), "
+                         f"found {ids.count(image_token_id)}")
+    pos, num_video = ids.index(image_token_id), video_embeds.shape[0]
+    expanded = ids[:pos] + [image_token_id] * num_video + ids[pos + 1 :]
+    is_token = [True] * pos + [False] * num_video + [True] * (len(ids) - pos - 1)
+    embeds = video_embeds.new_zeros((len(expanded), video_embeds.shape[1]))
+    embeds[pos : pos + num_video] = video_embeds
+    return {"prompt_token_ids": expanded, "prompt_is_token_ids": is_token, "prompt_embeds": embeds}
+
+
+def sampling_params(generation: GenerationSettings, stop_ids: Sequence[int]):
+    """vLLM ``SamplingParams`` equal to ``generation`` on the ``hf`` engine: the same stop set (EOS plus the
+    template's end-of-turn tokens, and nothing else), forced tokens, greedy or sampled."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    if generation.num_beams != 1:
+        raise ValueError("the vllm engine does not do beam search: set generation.num_beams to 1 or use engine hf")
+    return SamplingParams(
+        n=1,
+        temperature=generation.temperature if generation.do_sample else 0.0,
+        top_p=generation.top_p if generation.do_sample else 1.0,
+        seed=generation.seed if generation.do_sample else None,
+        repetition_penalty=generation.repetition_penalty,
+        max_tokens=generation.max_new_tokens,
+        min_tokens=generation.min_new_tokens,
+        stop_token_ids=list(stop_ids),
+        ignore_eos=True,  # the checkpoint's EOS stops only through stop_ids, exactly as on hf
+        detokenize=False,  # decoded by the processor, like hf
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
+
+
+def kv_cache_bytes(text_config, max_model_len: int, dtype: torch.dtype, max_num_seqs: int | None) -> int:
+    """A KV cache holding ``min(max_num_seqs, 16)`` full-length sequences, capped at a quarter of the RAM
+    (vLLM's CPU backend otherwise asks for most of it)."""
+    heads = text_config.num_attention_heads
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    per_token = 2 * text_config.num_hidden_layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
+    seqs = min(max_num_seqs or CPU_KV_CACHE_MAX_SEQS, CPU_KV_CACHE_MAX_SEQS)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(max(per_token * max_model_len, min(per_token * max_model_len * seqs, ram // 4)))
+
+
+class VllmCaptionEngine:
+    """Captions batches of uint8 videos with the vision path in torch and the language model on vLLM.
+
+    ``caption`` (blocking) and ``acaption`` (from any event loop) return, per video, a ``CaptionResult`` or
+    the exception that video failed with; a vision error on a chunk is retried video by video. An engine
+    that dies is rebuilt once and the affected videos are resent; a second death raises :class:`EngineDied`.
+    """
+
+    def __init__(
+        self,
+        model: PllavaForConditionalGeneration,
+        processor: PllavaProcessor,
+        generation: GenerationSettings,
+        settings: VllmSettings = VllmSettings(),
+        max_prompt_tokens: int = 256,
+    ) -> None:
+        self.processor = processor
+        self.settings = settings
+        self.image_token_id = model.config.image_token_index
+        self.sampling = sampling_params(generation, processor.stop_token_ids)
+        self.folder = export_language_model(model, processor, settings.cache_dir)
+        text_config = model.config.text_config
+        num_video = model.config.num_video_tokens
+        limit = getattr(text_config, "max_position_embeddings", None) or 4096
+        self.max_model_len = settings.max_model_len or min(
+            limit, num_video + max_prompt_tokens + generation.max_new_tokens + MODEL_LEN_MARGIN)
+        self._kv_bytes = None
+        if settings.kv_cache_memory_gb is not None:
+            self._kv_bytes = int(settings.kv_cache_memory_gb * 2**30)
+        elif model.device.type == "cpu":
+            self._kv_bytes = kv_cache_bytes(text_config, self.max_model_len, model.dtype, settings.max_num_seqs)
+        # The actor keeps the vision path only; vLLM holds the language model.
+        model.language_model = None
+        if model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.model = model
+        self.dtype_name = _DTYPE_NAMES[model.dtype]
+        self._vision = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pllava-vision")
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="pllava-vllm-loop", daemon=True).start()
+        self._rebuilt = False
+        self._lock = asyncio.Lock()
+        self._engine = self._on_loop(self._start_engine())
+
+    # -- engine lifecycle --------------------------------------------------------------------------------
+    def _engine_args(self):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        s = self.settings
+        kwargs = dict(
+            model=self.folder,
+            tokenizer=self.folder,
+            dtype=self.dtype_name,
+            enable_prompt_embeds=True,
+            max_model_len=self.max_model_len,
+            tensor_parallel_size=s.tensor_parallel_size,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            kv_cache_dtype=s.kv_cache_dtype,
+            enforce_eager=s.enforce_eager,
+            disable_log_stats=True,
+            seed=self.sampling.seed or 0,
+        )
+        if self._kv_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = self._kv_bytes
+        if s.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = s.max_num_seqs
+        if s.enable_prefix_caching is not None:
+            kwargs["enable_prefix_caching"] = s.enable_prefix_caching
+        if s.tensor_parallel_size > 1:
+            kwargs["distributed_executor_backend"] = "mp"  # inside the actor, on the GPUs Ray gave it
+        return AsyncEngineArgs(**kwargs)
+
+    async def _start_engine(self):
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        if self.model.device.type == "cpu":
+            # Inside a Ray actor the thread budget is OMP_NUM_THREADS (Ray sets it from num_cpus); vLLM's own
+            # binding would pin every core of the machine. Users may still set it explicitly.
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        return AsyncLLM.from_engine_args(self._engine_args())
+
+    def _on_loop(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _replace(self, dead_engine) -> None:
+        """Rebuild a dead engine once; batches that saw the same death share that one rebuild."""
+        async with self._lock:
+            if self._engine is not dead_engine:
+                return
+            if self._rebuilt:
+                raise EngineDied("the vLLM engine died again after one rebuild")
+            self._rebuilt = True
+            logger.error("the vLLM engine died; rebuilding it once")
+            try:
+                dead_engine.shutdown()
+            except Exception:  # noqa: BLE001 - a dead engine may fail to shut down; the new one replaces it
+                logger.exception("shutting down the dead vLLM engine failed")
+            self._engine = await self._start_engine()
+
+    def shutdown(self) -> None:
+        """Stop the engine's processes and the loop thread (idempotent)."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.shutdown()
+            del engine
+            gc.collect()  # vLLM's own finaliser runs now, not at interpreter exit
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._vision.shutdown(wait=False)
+
+    # -- vision path ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _encode(self, frames: np.ndarray | torch.Tensor) -> list:
+        """``(B, T, H, W, 3)`` uint8 -> per video ``(N, D)`` CPU embeddings, or the exception it failed with."""
+        out: list = []
+        step = self.settings.vision_batch_size
+        for start in range(0, len(frames), step):
+            chunk = frames[start : start + step]
+            try:
+                out += list(self._encode_chunk(chunk))
+            except (RuntimeError, ValueError) as exc:
+                if len(chunk) == 1:
+                    out.append(exc)
+                    continue
+                logger.warning("vision path failed on %d videos (%s); retrying one by one", len(chunk), exc)
+                for i in range(len(chunk)):
+                    try:
+                        out += list(self._encode_chunk(chunk[i : i + 1]))
+                    except (RuntimeError, ValueError) as one:
+                        out.append(one)
+        return out
+
+    def _encode_chunk(self, chunk) -> torch.Tensor:
+        pixels = self.processor.pixel_values(chunk, device=self.model.device, dtype=self.model.dtype)
+        return self.model.encode_videos(pixels).cpu()  # (b, N, D)
+
+    # -- generation ------------------------------------------------------------------------------------------
+    def caption(self, frames: np.ndarray | torch.Tensor, queries: str | Sequence[str]) -> list:
+        """Blocking: per video a ``CaptionResult`` or the exception that video failed with."""
+        return self._on_loop(self._run(frames, queries))
+
+    async def acaption(self, frames: np.ndarray | torch.Tensor, queries: str | Sequence[str]) -> list:
+        """:meth:`caption` from any event loop; many calls can be in flight at once."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._run(frames, queries), self._loop))
+
+    async def _run(self, frames, queries) -> list:
+        """On the engine's loop: vision work on its worker thread, then every video's request at once."""
+        loop = asyncio.get_running_loop()
+        prompts = await loop.run_in_executor(self._vision, self._prepare, frames, queries)
+        engine = self._engine
+        tokens = await self._generate_all(engine, prompts)
+        if any(_engine_dead(t) for t in tokens):
+            await self._replace(engine)
+            again = await self._generate_all(self._engine, [p if _engine_dead(t) else _Finished()
+                                                            for p, t in zip(prompts, tokens)])
+            tokens = [new if _engine_dead(old) else old for old, new in zip(tokens, again)]
+            if any(_engine_dead(t) for t in tokens):
+                raise EngineDied("the vLLM engine died again after one rebuild")
+        return self._results(tokens)
+
+    async def _generate_all(self, engine, prompts: list) -> list:
+        """Token ids (or the exception) per prompt; prompts that are already exceptions pass through."""
+        jobs = [self._generate_one(engine, p) for p in prompts if not isinstance(p, BaseException)]
+        done = iter(await asyncio.gather(*jobs, return_exceptions=True))
+        return [p if isinstance(p, BaseException) else next(done) for p in prompts]
+
+    async def _generate_one(self, engine, prompt: dict) -> list[int]:
+        final = None
+        async for output in engine.generate(prompt, self.sampling, uuid.uuid4().hex):
+            final = output
+        return list(final.outputs[0].token_ids)
+
+    def _prepare(self, frames, queries) -> list:
+        queries = [queries] * len(frames) if isinstance(queries, str) else list(queries)
+        if len(queries) != len(frames):
+            raise ValueError(f"{len(queries)} prompts for {len(frames)} videos")
+        embeds = self._encode(frames)
+        prompts = []
+        for query, video in zip(queries, embeds):
+            if isinstance(video, BaseException):
+                prompts.append(video)
+                continue
+            ids = self.processor.tokenizer(self.processor.render(query))["input_ids"]
+            try:
+                prompts.append(mixed_prompt(ids, self.image_token_id, video.to(self.model.dtype)))
+            except ValueError as exc:
+                prompts.append(exc)
+        return prompts
+
+    def _results(self, tokens: list) -> list:
+        good = [t for t in tokens if not isinstance(t, BaseException)]
+        results = iter(results_from_token_ids(self.processor, good))
+        return [t if isinstance(t, BaseException) else next(results) for t in tokens]
+
+
+class _Finished(Exception):
+    """Stands in for a video that needs no resend after a rebuild."""
+
+
+def _engine_dead(item) -> bool:
+    if not isinstance(item, BaseException):
+        return False
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(item, EngineDeadError)
