@@ -66,6 +66,8 @@ def export_language_model(
 
     if model.language_model is None:
         raise ValueError("this model's language model was already handed to vLLM and dropped")
+    if not model.fingerprint:
+        raise ValueError("the model has no weights fingerprint to key the export by: load it with load_pllava")
     root = cache_dir or default_cache_dir()
     os.makedirs(root, exist_ok=True)
     dtype = _DTYPE_NAMES[model.dtype]

@@ -55,7 +55,7 @@ class _CaptionStage:
     """What both engines share: the model load, the names recorded per row, and the row assembly."""
 
     def __init__(self, model_cfg: ModelConfig, generation: GenerationSettings, query: str, num_frames: int,
-                 image_size: int, device: str | None, quality: QualityThresholds) -> None:
+                 image_size: int, device: str | None = None, quality: QualityThresholds = QualityThresholds()) -> None:
         dtype = getattr(torch, model_cfg.dtype) if model_cfg.dtype else None
         self.model, self.processor = load_pllava(
             resolve_model_dir(model_cfg.model),
@@ -121,18 +121,6 @@ class Captioner(_CaptionStage):
     A batch that runs out of GPU memory is split in halves and retried, one that fails otherwise is
     retried video by video; a single video that still fails becomes an error row of stage ``caption``.
     """
-
-    def __init__(
-        self,
-        model_cfg: ModelConfig,
-        generation: GenerationSettings,
-        query: str,
-        num_frames: int,
-        image_size: int,
-        device: str | None = None,
-        quality: QualityThresholds = QualityThresholds(),
-    ) -> None:
-        super().__init__(model_cfg, generation, query, num_frames, image_size, device, quality)
 
     def _caption(self, frames_list: list) -> list:
         """``(CaptionResult, seconds)`` per video, or ``((reason, message), 0.0)`` for a video that failed.

@@ -17,6 +17,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 SAMPLING_MODES = ("middle", "random")
+DECODERS = ("pyav", "decord")
 
 
 class _CannotOpen(Exception):
@@ -37,11 +38,17 @@ class SamplingConfig:
 
     ``middle`` takes the middle frame of each of ``num_frames`` equal segments (inference);
     ``random`` takes a random frame per segment (training).
+
+    ``decoder``: ``pyav`` (default) decodes in one pass with keyframe seeks and converts only the sampled
+    frames (:mod:`pipeline.decode_pyav`); ``decord`` scales every decoded frame in decord's filter graph
+    (PyAV reads what decord cannot open). Both pick the same frame indices. ``decode_threads``: FFmpeg
+    threads per video (0: FFmpeg's choice).
     """
 
     num_frames: int = 16
     image_size: int = 336
     mode: str = "middle"
+    decoder: str = "pyav"
     decode_threads: int = 1
     # Hostile or broken headers: a frame larger than this is refused (``too_large``) before anything is
     # decoded (8K UHD is 33.2 M pixels); a header claiming more frames than this is not trusted to size
@@ -57,6 +64,8 @@ class SamplingConfig:
             problems.append(f"image_size must be >= 1, got {self.image_size}")
         if self.mode not in SAMPLING_MODES:
             problems.append(f"mode must be one of {SAMPLING_MODES}, got {self.mode!r}")
+        if self.decoder not in DECODERS:
+            problems.append(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.decode_threads < 0:
             problems.append(f"decode_threads must be >= 0, got {self.decode_threads}")
         if self.max_pixels < 1 or self.max_frames < 1:
@@ -275,6 +284,15 @@ def sample_frames(
         source = source.read()
     if isinstance(source, bytes) and not source or isinstance(source, str) and os.path.getsize(source) == 0:
         raise VideoDecodeError("empty", "the file is empty (0 bytes)")
+    if cfg.decoder == "pyav":
+        from pipeline.decode_pyav import sample_with_pyav
+
+        try:
+            return sample_with_pyav(source, cfg, start_s, end_s, rng)
+        except (VideoDecodeError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - PyAV raises av.FFmpegError subclasses, OSError, ValueError
+            raise VideoDecodeError("undecodable", f"pyav: {_first_line(exc)}") from exc
     try:
         return _decode_decord(source, cfg, start_s, end_s, rng)
     except _CannotOpen as exc:

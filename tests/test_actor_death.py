@@ -58,9 +58,10 @@ def test_a_video_that_always_kills_its_decoder_becomes_an_error_row(ray_local, t
     good = write_video(str(tmp_path / "good.mp4"), 160, 120, 12, 12, seed=1)
     poison = liar_mkv(str(tmp_path / "poison.mkv"))
     (tmp_path / "list.txt").write_text(f"{good}\n{poison}\n")
-    # Trust every header, so the poison file reaches decord (the default max_frames sends it to PyAV).
+    # decord, trusting every header, so the poison file reaches it (the default max_frames sends it to PyAV,
+    # and the default decoder counts real frames).
     summary = run_job(job_config(str(tmp_path / "list.txt"), str(tmp_path / "out"),
-                                 sampling={"max_frames": 10**12}, resources={"batch_size": 1}))
+                                 sampling={"max_frames": 10**12, "decoder": "decord"}, resources={"batch_size": 1}))
     rows = {os.path.basename(r[S.URI]): r for r in read_rows(str(tmp_path / "out"))}
     assert rows["good.mp4"][S.ERROR] is None
     assert (rows["poison.mkv"][S.ERROR_STAGE], rows["poison.mkv"][S.ERROR_REASON]) == ("decode", "crashed")

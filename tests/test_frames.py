@@ -1,4 +1,4 @@
-"""Frame sampling: middle of T equal segments, decoded at reduced size with decord, PyAV for GIFs, clear errors."""
+"""Frame sampling: middle of T equal segments, decoded at reduced size (PyAV in one pass, or decord), clear errors."""
 
 import numpy as np
 import pytest
@@ -35,10 +35,11 @@ def test_clip_bounds_are_respected(tmp_path):
         sample_frames(path, SamplingConfig(num_frames=4), start_s=10.0)
 
 
-def test_decoded_frames_match_the_source_content(tmp_path):
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+def test_decoded_frames_match_the_source_content(tmp_path, decoder):
     width, height, count = 640, 360, 48
     path = write_video(str(tmp_path / "wide.mp4"), width, height, count, 24, seed=3)
-    video = sample_frames(path, SamplingConfig(num_frames=4, image_size=336))
+    video = sample_frames(path, SamplingConfig(num_frames=4, image_size=336, decoder=decoder))
     assert video.frames.shape == (4, 336, 336, 3) and video.frames.dtype == np.uint8
     assert (video.info.width, video.info.height, video.info.frame_count) == (width, height, count)
     assert video.info.fps == pytest.approx(24) and video.info.duration_s == pytest.approx(2.0)
@@ -59,9 +60,10 @@ def test_the_moving_square_moves(tmp_path):
     assert centres == sorted(centres) and centres[-1] - centres[0] > 100
 
 
-def test_animated_gif_falls_back_to_pyav(tmp_path):
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+def test_animated_gif_is_read_by_pyav(tmp_path, decoder):
     path = write_video(str(tmp_path / "a.gif"), 160, 120, 12, 10, codec="gif")
-    video = sample_frames(path, SamplingConfig(num_frames=8))
+    video = sample_frames(path, SamplingConfig(num_frames=8, decoder=decoder))
     assert video.info.decoder == "pyav" and video.frames.shape == (8, 336, 336, 3)
     assert video.info.frame_count == 12
 
@@ -90,5 +92,32 @@ def test_truncated_faststart_mp4_is_an_error_not_a_partial_video(tmp_path):
 
 
 def test_sampling_config_is_validated():
-    with pytest.raises(ValueError, match="num_frames.*mode"):
-        SamplingConfig(num_frames=0, mode="every")
+    with pytest.raises(ValueError, match="num_frames.*mode.*decoder"):
+        SamplingConfig(num_frames=0, mode="every", decoder="opencv")
+
+
+@pytest.mark.parametrize("name, codec, width, height, count, gop", [
+    ("long.mp4", "libx264", 320, 180, 300, 25),  # 12 keyframes: the PyAV path seeks between samples
+    ("short.mp4", "libx264", 160, 120, 9, 250),  # fewer frames than samples: frames repeat
+    ("clip.mkv", "libx264", 256, 256, 40, 12),
+    ("clip.webm", "libvpx-vp9", 320, 240, 30, 250),
+])
+def test_both_decoders_sample_the_same_frames(tmp_path, name, codec, width, height, count, gop):
+    path = write_video(str(tmp_path / name), width, height, count, 24, codec=codec, seed=7, gop=gop)
+    pyav = sample_frames(path, SamplingConfig(num_frames=16, decoder="pyav"))
+    decord = sample_frames(path, SamplingConfig(num_frames=16, decoder="decord"))
+    assert pyav.info.frame_count == decord.info.frame_count == count
+    assert list(pyav.indices) == list(decord.indices) == list(segment_indices(count, 16))
+    # Same frames, scaled by different filters: about one grey level apart; a wrong frame is tens of levels off.
+    per_frame = np.abs(pyav.frames.astype(int) - decord.frames.astype(int)).mean(axis=(1, 2, 3))
+    assert per_frame.max() < 4, per_frame
+
+
+def test_a_seek_lands_on_the_frame_asked_for(tmp_path):
+    count = 96
+    path = write_video(str(tmp_path / "seek.mp4"), 320, 320, count, 24, seed=2, gop=12)
+    video = sample_frames(path, SamplingConfig(num_frames=8, image_size=320, decoder="pyav"))
+    source = synthetic_frames(320, 320, count, seed=2)
+    for frame, index in zip(video.frames, video.indices):
+        errors = [np.abs(frame.astype(int) - source[i].astype(int)).mean() for i in (index - 1, index, index + 1)]
+        assert errors[1] < min(errors[0], errors[2]), (index, errors)  # the asked frame, not a neighbour

