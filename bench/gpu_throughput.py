@@ -48,8 +48,8 @@ PRESETS = {
 QUERY = "Describe this video in detail."
 
 
-def write_random_pllava(folder: str, preset: dict, device: str, dtype: torch.dtype) -> None:
-    """A random-weight PLLaVA of the preset's shape, saved in the published layout."""
+def write_random_pllava(folder: str, preset: dict, dtype: torch.dtype) -> None:
+    """A random-weight PLLaVA of the preset's shape, built on the CPU and saved in the published layout."""
     from transformers import CLIPVisionConfig, LlamaConfig
 
     tokenizer = build_tokenizer("vicuna")
@@ -63,7 +63,7 @@ def write_random_pllava(folder: str, preset: dict, device: str, dtype: torch.dty
     config = PllavaConfig(vision_config=vision, text_config=text, pooling_shape=preset["pooling"],
                           num_frames=preset["frames"], image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                           pad_token_id=tokenizer.pad_token_id)
-    with _building(torch.device(device), dtype):
+    with _building(torch.device("cpu"), dtype):
         model = PllavaForConditionalGeneration(config)
     with torch.no_grad():
         for param in model.parameters():
@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,16,64")
     parser.add_argument("--in-flight", type=int, default=4, help="vllm: batches of the largest size at once")
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--distinct-videos", type=int, default=16)
+    parser.add_argument("--distinct-videos", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--enforce-eager", action="store_true", help="vllm without CUDA graphs (faster start)")
     parser.add_argument("--workdir", help="keep the random checkpoint here (default: a temporary folder)")
@@ -220,9 +220,7 @@ def main() -> None:
         folder = args.workdir or os.path.join(scratch, "pllava")
         started = time.perf_counter()
         if not os.path.isfile(os.path.join(folder, "config.json")):
-            write_random_pllava(folder, preset, args.device, dtype)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            write_random_pllava(folder, preset, dtype)
         print(f"random {args.preset} checkpoint ready in {time.perf_counter() - started:.1f} s", flush=True)
         frames, decode_s = decoded_videos(args.distinct_videos, preset["frames"], scratch)
         frames = np.concatenate([frames] * (2 * max(batch_sizes) // len(frames) + 1))[: 2 * max(batch_sizes)]

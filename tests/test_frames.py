@@ -1,4 +1,4 @@
-"""Frame sampling: middle of T equal segments, decoded at reduced size (PyAV in one pass, or decord), clear errors."""
+"""Frame sampling: middle of T equal segments, decoded at reduced size (decord, or PyAV in one pass), clear errors."""
 
 import numpy as np
 import pytest
@@ -75,20 +75,22 @@ def test_webm_and_bytes_input(tmp_path):
     np.testing.assert_array_equal(from_bytes.frames, from_path.frames)
 
 
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
 @pytest.mark.parametrize("kind", ["empty", "text", "random", "truncated"])
-def test_broken_files_raise_a_decode_error(tmp_path, kind):
+def test_broken_files_raise_a_decode_error(tmp_path, kind, decoder):
     path = write_broken_files(str(tmp_path))[kind]
     with pytest.raises(VideoDecodeError) as info:
-        sample_frames(path, SamplingConfig(num_frames=4))
+        sample_frames(path, SamplingConfig(num_frames=4, decoder=decoder))
     assert info.value.reason in {"empty", "undecodable", "decode_failed"}
     if kind == "empty":
         assert info.value.reason == "empty"
 
 
-def test_truncated_faststart_mp4_is_an_error_not_a_partial_video(tmp_path):
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_truncated_faststart_mp4_is_an_error_not_a_partial_video(tmp_path, decoder):
     data = open(write_video(str(tmp_path / "f.mp4"), num_frames=48, faststart=True), "rb").read()
     with pytest.raises(VideoDecodeError):
-        sample_frames(data[: len(data) // 3], SamplingConfig(num_frames=4))
+        sample_frames(data[: len(data) // 3], SamplingConfig(num_frames=4, decoder=decoder))
 
 
 def test_sampling_config_is_validated():
