@@ -222,14 +222,14 @@ class VllmCaptionEngine:
         if len(queries) != len(frames):
             raise ValueError(f"{len(queries)} prompts for {len(frames)} videos")
         embeds = self._encode(frames)
+        token_ids = {q: self.processor.tokenizer(self.processor.render(q))["input_ids"] for q in set(queries)}
         prompts = []
         for query, video in zip(queries, embeds):
             if isinstance(video, BaseException):
                 prompts.append(video)
                 continue
-            ids = self.processor.tokenizer(self.processor.render(query))["input_ids"]
             try:
-                prompts.append(mixed_prompt(ids, self.image_token_id, video.to(self.model.dtype)))
+                prompts.append(mixed_prompt(token_ids[query], self.image_token_id, video))
             except ValueError as exc:
                 prompts.append(exc)
         return prompts

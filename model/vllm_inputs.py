@@ -45,7 +45,7 @@ def export_language_model(
     root = cache_dir or default_cache_dir()
     os.makedirs(root, exist_ok=True)
     dtype = DTYPE_NAMES[model.dtype]
-    target = os.path.join(root, f"lm-{model.fingerprint or 'unnamed'}-{dtype}-v{EXPORT_FORMAT_VERSION}")
+    target = os.path.join(root, f"lm-{model.fingerprint}-{dtype}-v{EXPORT_FORMAT_VERSION}")
     done = os.path.join(target, "config.json")
     if os.path.isfile(done):
         return target

@@ -133,12 +133,11 @@ def plan_for(cfg: JobConfig) -> PipelinePlan:
 
 
 def build_pipeline(
-    cfg: JobConfig, query: str, run_id: str, done_ids: pa.Array, plan: PipelinePlan, tally=None
+    cfg: JobConfig, query: str, run_id: str, done_ids: pa.Array, plan: PipelinePlan, tally=None, engine: str = "hf"
 ) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
     """``VideoRef rows -> manifest rows`` (one per written file). Lazy: nothing runs until consumed."""
     res = cfg.resources
     keyframes = "webdataset" in cfg.output.formats and cfg.output.keyframes
-    engine = resolve_engine(cfg.model.engine, plan.device)  # checked in run_job before any work
 
     def pipeline(refs: ray.data.Dataset) -> ray.data.Dataset:
         todo = refs.map_batches(SkipDone(done_ids, tally), batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
@@ -222,17 +221,17 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
     started = time.perf_counter()
     init_ray(cfg.resources.ray_num_cpus)
     plan = plan_for(cfg)  # before any work: a job that cannot be scheduled stops here, saying why
-    resolve_engine(cfg.model.engine, plan.device)  # and so does one whose engine is not installed
+    engine = resolve_engine(cfg.model.engine, plan.device)  # and so does one whose engine is not installed
     with OutputLease(cfg.output.output, run_id, cfg.storage_options):
-        summary = _run_holding_the_output(cfg, query, run_id, plan, started, progress)
+        summary = _run_holding_the_output(cfg, query, run_id, plan, engine, started, progress)
     problem = incompleteness(summary, cfg.source.allow_empty)
     if problem:
         raise RunIncomplete(problem)
     return summary
 
 
-def _run_holding_the_output(cfg: JobConfig, query: str, run_id: str, plan: PipelinePlan, started: float,
-                            progress: bool) -> dict:
+def _run_holding_the_output(cfg: JobConfig, query: str, run_id: str, plan: PipelinePlan, engine: str,
+                            started: float, progress: bool) -> dict:
     """Repair, run the pipeline, repair again and write the summary (the caller holds the output's lease)."""
     out, res = cfg.output, cfg.resources
     repaired, before = reconcile_and_scan(out.output, cfg.storage_options)
@@ -240,13 +239,12 @@ def _run_holding_the_output(cfg: JobConfig, query: str, run_id: str, plan: Pipel
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = progress
-    engine = resolve_engine(cfg.model.engine, plan.device)
     logger.info("run %s: %d videos already done; decode x%d at %g CPU, captioner x%d (%s engine) on %s at %g CPU",
                 run_id, len(done_ids), plan.decode_concurrency, plan.decode_num_cpus, plan.caption_concurrency,
                 engine, plan.device, plan.caption_num_cpus)
     refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=res.batch_size, retry=cfg.retry)
     tally = RowTally.remote()
-    manifests = build_pipeline(cfg, query, run_id, done_ids, plan, tally)(refs)
+    manifests = build_pipeline(cfg, query, run_id, done_ids, plan, tally, engine)(refs)
     written = []
     for row in watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster):
         written.append(json.loads(row["manifest"]))
