@@ -44,6 +44,12 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, help="default 400")
     parser.add_argument("--prompt", help="instruction for the model (default: the recaption prompt)")
     parser.add_argument("--prompt-file", help="read the instruction from this file (local or fsspec URI)")
+    parser.add_argument("--system-prompt", help="system prompt before the video ('' for none; default: the "
+                                                "project's recaption system prompt)")
+    parser.add_argument("--system-prompt-file", help="read the system prompt from this file (local or fsspec URI)")
+    parser.add_argument("--template", help="prompt layout: vicuna, chatml (the reference's recaption layouts), "
+                                           "vicuna_videoqa, vicuna_one_turn, chatml_one_turn (default: from the "
+                                           "tokenizer, chatml for Yi/34B, else vicuna)")
     parser.add_argument("--retry-errors", action="store_true", help="retry videos that failed in earlier runs")
     parser.add_argument("--limit", type=int, help="only the first N videos of the list")
     parser.add_argument("--allow-empty", action="store_true", help="an empty list ends the run without an error")
@@ -78,6 +84,7 @@ def config_from_args(args: argparse.Namespace, preset: dict | None = None):
     _set(raw, "model", "weights_dir", args.weights_dir)
     _set(raw, "model", "lora_alpha", args.lora_alpha)
     _set(raw, "model", "engine", args.engine)
+    _set(raw, "model", "template", args.template)
     _set(raw, "sampling", "num_frames", args.num_frames)
     _set(raw, "resources", "batch_size", args.batch_size)
     _set(raw, "generation", "max_new_tokens", args.max_new_tokens)
@@ -91,6 +98,10 @@ def config_from_args(args: argparse.Namespace, preset: dict | None = None):
         raw["prompt"] = args.prompt
     if args.prompt_file is not None:
         raw["prompt_file"] = args.prompt_file
+    if args.system_prompt is not None:
+        raw["system_prompt"] = args.system_prompt
+    if args.system_prompt_file is not None:
+        raw["system_prompt_file"] = args.system_prompt_file
     return JobConfig.from_dict(raw)
 
 

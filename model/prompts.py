@@ -6,6 +6,12 @@ video's pooled visual tokens. Two conversation styles are in use by the publishe
 * ``vicuna``: 7B/13B (Vicuna-based LLaVA-NeXT): ``USER: ...`` / ``ASSISTANT:`` turns, ``</s>`` ends a reply.
 * ``chatml``: 34B (Yi-based LLaVA-NeXT): ``<|im_start|>role ... <|im_end|>`` turns.
 
+Both render byte for byte what the reference's recaption code renders for the same system prompt and query
+(the video in a user turn of its own); ``vicuna_videoqa`` is its one-turn video-QA layout, and the
+``*_one_turn`` templates keep this project's earlier layouts selectable. The system prompt is a setting of
+its own (:func:`read_system_prompt`); the rendered text, system prompt included, is what ``prompt_id``
+hashes.
+
 The wording of the default recaption prompt is the project's own.
 """
 
@@ -33,44 +39,80 @@ DEFAULT_RECAPTION_QUERY = (
 class PromptTemplate:
     """A conversation layout.
 
-    ``text`` holds ``{system}``, ``{image}`` and ``{query}`` fields; ``stop_strings`` end a reply and are
-    removed from decoded captions; ``answer_suffix`` closes an assistant answer in training text.
+    ``text`` holds the ``{image}`` and ``{query}`` fields and ends where the assistant's answer starts;
+    ``system_text`` (with ``{system}``) goes before it only when there is a system prompt, as in the
+    reference's conversation code. ``stop_strings`` end a reply and are removed from decoded captions;
+    ``answer_prefix`` + answer + ``answer_suffix`` is an answer in training text; ``turn_text`` is a later
+    user turn of a multi-turn conversation, ending where its answer starts.
     """
 
     name: str
     text: str
+    system_text: str
     stop_strings: tuple[str, ...]
-    answer_suffix: str  # closes an answer in training text
+    answer_suffix: str
     answer_prefix: str = ""
-    turn_text: str = "{query}"  # a later user turn of a multi-turn conversation, ending where the answer starts
+    turn_text: str = "{query}"
+    description: str = ""
 
     def render(self, query: str, system: str = DEFAULT_SYSTEM_PROMPT) -> str:
-        """The full prompt for one video and one query, ending where the assistant's answer starts."""
+        """The full prompt for one video and one query, ending where the assistant's answer starts.
+
+        ``system=""`` renders no system part at all (no stray separator).
+        """
         if IMAGE_TOKEN in query or IMAGE_TOKEN in system:
             raise ValueError(f"prompt text must not contain {IMAGE_TOKEN!r}: the template places it")
-        return self.text.format(system=system, image=IMAGE_TOKEN, query=query.strip())
+        head = self.system_text.format(system=system.strip()) if system.strip() else ""
+        return head + self.text.format(image=IMAGE_TOKEN, query=query.strip())
 
+    def render_turn(self, query: str) -> str:
+        """A later user turn (training text), ending where its answer starts."""
+        if IMAGE_TOKEN in query:
+            raise ValueError(f"prompt text must not contain {IMAGE_TOKEN!r}: the template places it")
+        return self.turn_text.format(query=query.strip())
+
+    def render_answer(self, answer: str) -> str:
+        """An answer as it follows its prompt in training text, end-of-turn marker included."""
+        return self.answer_prefix + answer.strip() + self.answer_suffix
+
+
+_VICUNA = dict(system_text="{system} ", stop_strings=("</s>",), answer_suffix="</s>", answer_prefix=" ",
+               turn_text="USER: {query} ASSISTANT:")
+_CHATML = dict(stop_strings=("<|im_end|>",), answer_suffix="<|im_end|>\n",
+               turn_text="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n")
 
 TEMPLATES: dict[str, PromptTemplate] = {
+    # The reference's recaption layouts: the video in a user turn of its own, then the query.
     "vicuna": PromptTemplate(
-        name="vicuna",
-        text="{system} USER: {image}\n{query} ASSISTANT:",
-        stop_strings=("</s>",),
-        answer_suffix="</s>",
-        answer_prefix=" ",
-        turn_text="USER: {query} ASSISTANT:",
-    ),
+        name="vicuna", text="USER: {image}\n USER: {query} ASSISTANT:", **_VICUNA,
+        description="7B/13B, as the reference recaptions: the video in its own USER turn"),
     "chatml": PromptTemplate(
         name="chatml",
-        text=(
-            "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{image}\n{query}<|im_end|>\n"
-            "<|im_start|>assistant\n"
-        ),
-        stop_strings=("<|im_end|>",),
-        answer_suffix="<|im_end|>\n",
-        turn_text="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n",
-    ),
+        text="<|im_start|>user\n{image}\n<|im_end|>\n<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n",
+        system_text="{system}<|im_end|>\n", **_CHATML,
+        description="34B, as the reference recaptions: no system header, the video in its own user turn"),
+    # The reference's video-QA layout: video and query in one turn.
+    "vicuna_videoqa": PromptTemplate(
+        name="vicuna_videoqa", text="USER: {image}\n {query} ASSISTANT:", **_VICUNA,
+        description="7B/13B, the reference's video-QA layout: video and query in one USER turn"),
+    # This project's earlier defaults (video and query in one turn; ChatML with a system header).
+    "vicuna_one_turn": PromptTemplate(
+        name="vicuna_one_turn", text="USER: {image}\n{query} ASSISTANT:", **_VICUNA,
+        description="7B/13B, video and query in one USER turn (this project's earlier default)"),
+    "chatml_one_turn": PromptTemplate(
+        name="chatml_one_turn",
+        text="<|im_start|>user\n{image}\n{query}<|im_end|>\n<|im_start|>assistant\n",
+        system_text="<|im_start|>system\n{system}<|im_end|>\n", **_CHATML,
+        description="34B, a system turn, then video and query in one user turn (this project's earlier default)"),
 }
+
+
+@dataclass(frozen=True)
+class PromptText:
+    """What a run asks: the user query and the system prompt (``""``: none) that a template lays out."""
+
+    query: str = DEFAULT_RECAPTION_QUERY
+    system: str = DEFAULT_SYSTEM_PROMPT
 
 
 def get_template(name: str) -> PromptTemplate:
@@ -91,27 +133,41 @@ def template_for_tokenizer(tokenizer) -> PromptTemplate:
     return TEMPLATES["chatml"] if "<|im_start|>" in vocab else TEMPLATES["vicuna"]
 
 
+def _read_text(text: str | None, path: str | None, what: str, empty_ok: bool) -> str | None:
+    """``text`` stripped, or the stripped contents of the file at ``path`` (local or fsspec URI); None if neither."""
+    if text is not None and path is not None:
+        raise ValueError(f"give either a {what} or a {what} file, not both")
+    if path is not None:
+        import fsspec
+
+        with fsspec.open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+        if not text.strip():
+            raise ValueError(f"{what} file {path} is empty" + (f" (for no {what}, give an empty {what} instead)"
+                                                               if empty_ok else ""))
+    if text is not None and not text.strip() and not empty_ok:
+        raise ValueError(f"{what} is empty")
+    return None if text is None else text.strip()
+
+
 def read_prompt(prompt: str | None = None, prompt_file: str | None = None) -> str:
     """The user query: from ``prompt``, from a text file, or the default recaption query.
 
     Raises:
-        ValueError: when both are given or the file is empty.
+        ValueError: when both are given, or the prompt or file is empty.
     """
-    if prompt is not None and prompt_file is not None:
-        raise ValueError("give either a prompt or a prompt file, not both")
-    if prompt_file is not None:
-        import fsspec
+    text = _read_text(prompt, prompt_file, "prompt", empty_ok=False)
+    return DEFAULT_RECAPTION_QUERY if text is None else text
 
-        with fsspec.open(prompt_file, "r", encoding="utf-8") as f:
-            text = f.read().strip()
-        if not text:
-            raise ValueError(f"prompt file {prompt_file} is empty")
-        return text
-    if prompt is not None:
-        if not prompt.strip():
-            raise ValueError("prompt is empty")
-        return prompt.strip()
-    return DEFAULT_RECAPTION_QUERY
+
+def read_system_prompt(system: str | None = None, system_file: str | None = None) -> str:
+    """The system prompt: ``system`` as given (``""``: none), from a text file, or the project's default.
+
+    Raises:
+        ValueError: when both are given or the file is empty (give ``system=""`` for no system prompt).
+    """
+    text = _read_text(system, system_file, "system prompt", empty_ok=True)
+    return DEFAULT_SYSTEM_PROMPT if text is None else text
 
 
 def prompt_id(template: PromptTemplate, rendered: str) -> str:
@@ -125,10 +181,12 @@ __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "DEFAULT_RECAPTION_QUERY",
     "PromptTemplate",
+    "PromptText",
     "TEMPLATES",
     "get_template",
     "template_for_tokenizer",
     "read_prompt",
+    "read_system_prompt",
     "prompt_id",
 ]
 

@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pooling-shape", type=_parse_pooling, help="T,H,W pooling (default: the model's)")
     parser.add_argument("--prompt", help="question or instruction (default: the recaption prompt)")
     parser.add_argument("--prompt-file", help="read the prompt from this file")
-    parser.add_argument("--template", help="prompt template: vicuna or chatml (default: from the tokenizer)")
+    parser.add_argument("--system-prompt", help="system prompt before the video ('' for none; default: the "
+                                                "project's recaption system prompt)")
+    parser.add_argument("--system-prompt-file", help="read the system prompt from this file")
+    parser.add_argument("--template", help="prompt layout: vicuna, chatml, vicuna_videoqa, vicuna_one_turn or "
+                                           "chatml_one_turn (default: from the tokenizer)")
     parser.add_argument("--max-new-tokens", type=int, default=400)
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="default: bf16 on GPU, fp32 on CPU")
@@ -66,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from model import GenerationSettings, generate_captions, load_pllava, read_prompt
+    from model.prompts import read_system_prompt
     from model.loading import default_device
     from model.settings import EngineUnavailable, VllmSettings, resolve_engine
 
@@ -75,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    query = read_prompt(args.prompt, args.prompt_file)
+    try:
+        query = read_prompt(args.prompt, args.prompt_file)
+        system_prompt = read_system_prompt(args.system_prompt, args.system_prompt_file)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         source = read_source(args.video)  # fail before the (slow) model load when the video is missing
     except FileNotFoundError as exc:
@@ -94,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         pooling_shape=args.pooling_shape,
         template=args.template,
     )
+    processor.system_prompt = system_prompt
     loaded = time.perf_counter()
     sampling = SamplingConfig(num_frames=model.config.num_frames, image_size=model.config.image_size)
     try:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import torch
 
 from model import GenerationSettings, VllmSettings, generate_captions, load_pllava
-from model.prompts import prompt_id
+from model.prompts import PromptText, prompt_id
 from pipeline import schema as S
 from pipeline.config import ModelConfig
 from pipeline.quality import CaptionFlagger, QualityThresholds
@@ -54,7 +54,7 @@ def failure(exc: BaseException) -> tuple[str, str]:
 class _CaptionStage:
     """What both engines share: the model load, the names recorded per row, and the row assembly."""
 
-    def __init__(self, model_cfg: ModelConfig, generation: GenerationSettings, query: str, num_frames: int,
+    def __init__(self, model_cfg: ModelConfig, generation: GenerationSettings, prompt: PromptText, num_frames: int,
                  image_size: int, device: str | None = None, quality: QualityThresholds = QualityThresholds()) -> None:
         dtype = getattr(torch, model_cfg.dtype) if model_cfg.dtype else None
         self.model, self.processor = load_pllava(
@@ -72,15 +72,16 @@ class _CaptionStage:
             raise ValueError(f"frames are sampled at {image_size}px but the vision tower takes "
                              f"{self.model.config.image_size}px")
         self.generation = generation
-        self.query = query
+        self.query = prompt.query
+        self.processor.system_prompt = prompt.system
         self.num_frames = num_frames
         self.image_size = image_size
         name = "tiny" if model_cfg.model == "tiny" else self.model.name_or_path
         self.model_name = f"{name}@{self.model.fingerprint}"
-        self.rendered = self.processor.render(query)
+        self.rendered = self.processor.render(prompt.query)
         self.prompt_id = prompt_id(self.processor.template, self.rendered)
         self.pooling = "x".join(str(x) for x in self.model.config.pooling_shape)
-        self.flagger = CaptionFlagger([self.rendered, self.processor.system_prompt, query], quality)
+        self.flagger = CaptionFlagger([t for t in (self.rendered, prompt.system, prompt.query) if t], quality)
 
     def _good_frames(self, batch: pa.Table) -> tuple[list[int], list[np.ndarray]]:
         S.require_columns(batch.column_names, [S.FRAMES, S.ERROR], "Captioner")
@@ -164,7 +165,7 @@ class VllmCaptioner(_CaptionStage):
         self,
         model_cfg: ModelConfig,
         generation: GenerationSettings,
-        query: str,
+        prompt: PromptText,
         num_frames: int,
         image_size: int,
         device: str | None = None,
@@ -173,7 +174,7 @@ class VllmCaptioner(_CaptionStage):
     ) -> None:
         from model.vllm_engine import VllmCaptionEngine
 
-        super().__init__(model_cfg, generation, query, num_frames, image_size, device, quality)
+        super().__init__(model_cfg, generation, prompt, num_frames, image_size, device, quality)
         prompt_tokens = len(self.processor.tokenizer(self.rendered)["input_ids"])
         self.engine = VllmCaptionEngine(self.model, self.processor, generation, vllm_settings,
                                         max_prompt_tokens=prompt_tokens)

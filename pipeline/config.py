@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from model.prompts import TEMPLATES
 from model.settings import ENGINES, GenerationSettings, VllmSettings
 from pipeline.frames import SamplingConfig
 from pipeline.quality import QualityThresholds
@@ -155,6 +156,8 @@ class JobConfig:
     quality: QualityThresholds = field(default_factory=QualityThresholds)
     prompt: str | None = None
     prompt_file: str | None = None
+    system_prompt: str | None = None  # None: the project's default; "": no system prompt
+    system_prompt_file: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "JobConfig":
@@ -167,6 +170,11 @@ class JobConfig:
                             "model.engine hf")
         if self.prompt is not None and self.prompt_file is not None:
             problems.append("give prompt or prompt_file, not both")
+        if self.system_prompt is not None and self.system_prompt_file is not None:
+            problems.append("give system_prompt or system_prompt_file, not both")
+        if self.model.template is not None and self.model.template not in TEMPLATES:
+            problems.append(f"model.template must be one of {sorted(TEMPLATES)} (or null: from the tokenizer), "
+                            f"got {self.model.template!r}")
         if problems:
             raise ValueError("invalid job config:\n  - " + "\n  - ".join(problems))
         return self

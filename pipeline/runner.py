@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from model.prompts import read_prompt
+from model.prompts import PromptText, read_prompt, read_system_prompt
 from pipeline import schema as S
 from model.settings import resolve_engine
 from pipeline.captioner import Captioner, VllmCaptioner
@@ -133,7 +133,7 @@ def plan_for(cfg: JobConfig) -> PipelinePlan:
 
 
 def build_pipeline(
-    cfg: JobConfig, query: str, run_id: str, done_ids: pa.Array, plan: PipelinePlan, tally=None, engine: str = "hf"
+    cfg: JobConfig, prompt: PromptText, run_id: str, done_ids: pa.Array, plan: PipelinePlan, tally=None, engine: str = "hf"
 ) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
     """``VideoRef rows -> manifest rows`` (one per written file). Lazy: nothing runs until consumed."""
     res = cfg.resources
@@ -157,7 +157,7 @@ def build_pipeline(
             max_restarts=-1,
             max_task_retries=MAX_DECODER_CRASHES + 2,
         )
-        stage_args = (cfg.model, cfg.generation, query, cfg.sampling.num_frames, cfg.sampling.image_size,
+        stage_args = (cfg.model, cfg.generation, prompt, cfg.sampling.num_frames, cfg.sampling.image_size,
                       plan.device, cfg.quality)
         if engine == "vllm":
             # Several batches in flight per actor: vLLM schedules their requests together, so a batch's
@@ -216,21 +216,22 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
             accounted for; the summary is written first, with ``complete: false``.
     """
     cfg.validate()
-    query = read_prompt(cfg.prompt, cfg.prompt_file)
+    prompt = PromptText(read_prompt(cfg.prompt, cfg.prompt_file),
+                        read_system_prompt(cfg.system_prompt, cfg.system_prompt_file))
     run_id = run_id or new_run_id()
     started = time.perf_counter()
     init_ray(cfg.resources.ray_num_cpus)
     plan = plan_for(cfg)  # before any work: a job that cannot be scheduled stops here, saying why
     engine = resolve_engine(cfg.model.engine, plan.device)  # and so does one whose engine is not installed
     with OutputLease(cfg.output.output, run_id, cfg.storage_options):
-        summary = _run_holding_the_output(cfg, query, run_id, plan, engine, started, progress)
+        summary = _run_holding_the_output(cfg, prompt, run_id, plan, engine, started, progress)
     problem = incompleteness(summary, cfg.source.allow_empty)
     if problem:
         raise RunIncomplete(problem)
     return summary
 
 
-def _run_holding_the_output(cfg: JobConfig, query: str, run_id: str, plan: PipelinePlan, engine: str,
+def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, plan: PipelinePlan, engine: str,
                             started: float, progress: bool) -> dict:
     """Repair, run the pipeline, repair again and write the summary (the caller holds the output's lease)."""
     out, res = cfg.output, cfg.resources
@@ -244,7 +245,7 @@ def _run_holding_the_output(cfg: JobConfig, query: str, run_id: str, plan: Pipel
                 engine, plan.device, plan.caption_num_cpus)
     refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=res.batch_size, retry=cfg.retry)
     tally = RowTally.remote()
-    manifests = build_pipeline(cfg, query, run_id, done_ids, plan, tally, engine)(refs)
+    manifests = build_pipeline(cfg, prompt, run_id, done_ids, plan, tally, engine)(refs)
     written = []
     for row in watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster):
         written.append(json.loads(row["manifest"]))

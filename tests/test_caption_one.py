@@ -30,13 +30,20 @@ def test_captions_a_local_mp4_like_the_library_does(tiny_lora_dir, video_dir):
     assert result.stdout.rstrip("\n") == expected
 
 
-def test_prompt_file_and_num_frames(tiny_dir, video_dir, tmp_path):
-    prompt = tmp_path / "p.txt"
+def test_prompt_file_system_prompt_template_and_num_frames(tiny_dir, video_dir, tmp_path):
+    prompt, system = tmp_path / "p.txt", tmp_path / "s.txt"
     prompt.write_text("Describe the motion.")
-    result = run_cli(os.path.join(video_dir, "c.mkv"), "--model-dir", tiny_dir, "--prompt-file", str(prompt),
-                     "--num-frames", "8", "--max-new-tokens", "4", "-v")
+    system.write_text("You watch videos.")
+    video = os.path.join(video_dir, "c.mkv")
+    result = run_cli(video, "--model-dir", tiny_dir, "--prompt-file", str(prompt), "--system-prompt-file",
+                     str(system), "--template", "vicuna_videoqa", "--num-frames", "8", "--max-new-tokens", "6", "-v")
     assert result.returncode == 0, result.stderr
-    assert "caption" in result.stderr and "tokens" in result.stderr
+    model, processor = load_pllava(tiny_dir, device="cpu", num_frames=8, template="vicuna_videoqa")
+    processor.system_prompt = "You watch videos."
+    frames = sample_frames(video, SamplingConfig(num_frames=8)).frames[None]
+    expected = caption_videos(model, processor, frames, "Describe the motion.", GenerationSettings(max_new_tokens=6))
+    assert result.stdout.rstrip("\n") == expected[0]
+    assert "load" in result.stderr and "tokens" in result.stderr
 
 
 @pytest.mark.parametrize("name", ["missing.mp4", "broken.mp4"])

@@ -3,6 +3,7 @@
 import pytest
 
 from model import GenerationSettings, caption_videos, generate_captions, load_pllava
+from model.prompts import PromptText
 
 SETTINGS = GenerationSettings(max_new_tokens=24)
 
@@ -83,7 +84,8 @@ def test_a_video_the_model_fails_on_becomes_an_error_row_not_a_crash(tiny_dir):
     from pipeline.captioner import Captioner
     from pipeline.config import ModelConfig
 
-    captioner = Captioner(ModelConfig(model=tiny_dir), SETTINGS, "Describe.", num_frames=4, image_size=336, device="cpu")
+    captioner = Captioner(ModelConfig(model=tiny_dir), SETTINGS, PromptText("Describe."), num_frames=4,
+                          image_size=336, device="cpu")
     good = np.zeros((4, 336, 336, 3), np.uint8)
     batch = pa.table({S.ERROR: pa.nulls(3, pa.string()), S.ERROR_STAGE: pa.nulls(3, pa.string()),
                       S.ERROR_REASON: pa.nulls(3, pa.string()),

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model.processing_pllava import CLIP_MEAN, CLIP_STD, PllavaProcessor
-from model.prompts import DEFAULT_RECAPTION_QUERY, TEMPLATES, get_template, prompt_id, read_prompt, template_for_tokenizer
+from model.prompts import DEFAULT_RECAPTION_QUERY, get_template, prompt_id, read_prompt, template_for_tokenizer
 from model.tiny import build_tokenizer
 
 
@@ -52,12 +52,8 @@ def test_prompts_are_left_padded(processor):
     assert mask[0, 0] == 0 and mask[0, -1] == 1 and bool(mask[1].all())
 
 
-def test_templates_place_one_image_token_and_end_at_the_answer():
-    for name, template in TEMPLATES.items():
-        text = template.render("What happens?")
-        assert text.count("<image>") == 1, name
-    assert get_template("vicuna").render("Q?").endswith("USER: <image>\nQ? ASSISTANT:")
-    assert get_template("chatml").render("Q?").endswith("<|im_start|>user\n<image>\nQ?<|im_end|>\n<|im_start|>assistant\n")
+def test_templates_refuse_placeholders_in_text_and_unknown_names():
+    # The exact layouts are pinned in test_prompt_layouts.py.
     with pytest.raises(ValueError, match="must not contain"):
         get_template("vicuna").render("look at <image>")
     with pytest.raises(KeyError, match="known"):

@@ -103,23 +103,39 @@ def build_train_dataset(cfg: TrainConfig, decode_concurrency: int = 1,
     return ds, stats
 
 
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def tokenize_conversation(tokenizer, template: PromptTemplate, turns: dict, max_tokens: int
                           ) -> tuple[list[int], list[int]]:
     """Token ids and labels for one conversation: -100 everywhere but the answers (and their end tokens).
 
-    The first turn is the inference prompt exactly (``template.render``), so training and captioning
-    see the same layout; pieces are tokenised separately, BOS only at the start.
+    The text is the inference prompt exactly (``template.render``), each answer, and each later turn
+    (``template.render_turn``). It is tokenised as one text, as captioning tokenises its prompt (BOS
+    included), so the prompt's tokens are the ones the model sees at inference, and the labelled tokens are
+    the answer's tokens as they follow the prompt: with a SentencePiece tokenizer the answer's first word
+    keeps its own "▁" piece instead of gaining a stray leading-space token, as tokenising the answer on its
+    own would give. Should a tokenizer merge characters across a prompt/answer boundary, the merged token
+    counts as the answer's.
     """
-    ids: list[int] = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    labels: list[int] = [IGNORE_INDEX] * len(ids)
+    text = ""
+    ids: list[int] = []
+    labels: list[int] = []
     for number, (question, answer) in enumerate(turns["qa"]):
-        prompt = template.render(question, system=turns["system"]) if number == 0 else template.turn_text.format(
-            query=question.strip())
-        reply = template.answer_prefix + answer.strip() + template.answer_suffix
-        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        reply_ids = tokenizer(reply, add_special_tokens=False).input_ids
-        ids += prompt_ids + reply_ids
-        labels += [IGNORE_INDEX] * len(prompt_ids) + reply_ids
+        text += template.render(question, system=turns["system"]) if number == 0 else template.render_turn(question)
+        prompt_ids = tokenizer(text).input_ids
+        text += template.render_answer(answer)
+        full = tokenizer(text).input_ids
+        keep = _shared_prefix(ids, full)
+        answer_start = max(_shared_prefix(prompt_ids, full), keep)
+        labels = labels[:keep] + [IGNORE_INDEX] * (answer_start - keep) + full[answer_start:]
+        ids = full
     return ids[:max_tokens], labels[:max_tokens]
 
 
