@@ -23,6 +23,7 @@ from model.weights import (
     LoraPair,
     WeightSet,
     files_fingerprint,
+    holds_peft_lora,
     merge_lora,
     peft_published_key,
     published_key,
@@ -154,6 +155,27 @@ def _load_into(model: PllavaForConditionalGeneration, tensors: dict[str, torch.T
         model.language_model.tie_weights()
 
 
+# What the reference's loader captions a published checkpoint with, whatever its config.json says.
+PUBLISHED_NUM_FRAMES = 16
+PUBLISHED_POOLING_SHAPE = (16, 12, 12)
+
+
+def caption_settings(
+    model_dir: str, num_frames: int | None = None, pooling_shape: tuple[int, int, int] | None = None
+) -> tuple[int | None, tuple[int, int, int] | None]:
+    """``(num_frames, pooling_shape)`` to caption with: the values given; for a published PLLaVA checkpoint
+    (a folder that keeps its LoRA un-merged under PEFT names, as ``ermu2001/pllava-*`` do) the reference's
+    recaption values, 16 frames and 16x12x12 pooling, where none is given; otherwise ``None`` (config.json's).
+    """
+    if (num_frames is None or pooling_shape is None) and holds_peft_lora(os.fspath(model_dir)):
+        chosen = (num_frames or PUBLISHED_NUM_FRAMES, tuple(pooling_shape or PUBLISHED_POOLING_SHAPE))
+        logger.info("%s is a published PLLaVA checkpoint: %d frames, pooling %s (the reference's recaption "
+                    "settings%s)", model_dir, chosen[0], "x".join(map(str, chosen[1])),
+                    "" if num_frames is None and pooling_shape is None else "; the rest as given")
+        return chosen
+    return num_frames, pooling_shape
+
+
 def load_pllava(
     model_dir: str,
     weights_dir: str | None = None,
@@ -202,6 +224,8 @@ def load_pllava(
         model.name_or_path += "+" + os.path.basename(os.path.normpath(weights_dir))
     model.fingerprint = files_fingerprint(files, extra=f"alpha={info.get('lora_alpha')}")
     model.load_info = info
+    logger.info("%s: %d frames, pooling %s, %d video tokens", model.name_or_path, config.num_frames,
+                "x".join(map(str, config.pooling_shape)), config.num_video_tokens)
     if info["ignored_keys"]:
         logger.info("not used by PLLaVA (LLaVA-NeXT only): %s", info["ignored_keys"])
     return model, processor

@@ -121,6 +121,20 @@ def safetensors_files(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
+def holds_peft_lora(folder: str) -> bool:
+    """Whether ``folder``'s weights keep LoRA un-merged under PEFT-wrapped names, as the published
+    ``ermu2001/pllava-*`` checkpoints do (reads key names only, no tensors)."""
+    try:
+        paths = safetensors_files(folder)
+    except (FileNotFoundError, OSError):
+        return False
+    for path in paths:
+        with safe_open(path, framework="pt") as f:
+            if any(k.startswith(_PEFT_PREFIX) and _LORA_RE.match(normalise_key(k)) for k in f.keys()):
+                return True
+    return False
+
+
 def read_weights(folder: str, device: str | torch.device = "cpu") -> WeightSet:
     """Read every tensor of a folder, normalising names and splitting out LoRA pairs."""
     out = WeightSet()

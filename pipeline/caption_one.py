@@ -32,8 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", required=True, help="PLLaVA folder, LLaVA-NeXT base folder or merged export")
     parser.add_argument("--weights-dir", help="LoRA + projector weights applied on top of --model-dir")
     parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (published PLLaVA checkpoints: 4)")
-    parser.add_argument("--num-frames", type=int, help="frames sampled from the video (default: the model's)")
-    parser.add_argument("--pooling-shape", type=_parse_pooling, help="T,H,W pooling (default: the model's)")
+    parser.add_argument("--num-frames", type=int, help="frames sampled from the video (default: the model's; 16 "
+                                                       "for published PLLaVA checkpoints, as the reference)")
+    parser.add_argument("--pooling-shape", type=_parse_pooling, help="T,H,W pooling (default: the model's; 16,12,12 "
+                                                                     "for published PLLaVA checkpoints)")
     parser.add_argument("--prompt", help="question or instruction (default: the recaption prompt)")
     parser.add_argument("--prompt-file", help="read the prompt from this file")
     parser.add_argument("--system-prompt", help="system prompt before the video ('' for none; default: the "
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from model import GenerationSettings, generate_captions, load_pllava, read_prompt
     from model.prompts import read_system_prompt
-    from model.loading import default_device
+    from model.loading import caption_settings, default_device
     from model.settings import EngineUnavailable, VllmSettings, resolve_engine
 
     try:
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dtype = getattr(torch, args.dtype) if args.dtype else None
     started = time.perf_counter()
+    num_frames, pooling_shape = caption_settings(args.model_dir, args.num_frames, args.pooling_shape)
     model, processor = load_pllava(
         args.model_dir,
         weights_dir=args.weights_dir,
@@ -100,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         dtype=dtype,
         attn_implementation=args.attn_implementation,
-        num_frames=args.num_frames,
-        pooling_shape=args.pooling_shape,
+        num_frames=num_frames,
+        pooling_shape=pooling_shape,
         template=args.template,
     )
     processor.system_prompt = system_prompt

@@ -11,6 +11,7 @@ import pyarrow as pa
 import torch
 
 from model import GenerationSettings, VllmSettings, generate_captions, load_pllava
+from model.loading import caption_settings
 from model.prompts import PromptText, prompt_id
 from pipeline import schema as S
 from pipeline.config import ModelConfig
@@ -57,15 +58,17 @@ class _CaptionStage:
     def __init__(self, model_cfg: ModelConfig, generation: GenerationSettings, prompt: PromptText, num_frames: int,
                  image_size: int, device: str | None = None, quality: QualityThresholds = QualityThresholds()) -> None:
         dtype = getattr(torch, model_cfg.dtype) if model_cfg.dtype else None
+        model_dir = resolve_model_dir(model_cfg.model)
+        _, pooling_shape = caption_settings(model_dir, num_frames, model_cfg.pooling_shape)
         self.model, self.processor = load_pllava(
-            resolve_model_dir(model_cfg.model),
+            model_dir,
             weights_dir=model_cfg.weights_dir,
             lora_alpha=model_cfg.lora_alpha,
             device=device,
             dtype=dtype,
             attn_implementation=model_cfg.attn_implementation,
             num_frames=num_frames,
-            pooling_shape=model_cfg.pooling_shape,
+            pooling_shape=pooling_shape,
             template=model_cfg.template,
         )
         if image_size != self.model.config.image_size:

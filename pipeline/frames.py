@@ -139,10 +139,12 @@ def center_crop(frames: np.ndarray, side: int) -> np.ndarray:
 
 
 def _bounds(fps: float, num_total: int, start_s: float | None, end_s: float | None) -> tuple[int, int]:
+    """First and last frame index of a clip, by the reference's rule: ``round(start_s * fps)`` and
+    ``min(round(end_s * fps), N - 1)`` (so a clip's last index is the frame at ``end_s``, not the one before)."""
     if num_total < 1:
         raise VideoDecodeError("empty" if num_total == 0 else "bad_header", f"the video has {num_total} frames")
     first = int(round(start_s * fps)) if start_s is not None and fps > 0 else 0
-    last = int(round(end_s * fps)) - 1 if end_s is not None and fps > 0 else num_total - 1
+    last = int(round(end_s * fps)) if end_s is not None and fps > 0 else num_total - 1
     if first >= num_total:
         raise VideoDecodeError("bad_clip", f"clip start {start_s}s is past the end of the video "
                                            f"({num_total} frames at {fps:g} fps)")

@@ -19,13 +19,16 @@ def run_cli(*args):
     )
 
 
-def test_captions_a_local_mp4_like_the_library_does(tiny_lora_dir, video_dir):
+def test_captions_a_published_checkpoint_like_the_reference_loader(tiny_lora_dir, video_dir):
+    # A published-layout folder (LoRA un-merged under PEFT names) captions with the reference's 16 frames and
+    # 16x12x12 pooling, whatever its config.json says (the tiny config says 4 frames, 4x6x6).
     video = os.path.join(video_dir, "a.mp4")
     result = run_cli(video, "--model-dir", tiny_lora_dir, "--lora-alpha", "4", "--max-new-tokens", "12",
-                     "--prompt", "What happens?")
+                     "--prompt", "What happens?", "-v")
     assert result.returncode == 0, result.stderr
-    model, processor = load_pllava(tiny_lora_dir, lora_alpha=4, device="cpu")
-    frames = sample_frames(video, SamplingConfig(num_frames=4)).frames[None]
+    assert "published PLLaVA checkpoint: 16 frames, pooling 16x12x12" in result.stderr
+    model, processor = load_pllava(tiny_lora_dir, lora_alpha=4, device="cpu", num_frames=16, pooling_shape=(16, 12, 12))
+    frames = sample_frames(video, SamplingConfig(num_frames=16)).frames[None]
     expected = caption_videos(model, processor, frames, "What happens?", GenerationSettings(max_new_tokens=12))[0]
     assert result.stdout.rstrip("\n") == expected
 

@@ -105,3 +105,15 @@ def test_a_video_the_model_fails_on_becomes_an_error_row_not_a_crash(tiny_dir):
     assert out.column(S.ERROR_REASON).to_pylist()[1] == "model_error"
     assert "kernel failure" in out.column(S.ERROR).to_pylist()[1]
     assert out.column(S.CAPTION).to_pylist()[0] and out.column(S.CAPTION).to_pylist()[2]
+
+
+def test_the_caption_stage_pools_a_published_checkpoint_as_the_reference(tiny_lora_dir):
+    from pipeline.captioner import Captioner
+    from pipeline.config import ModelConfig
+
+    published = Captioner(ModelConfig(model=tiny_lora_dir, lora_alpha=4), SETTINGS, PromptText(), num_frames=16,
+                          image_size=336, device="cpu")
+    assert published.pooling == "16x12x12" and published.model.config.num_frames == 16
+    chosen = Captioner(ModelConfig(model=tiny_lora_dir, lora_alpha=4, pooling_shape=(4, 6, 6)), SETTINGS,
+                       PromptText(), num_frames=4, image_size=336, device="cpu")
+    assert chosen.pooling == "4x6x6"

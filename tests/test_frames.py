@@ -27,12 +27,37 @@ def test_random_mode_stays_inside_segments():
         assert np.all((idx >= np.arange(10) * 10) & (idx < np.arange(1, 11) * 10))
 
 
-def test_clip_bounds_are_respected(tmp_path):
+def reference_clip_indices(num_total, fps, start_s, end_s, num_segments):
+    """The reference's rule (its recaption dataset's ``get_index``), written out here as the specification."""
+    start_idx = max(0, round(start_s * fps))
+    end_idx = min(round(end_s * fps), num_total - 1)
+    seg = float(end_idx - start_idx) / num_segments
+    return [int(start_idx + seg / 2 + np.round(seg * i)) for i in range(num_segments)]
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_clip_bounds_follow_the_reference_rule(tmp_path, decoder):
     path = write_video(str(tmp_path / "v.mp4"), num_frames=96, fps=24)
-    video = sample_frames(path, SamplingConfig(num_frames=4), start_s=1.0, end_s=2.0)
-    assert np.all((video.indices >= 24) & (video.indices <= 47))
+    cfg = SamplingConfig(num_frames=4, decoder=decoder)
+    for start_s, end_s in [(1.0, 2.0), (0.3, 1.77), (2.5, 9.0)]:  # the last one ends past the video: clamped
+        video = sample_frames(path, cfg, start_s=start_s, end_s=end_s)
+        assert list(video.indices) == reference_clip_indices(96, 24, start_s, end_s, 4), (start_s, end_s)
+    assert list(sample_frames(path, cfg, start_s=1.0, end_s=2.0).indices) == [27, 33, 39, 45]
     with pytest.raises(VideoDecodeError, match="past the end"):
-        sample_frames(path, SamplingConfig(num_frames=4), start_s=10.0)
+        sample_frames(path, cfg, start_s=10.0)
+
+
+def test_random_clip_bounds_match_the_reference_rule():
+    from pipeline.frames import _bounds
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        num_total, fps = int(rng.integers(10, 3000)), float(rng.choice([23.976, 24, 25, 29.97, 30, 60]))
+        start_s = float(rng.uniform(0, num_total / fps * 0.8))
+        end_s = float(rng.uniform(start_s + 0.2, num_total / fps * 1.1))
+        first, last = _bounds(fps, num_total, start_s, end_s)
+        got = list(segment_indices(num_total, 16, first, last))
+        assert got == reference_clip_indices(num_total, fps, start_s, end_s, 16)
 
 
 @pytest.mark.parametrize("decoder", ["pyav", "decord"])

@@ -246,3 +246,18 @@ def test_attention_implementation_is_selectable(tiny_dir, frames_batch):
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="attn_implementation"):
         load_pllava(tiny_dir, device="cpu", attn_implementation="xformers")
+
+
+def test_published_checkpoints_caption_with_the_reference_frames_and_pooling(tiny_lora_dir, tiny_dir, caplog):
+    from model.loading import caption_settings
+
+    with caplog.at_level("INFO", logger="model.loading"):
+        assert caption_settings(tiny_lora_dir) == (16, (16, 12, 12))  # its config.json says 4 frames, 4x6x6
+    assert "published PLLaVA checkpoint: 16 frames, pooling 16x12x12" in caplog.text
+    assert caption_settings(tiny_lora_dir, 8) == (8, (16, 12, 12))  # each value overridable on its own
+    assert caption_settings(tiny_lora_dir, None, (4, 6, 6)) == (16, (4, 6, 6))
+    assert caption_settings(tiny_lora_dir, 8, (8, 6, 6)) == (8, (8, 6, 6))
+    # Not a published layout (merged weights): config.json's values stand.
+    assert caption_settings(tiny_dir) == (None, None)
+    model, _ = load_pllava(tiny_dir, device="cpu")
+    assert (model.config.num_frames, model.config.pooling_shape) == (4, (4, 6, 6))

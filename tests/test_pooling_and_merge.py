@@ -104,3 +104,20 @@ def test_forward_returns_logits_and_loss(tiny):
     out = model(**inputs, pixel_values=pixels, labels=inputs["input_ids"])
     assert out.logits.shape == (1, inputs["input_ids"].shape[1] + 143, model.config.text_config.vocab_size)
     assert torch.isfinite(out.loss)
+
+
+def test_fewer_frames_than_the_pooling_depth_repeat_each_frame_evenly():
+    # 4 sampled frames under a pooling depth of 8: every output step is one frame, each frame twice, the
+    # same tokens as feeding the 4 frames repeated twice each (not the reference's uneven repeat, which
+    # only arises when its batch holds fewer frames than its num_frames; see README "Frames and pooling").
+    model, _ = build_tiny_model(TinySpec(num_frames=4, pooling_shape=(8, 6, 6)))
+    pixels = torch.randn(1, 4, 3, 336, 336)
+    with torch.no_grad():
+        few = model.encode_videos(pixels)
+        repeated = model.encode_videos(pixels.repeat_interleave(2, dim=1))
+    assert few.shape == (1, 8 * 36, 64) == repeated.shape
+    torch.testing.assert_close(few, repeated, rtol=1e-5, atol=1e-5)
+    steps = few.view(8, 36, 64)
+    torch.testing.assert_close(steps[0], steps[1])
+    torch.testing.assert_close(steps[6], steps[7])
+    assert not torch.allclose(steps[1], steps[2])
