@@ -51,6 +51,9 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
                                            "vicuna_videoqa, vicuna_one_turn, chatml_one_turn (default: from the "
                                            "tokenizer, chatml for Yi/34B, else vicuna)")
     parser.add_argument("--retry-errors", action="store_true", help="retry videos that failed in earlier runs")
+    parser.add_argument("--recaption-changed", action="store_true",
+                        help="caption again every video whose row was written with another model (checkpoint, "
+                             "LoRA, alpha) or prompt (template, system prompt, query); the newest row is kept")
     parser.add_argument("--limit", type=int, help="only the first N videos of the list")
     parser.add_argument("--allow-empty", action="store_true", help="an empty list ends the run without an error")
     parser.add_argument("--demo", action="store_true", help=f"run the embedded default into ./{DEMO_DIR}")
@@ -92,6 +95,8 @@ def config_from_args(args: argparse.Namespace, preset: dict | None = None):
         _set(raw, "output", "formats", ["parquet", "webdataset"] if args.format == "both" else [args.format])
     if args.retry_errors:
         _set(raw, "output", "retry_errors", True)
+    if args.recaption_changed:
+        _set(raw, "output", "recaption_changed", True)
     if args.allow_empty:
         _set(raw, "source", "allow_empty", True)
     if args.prompt is not None:

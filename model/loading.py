@@ -23,8 +23,9 @@ from model.weights import (
     LoraPair,
     WeightSet,
     files_fingerprint,
-    holds_peft_lora,
+    lora_keys,
     merge_lora,
+    safetensors_files,
     peft_published_key,
     published_key,
     read_weights,
@@ -93,14 +94,12 @@ def check_image_token(processor: PllavaProcessor, config: PllavaConfig, model_di
 
 def _collect_weights(
     model_dir: str, weights_dir: str | None, lora_alpha: float | None
-) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
+) -> tuple[dict[str, torch.Tensor], dict]:
     base = read_weights(model_dir)
-    files = list(base.files)
     extra = WeightSet()
     meta: dict = {}
     if weights_dir is not None:
         extra = read_weights(weights_dir)
-        files += extra.files
         meta = _read_meta(weights_dir)
         if base.lora and extra.lora:
             raise WeightMismatchError(
@@ -123,7 +122,7 @@ def _collect_weights(
         logger.info("merged %d LoRA updates (r=%d, alpha=%s)", len(merged), rank, alpha)
     elif lora_alpha is not None:
         raise ValueError("lora_alpha was given but the weights hold no un-merged LoRA (already merged export?)")
-    return base.tensors, info, files
+    return base.tensors, info
 
 
 def _load_into(model: PllavaForConditionalGeneration, tensors: dict[str, torch.Tensor], where: str) -> None:
@@ -167,13 +166,30 @@ def caption_settings(
     (a folder that keeps its LoRA un-merged under PEFT names, as ``ermu2001/pllava-*`` do) the reference's
     recaption values, 16 frames and 16x12x12 pooling, where none is given; otherwise ``None`` (config.json's).
     """
-    if (num_frames is None or pooling_shape is None) and holds_peft_lora(os.fspath(model_dir)):
+    if (num_frames is None or pooling_shape is None) and lora_keys(os.fspath(model_dir)) == "peft":
         chosen = (num_frames or PUBLISHED_NUM_FRAMES, tuple(pooling_shape or PUBLISHED_POOLING_SHAPE))
         logger.info("%s is a published PLLaVA checkpoint: %d frames, pooling %s (the reference's recaption "
                     "settings%s)", model_dir, chosen[0], "x".join(map(str, chosen[1])),
                     "" if num_frames is None and pooling_shape is None else "; the rest as given")
         return chosen
     return num_frames, pooling_shape
+
+
+def weights_identity(model_dir: str, weights_dir: str | None = None, lora_alpha: float | None = None
+                     ) -> tuple[str, str]:
+    """``(name, fingerprint)`` that :func:`load_pllava` gives a model loaded with these arguments, from file
+    headers and samples alone (no tensors read): what a run records as its ``model``, known before any load."""
+    model_dir = os.fspath(model_dir)
+    if weights_dir is not None and _same_dir(model_dir, weights_dir):
+        weights_dir = None
+    folders = [model_dir] + ([weights_dir] if weights_dir is not None else [])
+    files = [path for folder in folders for path in safetensors_files(folder)]
+    alpha = None
+    if any(lora_keys(folder) for folder in folders):
+        alpha = lora_alpha if lora_alpha is not None else (_read_meta(weights_dir).get("lora_alpha")
+                                                           if weights_dir is not None else None)
+    name = "+".join(os.path.basename(os.path.normpath(folder)) for folder in folders)
+    return name, files_fingerprint(files, extra=f"alpha={None if alpha is None else float(alpha)}")
 
 
 def load_pllava(
@@ -212,17 +228,14 @@ def load_pllava(
     processor = PllavaProcessor.from_pretrained(model_dir, image_size=config.image_size, template=template)
     check_image_token(processor, config, model_dir)
 
-    tensors, info, files = _collect_weights(model_dir, weights_dir, lora_alpha)
+    tensors, info = _collect_weights(model_dir, weights_dir, lora_alpha)
     with _building(device, dtype):
         model = PllavaForConditionalGeneration(config, attn_implementation=attn_implementation)
     where = model_dir if weights_dir is None else f"{model_dir} + {weights_dir}"
     _load_into(model, tensors, where)
     del tensors
     model.eval().requires_grad_(False)
-    model.name_or_path = os.path.basename(os.path.normpath(model_dir))
-    if weights_dir is not None:
-        model.name_or_path += "+" + os.path.basename(os.path.normpath(weights_dir))
-    model.fingerprint = files_fingerprint(files, extra=f"alpha={info.get('lora_alpha')}")
+    model.name_or_path, model.fingerprint = weights_identity(model_dir, weights_dir, lora_alpha)
     model.load_info = info
     logger.info("%s: %d frames, pooling %s, %d video tokens", model.name_or_path, config.num_frames,
                 "x".join(map(str, config.pooling_shape)), config.num_video_tokens)

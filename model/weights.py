@@ -121,18 +121,23 @@ def safetensors_files(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
-def holds_peft_lora(folder: str) -> bool:
-    """Whether ``folder``'s weights keep LoRA un-merged under PEFT-wrapped names, as the published
-    ``ermu2001/pllava-*`` checkpoints do (reads key names only, no tensors)."""
+def lora_keys(folder: str) -> str | None:
+    """How ``folder``'s weights hold un-merged LoRA, from key names alone (no tensors read): ``"peft"`` under
+    PEFT-wrapped names, as the published ``ermu2001/pllava-*`` checkpoints do; ``"plain"`` under this
+    project's names (a ``weights_dir``); ``None`` when there is none or no weights at all."""
     try:
         paths = safetensors_files(folder)
     except (FileNotFoundError, OSError):
-        return False
+        return None
+    style = None
     for path in paths:
         with safe_open(path, framework="pt") as f:
-            if any(k.startswith(_PEFT_PREFIX) and _LORA_RE.match(normalise_key(k)) for k in f.keys()):
-                return True
-    return False
+            for key in f.keys():
+                if _LORA_RE.match(normalise_key(key)):
+                    if key.startswith(_PEFT_PREFIX):
+                        return "peft"
+                    style = "plain"
+    return style
 
 
 def read_weights(folder: str, device: str | torch.device = "cpu") -> WeightSet:

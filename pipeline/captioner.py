@@ -41,6 +41,28 @@ def resolve_model_dir(name: str) -> str:
     return name
 
 
+def model_label(model_setting: str, name: str, fingerprint: str) -> str:
+    """What rows record as ``model``: the folder name(s) (``tiny`` for the tiny model) and the weights'
+    fingerprint."""
+    return f"{'tiny' if model_setting == 'tiny' else name}@{fingerprint}"
+
+
+def caption_identity(model_cfg: ModelConfig, prompt: PromptText) -> tuple[str, str]:
+    """The ``(model, prompt_id)`` a caption stage with these settings writes, without loading the model
+    (weight file headers and the tokenizer only): how a run tells rows it would write from older ones."""
+    from transformers import AutoTokenizer
+
+    from model.loading import weights_identity
+    from model.prompts import get_template, template_for_tokenizer
+
+    model_dir = resolve_model_dir(model_cfg.model)
+    name, fingerprint = weights_identity(model_dir, model_cfg.weights_dir, model_cfg.lora_alpha)
+    template = (get_template(model_cfg.template) if model_cfg.template
+                else template_for_tokenizer(AutoTokenizer.from_pretrained(model_dir)))
+    return (model_label(model_cfg.model, name, fingerprint),
+            prompt_id(template, template.render(prompt.query, system=prompt.system)))
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -79,8 +101,7 @@ class _CaptionStage:
         self.processor.system_prompt = prompt.system
         self.num_frames = num_frames
         self.image_size = image_size
-        name = "tiny" if model_cfg.model == "tiny" else self.model.name_or_path
-        self.model_name = f"{name}@{self.model.fingerprint}"
+        self.model_name = model_label(model_cfg.model, self.model.name_or_path, self.model.fingerprint)
         self.rendered = self.processor.render(prompt.query)
         self.prompt_id = prompt_id(self.processor.template, self.rendered)
         self.pooling = "x".join(str(x) for x in self.model.config.pooling_shape)

@@ -132,6 +132,9 @@ class OutputConfig:
     formats: tuple[str, ...] = ("parquet",)
     keyframes: bool = True
     retry_errors: bool = False
+    # A video counts as done only when its row was written with this run's model and prompt_id: rerunning into
+    # the same output with a new checkpoint, LoRA, template or prompt captions it again (newest row kept).
+    recaption_changed: bool = False
 
     def problems(self) -> list[str]:
         out = []

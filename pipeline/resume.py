@@ -26,20 +26,29 @@ from pipeline.storage import get_fs, join, list_files, remove, write_atomic
 
 logger = logging.getLogger(__name__)
 
-_SCAN_COLUMNS = [S.VIDEO_ID, S.ERROR, S.CREATED_AT]
+_SCAN_COLUMNS = [S.VIDEO_ID, S.ERROR, S.CREATED_AT, S.MODEL, S.PROMPT_ID]
 
 
 @dataclass
 class OutputState:
-    """One row per Parquet row of the output: ``video_id``, ``ok``, ``created_at``, ``file``, ``row`` (its
-    position in the file, so that two rows of one file with the same id can be told apart)."""
+    """One row per Parquet row of the output: ``video_id``, ``ok``, ``created_at``, ``model``, ``prompt_id``,
+    ``file``, ``row`` (its position in the file, so that two rows of one file with the same id can be told
+    apart)."""
 
     rows: pa.Table
     files: list[str] = field(default_factory=list)
 
-    def done_ids(self, retry_errors: bool) -> pa.Array:
-        """Ids to skip: every id already written, or only the captioned ones with ``retry_errors``."""
+    def done_ids(self, retry_errors: bool, same_as: tuple[str, str] | None = None) -> pa.Array:
+        """Ids to skip: every id already written, or only the captioned ones with ``retry_errors``.
+
+        ``same_as=(model, prompt_id)``: only rows written with this model and prompt count (re-caption what
+        changed: a new checkpoint, LoRA, template or prompt).
+        """
         table = self.rows.filter(self.rows.column("ok")) if retry_errors else self.rows
+        if same_as is not None:
+            model, prompt = same_as
+            table = table.filter(pc.and_(pc.equal(table.column(S.MODEL), model),
+                                         pc.equal(table.column(S.PROMPT_ID), prompt)))
         return pc.unique(table.column(S.VIDEO_ID).combine_chunks())
 
 
@@ -51,6 +60,8 @@ def _read_columns(uri: str, storage_options: dict | None) -> pa.Table:
         S.VIDEO_ID: table.column(S.VIDEO_ID),
         "ok": pc.is_null(table.column(S.ERROR)),
         S.CREATED_AT: table.column(S.CREATED_AT),
+        S.MODEL: table.column(S.MODEL).cast(pa.string()),
+        S.PROMPT_ID: table.column(S.PROMPT_ID).cast(pa.string()),
         "file": pa.array([uri] * table.num_rows, pa.string()),
         "row": pa.array(range(table.num_rows), pa.int64()),
     })
@@ -62,6 +73,7 @@ def scan_output(output: str, storage_options: dict | None = None, threads: int =
     files = [f for f in files if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
     empty = pa.table({S.VIDEO_ID: pa.array([], pa.string()), "ok": pa.array([], pa.bool_()),
                       S.CREATED_AT: pa.array([], S.OUTPUT_SCHEMA.field(S.CREATED_AT).type),
+                      S.MODEL: pa.array([], pa.string()), S.PROMPT_ID: pa.array([], pa.string()),
                       "file": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
     if not files:
         return OutputState(empty, [])

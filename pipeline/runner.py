@@ -23,7 +23,7 @@ import ray
 from model.prompts import PromptText, read_prompt, read_system_prompt
 from pipeline import schema as S
 from model.settings import resolve_engine
-from pipeline.captioner import Captioner, VllmCaptioner
+from pipeline.captioner import Captioner, VllmCaptioner, caption_identity
 from pipeline.config import JobConfig
 from pipeline.lease import OutputLease
 from pipeline.masking import mask_values
@@ -236,7 +236,10 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     """Repair, run the pipeline, repair again and write the summary (the caller holds the output's lease)."""
     out, res = cfg.output, cfg.resources
     repaired, before = reconcile_and_scan(out.output, cfg.storage_options)
-    done_ids = before.done_ids(out.retry_errors)
+    same_as = caption_identity(cfg.model, prompt) if out.recaption_changed else None
+    if same_as:
+        logger.info("re-captioning what changed: rows count as done only with model %s and prompt_id %s", *same_as)
+    done_ids = before.done_ids(out.retry_errors, same_as)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = progress

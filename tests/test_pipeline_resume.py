@@ -133,6 +133,54 @@ def test_retry_errors_replaces_the_error_row(ray_local, tmp_path):
     assert retried["output_total"] == {"videos": 2, "ok": 2, "failed": 0, "parquet_files": 2}
 
 
+def test_recaption_changed_captions_again_what_another_prompt_wrote(ray_local, tmp_path):
+    videos = [write_video(str(tmp_path / f"v{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(3)]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(videos) + "\n")
+    out = str(tmp_path / "out")
+    first = run_job(job_config(str(listing), out, prompt="Describe the video."))
+    assert first["this_run"]["ok"] == 3
+    old = {r[S.VIDEO_ID]: r for r in read_rows(out)}
+
+    # Without the mode a new prompt captions nothing: every video already has a row.
+    plain = run_job(job_config(str(listing), out, prompt="What moves in the clip?"))
+    assert plain["this_run"]["videos"] == 0 and plain["this_run"]["skipped_already_done"] == 3
+
+    changed = job_config(str(listing), out, prompt="What moves in the clip?", output={"recaption_changed": True})
+    second = run_job(changed)
+    assert second["this_run"]["videos"] == 3 and second["this_run"]["ok"] == 3
+    rows = read_rows(out)
+    assert len(rows) == 3 and len({r[S.VIDEO_ID] for r in rows}) == 3  # still one row per video: the newest
+    new_prompt = {r[S.PROMPT_ID] for r in rows}
+    assert len(new_prompt) == 1 and new_prompt != {r[S.PROMPT_ID] for r in old.values()}
+    assert all(r[S.RUN_ID] == second["run_id"] for r in rows)
+    assert len(list((tmp_path / "out" / "webdataset").glob("*.tar"))) == len(visible_parquet(out))
+
+    # Same model and prompt again: nothing left to do; the old prompt again in this mode: all three again.
+    assert run_job(changed)["this_run"]["skipped_already_done"] == 3
+    back = run_job(job_config(str(listing), out, prompt="Describe the video.", output={"recaption_changed": True}))
+    assert back["this_run"]["videos"] == 3
+    assert {r[S.PROMPT_ID] for r in read_rows(out)} == {r[S.PROMPT_ID] for r in old.values()}
+
+
+def test_recaption_changed_knows_this_runs_identity_before_loading_the_model(tiny_dir, tiny_lora_dir):
+    from model import GenerationSettings
+    from model.prompts import PromptText
+    from pipeline.captioner import Captioner, caption_identity
+    from pipeline.config import ModelConfig
+
+    seen = set()
+    for model_cfg, prompt in [(ModelConfig(model=tiny_dir), PromptText("Describe.")),
+                              (ModelConfig(model=tiny_dir, template="vicuna_videoqa"), PromptText("Q?", "")),
+                              (ModelConfig(model=tiny_lora_dir, lora_alpha=4), PromptText("Describe.")),
+                              (ModelConfig(model=tiny_lora_dir, lora_alpha=8), PromptText("Describe."))]:
+        stage = Captioner(model_cfg, GenerationSettings(max_new_tokens=2), prompt, num_frames=4, image_size=336,
+                          device="cpu")
+        assert caption_identity(model_cfg, prompt) == (stage.model_name, stage.prompt_id)
+        seen.add((stage.model_name, stage.prompt_id))
+    assert len(seen) == 4  # another template, prompt, checkpoint or alpha is another identity
+
+
 def test_reconcile_removes_temporaries_orphan_shards_and_duplicates(tmp_path):
     out = str(tmp_path / "out")
     writer = ShardWriter(OutputConfig(output=out, formats=("parquet", "webdataset")), run_id="r1")
