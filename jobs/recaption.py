@@ -36,6 +36,9 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (published PLLaVA checkpoints: 4)")
     parser.add_argument("--format", choices=("parquet", "webdataset", "both"), help="output format(s)")
     parser.add_argument("--num-frames", type=int, help="frames sampled per video (default 16)")
+    parser.add_argument("--resize", choices=("fast", "reference"),
+                        help="pixels: fast (scaled in the decoder to the reference's geometry; default) or "
+                             "reference (the reference's PIL chain on full-resolution frames: its exact pixels)")
     parser.add_argument("--engine", choices=("auto", "hf", "vllm"),
                         help="language-model engine: hf (transformers), vllm, or auto (default: vllm on a GPU "
                              "where vLLM is installed, else hf); vLLM knobs go in the config's vllm section")
@@ -89,6 +92,7 @@ def config_from_args(args: argparse.Namespace, preset: dict | None = None):
     _set(raw, "model", "engine", args.engine)
     _set(raw, "model", "template", args.template)
     _set(raw, "sampling", "num_frames", args.num_frames)
+    _set(raw, "sampling", "resize", args.resize)
     _set(raw, "resources", "batch_size", args.batch_size)
     _set(raw, "generation", "max_new_tokens", args.max_new_tokens)
     if args.format:

@@ -1,29 +1,44 @@
-"""PLLaVA: configuration, model, processor, prompt templates, weight loading and a tiny offline model."""
+"""PLLaVA: configuration, model, processor, prompt templates, weight loading and a tiny offline model.
 
-from model.captioning import CaptionResult, caption_videos, generate_captions
-from model.settings import GenerationSettings, VllmSettings
-from model.configuration_pllava import PllavaConfig
-from model.loading import WeightMismatchError, load_pllava, save_merged, save_published, save_weights_dir
-from model.modeling_pllava import PllavaForConditionalGeneration
-from model.processing_pllava import PllavaProcessor
-from model.prompts import DEFAULT_RECAPTION_QUERY, TEMPLATES, get_template, read_prompt
+Names are imported on first use, so torch-free modules (``model.settings``, ``model.prompts``,
+``model.image_geometry``) load without torch or transformers.
+"""
 
-__all__ = [
-    "CaptionResult",
-    "GenerationSettings",
-    "VllmSettings",
-    "caption_videos",
-    "generate_captions",
-    "PllavaConfig",
-    "PllavaForConditionalGeneration",
-    "PllavaProcessor",
-    "WeightMismatchError",
-    "load_pllava",
-    "save_merged",
-    "save_published",
-    "save_weights_dir",
-    "DEFAULT_RECAPTION_QUERY",
-    "TEMPLATES",
-    "get_template",
-    "read_prompt",
-]
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "CaptionResult": "model.captioning",
+    "caption_videos": "model.captioning",
+    "generate_captions": "model.captioning",
+    "GenerationSettings": "model.settings",
+    "VllmSettings": "model.settings",
+    "PllavaConfig": "model.configuration_pllava",
+    "PllavaForConditionalGeneration": "model.modeling_pllava",
+    "PllavaProcessor": "model.processing_pllava",
+    "WeightMismatchError": "model.loading",
+    "load_pllava": "model.loading",
+    "save_merged": "model.loading",
+    "save_published": "model.loading",
+    "save_weights_dir": "model.loading",
+    "DEFAULT_RECAPTION_QUERY": "model.prompts",
+    "TEMPLATES": "model.prompts",
+    "get_template": "model.prompts",
+    "read_prompt": "model.prompts",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

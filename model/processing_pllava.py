@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
+from model.image_geometry import center_offsets, short_side_size
 from model.prompts import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN, PromptTemplate, get_template, template_for_tokenizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -140,7 +141,8 @@ class PllavaProcessor:
     ) -> torch.Tensor:
         """``uint8 (B, T, H, W, 3)`` -> normalised ``(B, T, 3, S, S)`` on ``device``.
 
-        Frames not already ``S x S`` are resized (short side to S, bicubic) and centre-cropped.
+        Frames not already ``S x S`` are resized (short side to S, long side truncated, bicubic with
+        antialiasing) and centre-cropped at the CLIP processor's offsets (:mod:`model.image_geometry`).
         """
         video = torch.as_tensor(frames)
         if video.dim() != 5 or video.shape[-1] != 3:
@@ -151,10 +153,9 @@ class PllavaProcessor:
         x = video.to(device, non_blocking=True).permute(0, 1, 4, 2, 3).flatten(0, 1).float()  # (B*T, 3, H, W)
         side = self.image_size
         if (height, width) != (side, side):
-            scale = side / min(height, width)
-            new_h, new_w = max(side, round(height * scale)), max(side, round(width * scale))
+            new_w, new_h = short_side_size(width, height, side)
             x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-            top, left = (new_h - side) // 2, (new_w - side) // 2
+            top, left = center_offsets(new_w, new_h, side)
             x = x[:, :, top : top + side, left : left + side].clamp(0, 255)
         mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1) * 255

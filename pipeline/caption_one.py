@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system-prompt-file", help="read the system prompt from this file")
     parser.add_argument("--template", help="prompt layout: vicuna, chatml, vicuna_videoqa, vicuna_one_turn or "
                                            "chatml_one_turn (default: from the tokenizer)")
+    parser.add_argument("--resize", default="fast", choices=("fast", "reference"),
+                        help="pixels: fast (scaled in the decoder) or reference (the reference's PIL chain)")
     parser.add_argument("--max-new-tokens", type=int, default=400)
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="default: bf16 on GPU, fp32 on CPU")
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     processor.system_prompt = system_prompt
     loaded = time.perf_counter()
-    sampling = SamplingConfig(num_frames=model.config.num_frames, image_size=model.config.image_size)
+    sampling = SamplingConfig(num_frames=model.config.num_frames, image_size=model.config.image_size,
+                              resize=args.resize)
     try:
         video = sample_frames(source, sampling, start_s=args.start_s, end_s=args.end_s)
     except VideoDecodeError as exc:

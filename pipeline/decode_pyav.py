@@ -9,7 +9,8 @@ what a loader that asks for full-resolution RGB frames (or decord's filter graph
 2. The sampled frames are visited in order. Before each, when a keyframe lies between the current position
    and the target, the decoder seeks to it instead of decoding the frames in between.
 3. Frames are decoded with FFmpeg's frame threads; only the sampled ones are converted, straight from YUV
-   to RGB at the target size in one ``sws_scale`` call (bicubic: an antialiased downscale).
+   to RGB at the target size in one ``sws_scale`` call (bilinear, an antialiased downscale in swscale: of
+   its filters the closest to the reference's two PIL bicubic resizes, see ``bench/frame_sampling.py``).
 
 Containers without packet timestamps fall back to decoding every frame in order.
 """
@@ -21,7 +22,7 @@ import io
 
 import numpy as np
 
-RESIZE_FILTER = "BICUBIC"
+RESIZE_FILTER = "BILINEAR"
 
 
 class NoTimestamps(Exception):
@@ -118,8 +119,8 @@ def sample_with_pyav(source, cfg, start_s, end_s, rng):
     Raises:
         VideoDecodeError: no video stream, too large, empty, bad clip bounds, or frames that cannot be decoded.
     """
-    from pipeline.frames import (SampledVideo, VideoDecodeError, VideoInfo, _bounds, _check_pixels, center_crop,
-                                 scaled_size, segment_indices)
+    from pipeline.frames import (SampledVideo, VideoDecodeError, VideoInfo, _bounds, _check_pixels, decode_size,
+                                 segment_indices, to_model_frames)
 
     with _open(source) as container:
         if not container.streams.video:
@@ -149,7 +150,7 @@ def sample_with_pyav(source, cfg, start_s, end_s, rng):
         fps = 25.0  # GIFs without timing: assume 25 fps as the reference does
     first, last = _bounds(fps, num_total, start_s, end_s)
     indices = segment_indices(num_total, cfg.num_frames, first, last, cfg.mode, rng)
-    size = scaled_size(width, height, cfg.image_size)
+    size = decode_size(width, height, cfg)
     wanted = [int(i) for i in indices]
     if stamps is None:
         picked = decode_in_order(source, wanted, max(wanted), size, cfg.decode_threads)
@@ -160,7 +161,7 @@ def sample_with_pyav(source, cfg, start_s, end_s, rng):
         raise VideoDecodeError("decode_failed", f"pyav: frames {missing[:4]} of {num_total} could not be decoded")
     frames = np.stack([picked[i] for i in wanted])
     info = VideoInfo(num_total / fps, fps, width, height, num_total, "pyav")
-    return SampledVideo(center_crop(frames, cfg.image_size), info, indices)
+    return SampledVideo(to_model_frames(frames, cfg), info, indices)
 
 
 def _count_frames(source, max_frames: int) -> int:

@@ -14,10 +14,13 @@ from typing import BinaryIO
 
 import numpy as np
 
+from model.image_geometry import center_offsets, reference_prescale_size, reference_scaled_size, short_side_size
+
 logger = logging.getLogger(__name__)
 
 SAMPLING_MODES = ("middle", "random")
 DECODERS = ("decord", "pyav")
+RESIZE_MODES = ("fast", "reference")
 
 
 class _CannotOpen(Exception):
@@ -44,6 +47,12 @@ class SamplingConfig:
     frames (:mod:`pipeline.decode_pyav`), and uses FFmpeg frame threads when ``decode_threads`` > 1. Both pick
     the same frame indices; measured speeds are in ``bench/frame_sampling.py``. ``decode_threads``: decoder
     threads per video (0: the decoder's choice).
+
+    ``resize``: ``fast`` (default) scales in the decoder, straight to the size the reference's two resizes
+    reach (597x336 for 16:9), and crops the reference's square (:mod:`model.image_geometry`); ``reference``
+    converts the sampled frames at full resolution and runs the reference's chain (PIL bicubic to short side
+    360 / long side 640, PIL bicubic to short side 336, centre crop): the reference's pixels, at more CPU.
+    Measured gaps and speeds are in ``bench/frame_sampling.py``.
     """
 
     num_frames: int = 16
@@ -51,6 +60,7 @@ class SamplingConfig:
     mode: str = "middle"
     decoder: str = "decord"
     decode_threads: int = 1
+    resize: str = "fast"
     # Hostile or broken headers: a frame larger than this is refused (``too_large``) before anything is
     # decoded (8K UHD is 33.2 M pixels); a header claiming more frames than this is not trusted to size
     # decord's index, and a file that really holds more is refused.
@@ -67,6 +77,8 @@ class SamplingConfig:
             problems.append(f"mode must be one of {SAMPLING_MODES}, got {self.mode!r}")
         if self.decoder not in DECODERS:
             problems.append(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.resize not in RESIZE_MODES:
+            problems.append(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if self.decode_threads < 0:
             problems.append(f"decode_threads must be >= 0, got {self.decode_threads}")
         if self.max_pixels < 1 or self.max_frames < 1:
@@ -123,19 +135,38 @@ def segment_indices(
     return np.clip(idx, first, last).astype(np.int64)
 
 
-def scaled_size(width: int, height: int, side: int) -> tuple[int, int]:
-    """(w, h) with the short side at ``side`` and the aspect ratio kept (even numbers for the scaler)."""
-    scale = side / min(width, height)
-    new_w = max(side, int(round(width * scale / 2)) * 2)
-    new_h = max(side, int(round(height * scale / 2)) * 2)
-    return new_w, new_h
+def decode_size(width: int, height: int, cfg: SamplingConfig) -> tuple[int, int]:
+    """``(w, h)`` the decoder converts sampled frames to: the reference's pre-crop size (``fast``) or the full
+    frame (``reference``)."""
+    if cfg.resize == "reference":
+        return width, height
+    return reference_scaled_size(width, height, cfg.image_size)
 
 
 def center_crop(frames: np.ndarray, side: int) -> np.ndarray:
-    """``(T, H, W, 3)`` -> ``(T, side, side, 3)`` from the centre."""
+    """``(T, H, W, 3)`` -> ``(T, side, side, 3)`` from the centre, at the CLIP processor's offsets."""
     height, width = frames.shape[1:3]
-    top, left = (height - side) // 2, (width - side) // 2
+    top, left = center_offsets(width, height, side)
     return np.ascontiguousarray(frames[:, top : top + side, left : left + side])
+
+
+def reference_pixels(frames: np.ndarray, side: int) -> np.ndarray:
+    """Full-resolution ``(T, H, W, 3)`` frames through the reference's chain: PIL bicubic to the
+    pre-processor size, PIL bicubic to short side ``side`` (uint8 between the two, as there), centre crop."""
+    from PIL import Image
+
+    height, width = frames.shape[1:3]
+    first = reference_prescale_size(width, height, side)
+    second = short_side_size(*first, side)
+    out = [np.asarray(Image.fromarray(f).resize(first, Image.BICUBIC).resize(second, Image.BICUBIC)) for f in frames]
+    return center_crop(np.stack(out), side)
+
+
+def to_model_frames(frames: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
+    """Decoded frames (at :func:`decode_size`) -> ``uint8 (T, S, S, 3)``."""
+    if cfg.resize == "reference":
+        return reference_pixels(frames, cfg.image_size)
+    return center_crop(frames, cfg.image_size)
 
 
 def _bounds(fps: float, num_total: int, start_s: float | None, end_s: float | None) -> tuple[int, int]:
@@ -182,8 +213,11 @@ def _probe(source: str | bytes) -> _Header:
         return _Header(None, 0.0)
 
 
-def _scaled(size: tuple[int, int], side: int) -> dict[str, int]:
-    width, height = scaled_size(size[0], size[1], side)
+def _decoder_size(size: tuple[int, int], cfg: SamplingConfig) -> dict[str, int]:
+    """decord's reader arguments: scaled in its filter graph, or none at all (full resolution)."""
+    if cfg.resize == "reference":
+        return {}
+    width, height = decode_size(size[0], size[1], cfg)
     return {"width": width, "height": height}
 
 
@@ -207,7 +241,7 @@ def _decode_decord(
         raise _CannotOpen(f"the header claims {header.claimed_frames:.3g} frames (over max_frames {cfg.max_frames})")
     size = header.size
     try:
-        reader = open_reader(**_scaled(size, cfg.image_size)) if size else open_reader()
+        reader = open_reader(**_decoder_size(size, cfg)) if size else open_reader()
     except Exception as exc:  # noqa: BLE001 - decord raises bare RuntimeError/DECORDError on open
         raise _CannotOpen(_first_line(exc)) from exc
     try:
@@ -217,7 +251,8 @@ def _decode_decord(
         indices = segment_indices(num_total, cfg.num_frames, first, last, cfg.mode, rng)
         if size is None:  # no header size: learn it from a frame, then reopen scaled
             size = reader[0].shape[1::-1]
-            reader = open_reader(**_scaled(size, cfg.image_size))
+            if cfg.resize != "reference":
+                reader = open_reader(**_decoder_size(size, cfg))
         frames = reader.get_batch(list(indices)).asnumpy()  # (T, h, w, 3), decoded at reduced size
     except VideoDecodeError:
         raise
@@ -225,7 +260,7 @@ def _decode_decord(
         raise VideoDecodeError("decode_failed", f"decord: {_first_line(exc)}") from exc
     width, height = size
     info = VideoInfo(num_total / fps if fps else 0.0, fps, width, height, num_total, "decord")
-    return SampledVideo(center_crop(frames, cfg.image_size), info, indices)
+    return SampledVideo(to_model_frames(frames, cfg), info, indices)
 
 
 def _decode_pyav(source: str | bytes, cfg: SamplingConfig, start_s, end_s, rng) -> SampledVideo:
@@ -252,7 +287,7 @@ def _decode_pyav(source: str | bytes, cfg: SamplingConfig, start_s, end_s, rng) 
     first, last = _bounds(fps, num_total, start_s, end_s)
     indices = segment_indices(num_total, cfg.num_frames, first, last, cfg.mode, rng)
     wanted = {int(i) for i in indices}
-    out_w, out_h = scaled_size(width, height, cfg.image_size)
+    out_w, out_h = decode_size(width, height, cfg)
     picked: dict[int, np.ndarray] = {}
     with open_container() as container:
         stream = container.streams.video[0]
@@ -263,7 +298,7 @@ def _decode_pyav(source: str | bytes, cfg: SamplingConfig, start_s, end_s, rng) 
                 break
     frames = np.stack([picked[int(i)] for i in indices])
     info = VideoInfo(num_total / fps, fps, width, height, num_total, "pyav")
-    return SampledVideo(center_crop(frames, cfg.image_size), info, indices)
+    return SampledVideo(to_model_frames(frames, cfg), info, indices)
 
 
 def _first_line(exc: Exception) -> str:

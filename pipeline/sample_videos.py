@@ -12,18 +12,22 @@ from fractions import Fraction
 import numpy as np
 
 
-def synthetic_frames(width: int, height: int, num_frames: int, seed: int = 0) -> np.ndarray:
-    """``uint8 (N, H, W, 3)``: per-clip colours from ``seed``, a square moving left to right."""
+def synthetic_frames(width: int, height: int, num_frames: int, seed: int = 0, detail: bool = False) -> np.ndarray:
+    """``uint8 (N, H, W, 3)``: per-clip colours from ``seed``, a square moving left to right; ``detail`` adds
+    pixel-scale texture drifting across the frame (where resize filters differ, as on real footage)."""
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 200, size=3)
     ys = np.linspace(0, 1, height)[:, None]
     xs = np.linspace(0, 1, width)[None, :]
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     side = max(4, min(width, height) // 4)
+    texture = rng.integers(-48, 49, size=(height, width, 1), dtype=np.int16) if detail else None
     for i in range(num_frames):
         t = i / max(1, num_frames - 1)
         for c in range(3):
             frames[i, :, :, c] = (base[c] + 55 * np.sin(2 * np.pi * (xs * (c + 1) + ys + t))).clip(0, 255)
+        if texture is not None:
+            frames[i] = (frames[i] + np.roll(texture, 3 * i, axis=1)).clip(0, 255)
         x0 = int(t * (width - side))
         y0 = (height - side) // 2
         frames[i, y0 : y0 + side, x0 : x0 + side] = 255
@@ -40,11 +44,13 @@ def write_video(
     seed: int = 0,
     gop: int | None = None,
     faststart: bool = False,
+    detail: bool = False,
 ) -> str:
-    """Encode a synthetic clip. ``codec`` "libx264" (mp4/mkv), "libvpx-vp9" (webm) or "gif"."""
+    """Encode a synthetic clip. ``codec`` "libx264" (mp4/mkv), "libvpx-vp9" (webm) or "gif"; ``detail``: see
+    :func:`synthetic_frames`."""
     import av
 
-    frames = synthetic_frames(width, height, num_frames, seed)
+    frames = synthetic_frames(width, height, num_frames, seed, detail)
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(path, mode="w", options=options) as container:
         stream = container.add_stream(codec, rate=Fraction(fps) if codec != "gif" else fps)

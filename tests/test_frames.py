@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.frames import SamplingConfig, VideoDecodeError, sample_frames, segment_indices
+from pipeline.frames import DECODERS, SamplingConfig, VideoDecodeError, sample_frames, segment_indices
 from pipeline.sample_videos import synthetic_frames, write_broken_files, write_video
 
 
@@ -148,3 +148,71 @@ def test_a_seek_lands_on_the_frame_asked_for(tmp_path):
     for frame, index in zip(video.frames, video.indices):
         errors = [np.abs(frame.astype(int) - source[i].astype(int)).mean() for i in (index - 1, index, index + 1)]
         assert errors[1] < min(errors[0], errors[2]), (index, errors)  # the asked frame, not a neighbour
+
+
+def reference_chain(frame: np.ndarray, side: int = 336) -> np.ndarray:
+    """The reference's pixel path for one full-resolution frame, written out here from its definition:
+    resize_crop_longshort (short side max(S, min(short, int(min(640, long) / (long / short))))), the CLIP
+    processor's shortest-edge resize (long side truncated), both PIL bicubic on uint8, then its centre crop."""
+    from PIL import Image
+
+    def shortest_edge(image, size):
+        w, h = image.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(size * long / short)
+        return image.resize((size, new_long) if w <= h else (new_long, size), Image.BICUBIC)
+
+    image = Image.fromarray(frame)
+    short, long = min(image.size), max(image.size)
+    image = shortest_edge(image, max(side, min(short, int(min(640, long) / (long / short)))))
+    image = shortest_edge(image, side)
+    array = np.asarray(image)
+    top, left = (array.shape[0] - side) // 2, (array.shape[1] - side) // 2
+    return array[top : top + side, left : left + side]
+
+
+def full_frames(path, indices):
+    import av
+
+    wanted = set(int(i) for i in indices)
+    with av.open(path) as container:
+        frames = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(video=0)) if i in wanted}
+    return np.stack([frames[int(i)] for i in indices])
+
+
+@pytest.mark.parametrize("size", [(3840, 2160), (1280, 720), (720, 1280)], ids=["4K", "720p", "9:16"])
+def test_reference_resize_gives_the_reference_pixels(tmp_path, size):
+    path = write_video(str(tmp_path / "clip.mp4"), *size, num_frames=12, fps=12, detail=True, seed=5)
+    for decoder in DECODERS:
+        video = sample_frames(path, SamplingConfig(num_frames=4, decoder=decoder, resize="reference"))
+        expected = np.stack([reference_chain(f) for f in full_frames(path, video.indices)])
+        assert video.frames.shape == expected.shape == (4, 336, 336, 3)
+        gap = np.abs(video.frames.astype(int) - expected.astype(int)).mean()
+        assert gap < 1.0, (decoder, gap)
+        fast = sample_frames(path, SamplingConfig(num_frames=4, decoder=decoder))
+        assert list(fast.indices) == list(video.indices)  # the same frames, only the pixels' path differs
+        assert np.abs(fast.frames.astype(int) - expected.astype(int)).mean() < 12
+
+
+def test_fast_resize_cuts_the_reference_square():
+    from model.image_geometry import center_offsets, reference_scaled_size
+
+    # 16:9 at any resolution ends 597x336, cut from x = 130 (not 598 and 131); 9:16 from y = 130.
+    for size in [(3840, 2160), (1920, 1080), (1280, 720)]:
+        assert reference_scaled_size(*size, 336) == (597, 336) and center_offsets(597, 336, 336) == (0, 130)
+    assert reference_scaled_size(1080, 1920, 336) == (336, 597)
+    assert reference_scaled_size(160, 120, 336) == (448, 336)  # small clips are scaled up to 336 first
+    assert reference_scaled_size(4096, 1716, 336) == (802, 336)  # 2.39:1: step 1 keeps the short side at 336
+
+
+def test_resize_mode_is_a_checked_setting_and_a_job_flag():
+    import os
+    import sys
+
+    with pytest.raises(ValueError, match="resize must be one of"):
+        SamplingConfig(resize="nearest")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs"))
+    from recaption import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["--input", "l.txt", "--output", "o", "--resize", "reference"]))
+    assert cfg.sampling.resize == "reference" and SamplingConfig().resize == "fast"
