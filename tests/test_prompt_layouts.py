@@ -196,3 +196,27 @@ def test_the_system_prompt_changes_the_prompt_id_and_reaches_the_model(tiny_dir)
                           S.ERROR_REASON: pa.nulls(1, pa.string()), S.FRAMES: pa.array([frames], pa.large_binary())})
         ids[system] = captioner(batch).column(S.PROMPT_ID).to_pylist()[0]
     assert ids[""] != ids["You watch videos."]
+
+
+# Token ids with the project's deterministic byte-level tokenizer (model.tiny.build_tokenizer): 1 is <s>,
+# 385 <image>, 387/388 <|im_start|>/<|im_end|>, 201 "\n", 223 " ".
+PINNED_IDS = {
+    ("vicuna", ""): [1, 55, 53, 39, 52, 28, 223, 385, 201, 223, 55, 53, 39, 52, 28, 223, 57, 74, 67, 86, 223, 74, 67,
+                     82, 82, 71, 80, 85, 33, 223, 35, 53, 53, 43, 53, 54, 35, 48, 54, 28],
+    ("vicuna", "Be brief."): [1, 36, 71, 223, 68, 84, 75, 71, 72, 16, 223, 55, 53, 39, 52, 28, 223, 385, 201, 223, 55,
+                              53, 39, 52, 28, 223, 57, 74, 67, 86, 223, 74, 67, 82, 82, 71, 80, 85, 33, 223, 35, 53,
+                              53, 43, 53, 54, 35, 48, 54, 28],
+    ("chatml", ""): [1, 387, 87, 85, 71, 84, 201, 385, 201, 388, 201, 387, 87, 85, 71, 84, 201, 57, 74, 67, 86, 223,
+                     74, 67, 82, 82, 71, 80, 85, 33, 388, 201, 387, 67, 85, 85, 75, 85, 86, 67, 80, 86, 201],
+    ("chatml", "Be brief."): [1, 36, 71, 223, 68, 84, 75, 71, 72, 16, 388, 201, 387, 87, 85, 71, 84, 201, 385, 201, 388,
+                              201, 387, 87, 85, 71, 84, 201, 57, 74, 67, 86, 223, 74, 67, 82, 82, 71, 80, 85, 33, 388,
+                              201, 387, 67, 85, 85, 75, 85, 86, 67, 80, 86, 201],
+}
+
+
+@pytest.mark.parametrize("name,system", sorted(PINNED_IDS))
+def test_prompt_token_ids_are_pinned(name, system):
+    from model.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(name)
+    assert tokenizer(get_template(name).render("What happens?", system=system)).input_ids == PINNED_IDS[(name, system)]
