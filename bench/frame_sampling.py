@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from pipeline.frames import SamplingConfig, reference_pixels, sample_frames, segment_indices
-from pipeline.sample_videos import write_video
+from pipeline.generated_videos import write_video
 
 # name: (width, height, frames, GOP, detail)
 CLIPS = {"1080p": (1920, 1080, 300, 250, False), "4K": (3840, 2160, 120, 250, False),

@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema as S
-from pipeline.gallery import build_gallery
-from pipeline.sinks import PARQUET_DIR, conform
+from pipeline.tools.gallery import build_gallery
+from pipeline.io.output_store import PARQUET_DIR
+from pipeline.sinks import conform
 
 
 def synthetic_output(folder: str, rows: int) -> None:

@@ -75,7 +75,7 @@ def write_random_pllava(folder: str, preset: dict, dtype: torch.dtype) -> None:
 def decoded_videos(count: int, num_frames: int, folder: str) -> tuple[np.ndarray, float]:
     """``count`` distinct generated 720p clips decoded by the frame sampler; also seconds per video."""
     from pipeline.frames import SamplingConfig, sample_frames
-    from pipeline.sample_videos import write_video
+    from pipeline.generated_videos import write_video
 
     paths = [write_video(os.path.join(folder, f"v{i}.mp4"), 1280, 720, 90, 30, seed=i) for i in range(count)]
     started = time.perf_counter()

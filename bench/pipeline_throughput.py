@@ -19,8 +19,9 @@ from model import GenerationSettings, generate_captions, load_pllava
 from model.tiny import ensure_tiny_pllava
 from pipeline.config import JobConfig
 from pipeline.frames import SamplingConfig, sample_frames
-from pipeline.runner import init_ray, run_job
-from pipeline.sample_videos import write_video
+from pipeline.cluster import init_ray
+from pipeline.runner import run_job
+from pipeline.generated_videos import write_video
 
 import numpy as np
 

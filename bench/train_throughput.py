@@ -13,8 +13,8 @@ import json
 import os
 import tempfile
 
-from pipeline.runner import init_ray
-from pipeline.sample_videos import write_video
+from pipeline.cluster import init_ray
+from pipeline.generated_videos import write_video
 from training.config import TrainConfig
 from training.trainer import run_training
 

@@ -1,0 +1,1 @@
+"""Entry points: ``ray job submit`` scripts and the single-video command (``pllava-caption``)."""

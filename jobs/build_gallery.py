@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-size", type=int, default=200)
     parser.add_argument("--title", default="Captions")
     args = parser.parse_args(argv)
-    from pipeline.gallery import build_gallery
+    from pipeline.tools.gallery import build_gallery
 
     index = build_gallery(args.outputs, args.to, compare=args.compare, page_size=args.page_size, title=args.title)
     print(f"{index['rows']} videos in {index['pages']} pages: {os.path.join(args.to, 'index.html')}")

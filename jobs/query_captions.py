@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pipeline.query import CaptionQuery, check_where
+    from pipeline.tools.query import CaptionQuery, check_where
 
     try:
         if args.where:

@@ -116,7 +116,7 @@ def config_from_args(args: argparse.Namespace, preset: dict | None = None):
 
 def demo_preset(root: str = DEMO_DIR) -> dict:
     """Generated sample videos (one broken), the tiny model, Parquet + WebDataset, sized for a laptop."""
-    from pipeline.sample_videos import write_demo_videos
+    from pipeline.generated_videos import write_demo_videos
 
     videos = write_demo_videos(os.path.join(root, "videos"))
     listing = os.path.join(root, "videos.txt")
@@ -146,10 +146,10 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
         return 2
     from model.settings import EngineUnavailable
     from pipeline.lease import OutputBusy
-    from pipeline.masking import mask_text
+    from pipeline.io.masking import mask_text
     from pipeline.resources import ResourceError
     from pipeline.runner import RunIncomplete, format_summary, run_job
-    from pipeline.sources import VideoListError
+    from pipeline.io.sources import VideoListError
     from pipeline.watchdog import Stalled
 
     try:
@@ -161,9 +161,10 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 1
     print(format_summary(summary))
-    out = mask_text(cfg.output.output)
-    print(f"\ncaptions: {out}/parquet/*.parquet" + (f"   webdataset: {out}/webdataset/*.tar"
-          if "webdataset" in cfg.output.formats else "") + f"   summary: {out}/_runs/{summary['run_id']}.json")
+    from pipeline.io.output_store import OutputStore
+
+    store = OutputStore(mask_text(cfg.output.output))
+    print("\n" + store.describe("webdataset" in cfg.output.formats, summary["run_id"]))
     return 0
 
 

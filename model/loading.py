@@ -154,6 +154,15 @@ def _load_into(model: PllavaForConditionalGeneration, tensors: dict[str, torch.T
         model.language_model.tie_weights()
 
 
+def resolve_model_dir(name: str) -> str:
+    """``tiny`` -> the offline tiny model's folder (built on first use); anything else as given."""
+    if name == "tiny":
+        from model.tiny import ensure_tiny_pllava
+
+        return ensure_tiny_pllava()
+    return name
+
+
 # What the reference's loader captions a published checkpoint with, whatever its config.json says.
 PUBLISHED_NUM_FRAMES = 16
 PUBLISHED_POOLING_SHAPE = (16, 12, 12)

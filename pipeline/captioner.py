@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from model import GenerationSettings, VllmSettings, generate_captions, load_pllava
-from model.loading import caption_settings
+from model.loading import caption_settings, resolve_model_dir
 from model.prompts import PromptText, prompt_id
 from pipeline import schema as S
 from pipeline.config import ModelConfig
@@ -30,15 +31,6 @@ CAPTION_COLUMNS = {
     S.TRUNCATED: pa.bool_(),
     S.CAPTION_S: pa.float64(),
 }
-
-
-def resolve_model_dir(name: str) -> str:
-    """``tiny`` -> the offline tiny model's folder (built on first use); anything else as given."""
-    if name == "tiny":
-        from model.tiny import ensure_tiny_pllava
-
-        return ensure_tiny_pllava()
-    return name
 
 
 def model_label(model_setting: str, name: str, fingerprint: str) -> str:
@@ -67,11 +59,19 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def failure(exc: BaseException) -> tuple[str, str]:
-    """``(reason, message)`` of a video the model failed on."""
+@dataclass(frozen=True)
+class CaptionFailure:
+    """A video the model failed on: ``reason`` (``out_of_memory`` or ``model_error``) and the row's error text."""
+
+    reason: str
+    message: str
+
+
+def failure(exc: BaseException) -> CaptionFailure:
+    """The failure record of a video the model raised ``exc`` on."""
     reason = "out_of_memory" if _is_out_of_memory(exc) else "model_error"
     text = (str(exc).splitlines() or [""])[0][:300]
-    return reason, f"caption: {type(exc).__name__}: {text}"
+    return CaptionFailure(reason, f"caption: {type(exc).__name__}: {text}")
 
 
 class _CaptionStage:
@@ -115,14 +115,14 @@ class _CaptionStage:
 
     def _rows(self, batch: pa.Table, good: list[int], outcomes: list) -> pa.Table:
         """The batch with caption columns; ``outcomes`` holds per good row ``(CaptionResult, seconds)`` or
-        ``((reason, message), 0.0)`` for a video the model failed on."""
+        ``(CaptionFailure, 0.0)`` for a video the model failed on."""
         errors = batch.column(S.ERROR).to_pylist()
         stages = batch.column(S.ERROR_STAGE).to_pylist()
         reasons = batch.column(S.ERROR_REASON).to_pylist()
         new = {name: [None] * batch.num_rows for name in CAPTION_COLUMNS}
         for i, (result, seconds) in zip(good, outcomes):
-            if isinstance(result, tuple):
-                reasons[i], errors[i] = result
+            if isinstance(result, CaptionFailure):
+                reasons[i], errors[i] = result.reason, result.message
                 stages[i] = S.STAGE_CAPTION
                 continue
             new[S.CAPTION][i] = result.text
@@ -148,7 +148,7 @@ class Captioner(_CaptionStage):
     """
 
     def _caption(self, frames_list: list) -> list:
-        """``(CaptionResult, seconds)`` per video, or ``((reason, message), 0.0)`` for a video that failed.
+        """``(CaptionResult, seconds)`` per video, or ``(CaptionFailure, 0.0)`` for a video that failed.
 
         Out of memory: the batch is halved and retried. Any other model error: the videos are retried one
         by one, so one bad input cannot take its batch (or the job) down with it.

@@ -13,8 +13,8 @@ from model.prompts import TEMPLATES
 from model.settings import ENGINES, GenerationSettings, VllmSettings
 from pipeline.frames import SamplingConfig
 from pipeline.quality import QualityThresholds
-from pipeline.masking import mask_values, redact
-from pipeline.storage import RetryPolicy
+from pipeline.io.masking import mask_values, redact
+from pipeline.io.storage import RetryPolicy
 
 LIST_FORMATS = ("auto", "txt", "csv", "jsonl", "parquet", "annotations", "prefix")
 OUTPUT_FORMATS = ("parquet", "webdataset")

@@ -16,12 +16,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from pipeline.masking import mask_text
-from pipeline.storage import ReadError, join, read_bytes, remove, write_atomic
+from pipeline.io.masking import mask_text
+from pipeline.io.output_store import OutputStore
+from pipeline.io.storage import ReadError, read_bytes, remove, write_atomic
 
 logger = logging.getLogger(__name__)
 
-LEASE_NAME = "_lease.json"
 
 
 class OutputBusy(RuntimeError):
@@ -57,7 +57,7 @@ class OutputLease:
 
     def __init__(self, output: str, run_id: str, storage_options: dict | None = None, ttl_s: float = 120.0,
                  beat_s: float = 20.0) -> None:
-        self.uri = join(output, LEASE_NAME)
+        self.uri = OutputStore(output, storage_options).lease_uri()
         self.run_id = run_id
         self.storage_options = storage_options
         self.ttl_s = ttl_s

@@ -8,21 +8,16 @@ one row per video: a caption beats an error, then the newest row wins.
 
 from __future__ import annotations
 
-import io
 import logging
-import tarfile
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline import schema as S
-from pipeline.masking import mask_text
-from pipeline.sinks import PARQUET_DIR, WEBDATASET_DIR, sample_key
-from pipeline.storage import get_fs, join, list_files, remove, write_atomic
+from pipeline.io.masking import mask_text
+from pipeline.io.output_store import OutputStore
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +47,8 @@ class OutputState:
         return pc.unique(table.column(S.VIDEO_ID).combine_chunks())
 
 
-def _read_columns(uri: str, storage_options: dict | None) -> pa.Table:
-    fs, path = get_fs(uri, storage_options)
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f, columns=_SCAN_COLUMNS)
+def _read_columns(store: OutputStore, uri: str) -> pa.Table:
+    table = store.read_table(uri, columns=_SCAN_COLUMNS)
     return pa.table({
         S.VIDEO_ID: table.column(S.VIDEO_ID),
         "ok": pc.is_null(table.column(S.ERROR)),
@@ -68,9 +61,9 @@ def _read_columns(uri: str, storage_options: dict | None) -> pa.Table:
 
 
 def scan_output(output: str, storage_options: dict | None = None, threads: int = 16) -> OutputState:
-    """Read the id, status and time columns of every Parquet file under ``output/parquet``."""
-    files = list_files(join(output, PARQUET_DIR), storage_options, suffix=".parquet")
-    files = [f for f in files if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
+    """Read the id, status, time, model and prompt columns of every Parquet file of the output."""
+    store = OutputStore(output, storage_options)
+    files = store.parquet_files()
     empty = pa.table({S.VIDEO_ID: pa.array([], pa.string()), "ok": pa.array([], pa.bool_()),
                       S.CREATED_AT: pa.array([], S.OUTPUT_SCHEMA.field(S.CREATED_AT).type),
                       S.MODEL: pa.array([], pa.string()), S.PROMPT_ID: pa.array([], pa.string()),
@@ -78,7 +71,7 @@ def scan_output(output: str, storage_options: dict | None = None, threads: int =
     if not files:
         return OutputState(empty, [])
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        tables = list(pool.map(lambda f: _read_columns(f, storage_options), files))
+        tables = list(pool.map(lambda f: _read_columns(store, f), files))
     return OutputState(pa.concat_tables([empty] + tables), files)
 
 
@@ -102,52 +95,13 @@ def _losing_rows(state: OutputState) -> dict[str, set[int]]:
     return drop
 
 
-def _rewrite_without(uri: str, rows: set[int], storage_options: dict | None) -> int:
+def _rewrite_without(store: OutputStore, uri: str, rows: set[int]) -> int:
     """Rewrite one Parquet file without the rows at the given positions, and its WebDataset shard to match."""
-    fs, path = get_fs(uri, storage_options)
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
+    table = store.read_table(uri)
     keep = table.filter(pa.array([i not in rows for i in range(table.num_rows)]))
-    tar_uri = shard_for(uri)
-    tar_fs, tar_path = get_fs(tar_uri, storage_options)
-    if tar_fs.exists(tar_path):  # the shard first: it must never hold a sample its Parquet file lacks
-        captioned = keep.filter(pc.is_null(keep.column(S.ERROR))).column(S.VIDEO_ID).to_pylist()
-        write_atomic(tar_uri, _tar_keeping(tar_fs.cat_file(tar_path), Counter(map(sample_key, captioned))),
-                     storage_options)
-    if keep.num_rows == 0:
-        remove(uri, storage_options)
-        remove(tar_uri, storage_options)
-    else:
-        buffer = io.BytesIO()
-        pq.write_table(keep, buffer, compression="zstd")
-        write_atomic(uri, buffer.getvalue(), storage_options)
+    captioned = keep.filter(pc.is_null(keep.column(S.ERROR))).column(S.VIDEO_ID).to_pylist()
+    store.rewrite_batch(uri, keep, captioned)
     return table.num_rows - keep.num_rows
-
-
-def shard_for(parquet_uri: str) -> str:
-    """The WebDataset shard written with a Parquet file (same batch name)."""
-    folder, name = parquet_uri.rsplit("/", 1)
-    base = folder.rsplit("/", 1)[0]
-    return join(base, WEBDATASET_DIR, "shard-" + name[len("part-"): -len(".parquet")] + ".tar")
-
-
-def _tar_keeping(data: bytes, keep: Counter) -> bytes:
-    """The tar with, per sample key, only its first ``keep[key]`` samples (a sample is a run of members that
-    share a key, one member per extension)."""
-    out = io.BytesIO()
-    left = Counter(keep)
-    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w") as dst:
-        current, extensions, kept = None, set(), False
-        for member in src.getmembers():
-            key, _, extension = member.name.split("/")[-1].partition(".")
-            if key != current or extension in extensions:  # a new sample starts
-                current, extensions = key, set()
-                kept = left[key] > 0
-                left[key] -= kept
-            extensions.add(extension)
-            if kept:
-                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-    return out.getvalue()
 
 
 def reconcile(output: str, storage_options: dict | None = None) -> dict[str, int]:
@@ -159,20 +113,17 @@ def reconcile(output: str, storage_options: dict | None = None) -> dict[str, int
 def reconcile_and_scan(output: str, storage_options: dict | None = None) -> tuple[dict[str, int], OutputState]:
     """:func:`reconcile`, also returning the repaired output's state (scanned again only when rows were
     rewritten), so callers need not scan the output a second time."""
+    store = OutputStore(output, storage_options)
     stats = {"temporaries": 0, "orphan_tars": 0, "duplicate_rows": 0}
-    for folder in (PARQUET_DIR, WEBDATASET_DIR):
-        for uri in list_files(join(output, folder), storage_options):
-            if uri.rsplit("/", 1)[-1].startswith(".tmp-"):
-                remove(uri, storage_options)
-                stats["temporaries"] += 1
+    for uri in store.temporaries():
+        store.remove(uri)
+        stats["temporaries"] += 1
     state = scan_output(output, storage_options)
-    names = {f.rsplit("/", 1)[-1][len("part-"): -len(".parquet")] for f in state.files}
-    for uri in list_files(join(output, WEBDATASET_DIR), storage_options, suffix=".tar"):
-        if uri.rsplit("/", 1)[-1][len("shard-"): -len(".tar")] not in names:
-            remove(uri, storage_options)
-            stats["orphan_tars"] += 1
+    for uri in store.orphan_shards(state.files):
+        store.remove(uri)
+        stats["orphan_tars"] += 1
     for uri, ids in sorted(_losing_rows(state).items()):
-        stats["duplicate_rows"] += _rewrite_without(uri, ids, storage_options)
+        stats["duplicate_rows"] += _rewrite_without(store, uri, ids)
     if stats["duplicate_rows"]:
         state = scan_output(output, storage_options)
     if any(stats.values()):

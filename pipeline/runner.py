@@ -24,15 +24,17 @@ from model.prompts import PromptText, read_prompt, read_system_prompt
 from pipeline import schema as S
 from model.settings import resolve_engine
 from pipeline.captioner import Captioner, VllmCaptioner, caption_identity
+from pipeline.cluster import init_ray
 from pipeline.config import JobConfig
 from pipeline.lease import OutputLease
-from pipeline.masking import mask_values
+from pipeline.io.masking import mask_values
 from pipeline.resources import LIGHT_NUM_CPUS, SKIP_NUM_CPUS, PipelinePlan, cluster_totals, plan_pipeline
 from pipeline.resume import OutputState, reconcile_and_scan
 from pipeline.sampler import FrameSampler
-from pipeline.sinks import RUNS_DIR, ShardWriter
-from pipeline.sources import read_video_refs
-from pipeline.storage import join, write_atomic
+from pipeline.io.output_store import OutputStore
+from pipeline.sinks import ShardWriter
+from pipeline.skip import MarkRepeats, RowTally, SkipDone
+from pipeline.io.sources import read_video_refs
 from pipeline.watchdog import describe_cluster, watched
 
 logger = logging.getLogger(__name__)
@@ -42,79 +44,8 @@ CAPTION_MAX_RESTARTS = 8
 
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster named by ``RAY_ADDRESS`` (set under ``ray job submit``), else start a local Ray.
-
-    An explicit ``address="local"`` keeps a stale ``ray start`` session on this machine from being joined.
-    """
-    if ray.is_initialized():
-        return
-    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False,
-                 log_to_driver=False)
-
-
 class RunIncomplete(RuntimeError):
     """The run read no list rows (and an empty list was not allowed), or rows read were not all accounted for."""
-
-
-@ray.remote(num_cpus=0)
-class RowTally:
-    """Counts of list rows seen by the pipeline's first step, kept apart from what the writer reports, so the
-    end of a run can check that every row read was written, skipped as done or dropped as a repeat."""
-
-    def __init__(self) -> None:
-        self.counts: Counter = Counter()
-
-    def add(self, **counts: int) -> None:
-        self.counts.update(counts)
-
-    def totals(self) -> dict[str, int]:
-        return dict(self.counts)
-
-
-class SkipDone:
-    """Drop rows whose ``video_id`` is already finished in the output (a vectorised anti-join); with a
-    ``tally``, count the rows read and the rows skipped."""
-
-    def __init__(self, done_ids: pa.Array, tally=None) -> None:
-        self.done_ids = done_ids
-        self.tally = tally
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        todo = batch
-        if len(self.done_ids):
-            todo = batch.filter(pc.invert(pc.is_in(batch.column(S.VIDEO_ID), value_set=self.done_ids)))
-        if self.tally is not None:  # waited for, so the count is in before this block moves on
-            ray.get(self.tally.add.remote(read=batch.num_rows, done=batch.num_rows - todo.num_rows))
-        return todo
-
-
-class MarkRepeats:
-    """Marks a row whose ``video_id`` an earlier row of this run already had (a list naming a video twice) as
-    a ``source/duplicate`` error, so the video is decoded and captioned once; the writer counts the marked
-    rows and drops them. Stateful: one actor sees every row and remembers the ids it passed."""
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        repeated = []
-        for video_id in batch.column(S.VIDEO_ID).to_pylist():
-            repeated.append(video_id in self.seen)
-            self.seen.add(video_id)
-        if not any(repeated):
-            return batch
-        errors = batch.column(S.ERROR).to_pylist()
-        stages = batch.column(S.ERROR_STAGE).to_pylist()
-        reasons = batch.column(S.ERROR_REASON).to_pylist()
-        for i in (i for i, r in enumerate(repeated) if r):
-            errors[i] = "source: an earlier row of the list has the same video_id"
-            stages[i], reasons[i] = S.STAGE_SOURCE, S.REASON_DUPLICATE
-        return S.with_columns(batch, S.error_columns(errors, stages, reasons))
 
 
 def plan_for(cfg: JobConfig) -> PipelinePlan:
@@ -202,7 +133,8 @@ def new_run_id() -> str:
 
 
 def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -> dict:
-    """Run (or resume) a recaption job; returns the run summary, also written to ``_runs/<run_id>.json``.
+    """Run (or resume) a recaption job; returns the run summary, also written to the output's run summaries
+    (:meth:`OutputStore.summary_uri`).
 
     ``progress`` turns on Ray Data's progress reports; the runner logs each file it writes either way.
 
@@ -260,8 +192,7 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     summary = summarise(cfg, run_id, written, wall_s, counts, repaired, repaired_after, after)
     summary["engine"] = engine
     summary = mask_values(summary)  # URIs with user info or signatures, in paths, errors and the config
-    write_atomic(join(out.output, RUNS_DIR, f"{run_id}.json"),
-                 json.dumps(summary, indent=2, default=str).encode(), cfg.storage_options)
+    OutputStore(out.output, cfg.storage_options).write_summary(run_id, summary)
     return summary
 
 

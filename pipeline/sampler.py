@@ -17,8 +17,8 @@ import pyarrow as pa
 from pipeline import schema as S
 from pipeline.crash_journal import CrashJournal
 from pipeline.frames import SampledVideo, SamplingConfig, VideoDecodeError, sample_frames
-from pipeline.masking import mask_text
-from pipeline.storage import ReadError, RetryPolicy, check_local_file, is_local, local_path, read_or_spool
+from pipeline.io.masking import mask_text
+from pipeline.io.storage import ReadError, RetryPolicy, check_local_file, is_local, local_path, read_or_spool
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,21 @@ def frames_from_bytes(data: bytes, num_frames: int, image_size: int) -> np.ndarr
     return np.frombuffer(data, dtype=np.uint8).reshape(num_frames, image_size, image_size, 3)
 
 
+def fetch_video(uri: str, spool_dir: str, max_in_memory_bytes: int, storage_options: dict | None = None,
+                retry: RetryPolicy = RetryPolicy(), on_retry=None) -> str | bytes:
+    """What a decoder reads: a local file's path (checked: a readable regular file), or an object's bytes, or
+    a local copy of an object larger than ``max_in_memory_bytes`` under ``spool_dir`` (bounded retries).
+
+    Raises:
+        ReadError: missing, forbidden, not a file, or transient failures that outlasted the retries.
+    """
+    if is_local(uri):
+        path = local_path(uri)
+        check_local_file(path)  # a folder, a refused or impossible path: a read error, not a decode one
+        return path  # decoders read local files directly
+    return read_or_spool(uri, spool_dir, max_in_memory_bytes, storage_options, retry, on_retry=on_retry)
+
+
 class FrameSampler:
     """Reads each video (bounded retries), samples ``num_frames`` frames at ``image_size``, records metadata.
 
@@ -69,8 +84,11 @@ class FrameSampler:
         journal_dir: str | None = None,
         max_crashes: int = 2,
         decode_timeout_s: float | None = None,
+        seed: int | None = None,
     ) -> None:
         self.sampling = sampling
+        # Random frame picks (training) follow the run's seed: the same run draws the same frames.
+        self.rng = np.random.default_rng(seed) if seed is not None else None
         self.storage_options = storage_options or {}
         self.retry = retry
         self.keyframes = keyframes
@@ -93,12 +111,8 @@ class FrameSampler:
     def _fetch(self, uri: str, retries: list[int]) -> str | bytes | ReadError:
         """The video's local path or bytes, or its read error; ``retries[0]`` counts transient failures."""
         try:
-            if is_local(uri):
-                path = local_path(uri)
-                check_local_file(path)  # a folder, a refused or impossible path: a read error, not a decode one
-                return path  # decoders read local files directly
-            return read_or_spool(uri, self.spool_dir, self.max_in_memory_bytes, self.storage_options, self.retry,
-                                 on_retry=lambda: retries.__setitem__(0, retries[0] + 1))
+            return fetch_video(uri, self.spool_dir, self.max_in_memory_bytes, self.storage_options, self.retry,
+                               on_retry=lambda: retries.__setitem__(0, retries[0] + 1))
         except ReadError as exc:
             return exc
 
@@ -118,7 +132,7 @@ class FrameSampler:
 
     def _sample(self, source, start_s, end_s) -> SampledVideo:
         try:
-            return sample_frames(source, self.sampling, start_s, end_s)
+            return sample_frames(source, self.sampling, start_s, end_s, rng=self.rng)
         except OSError as exc:  # the local file vanished or became unreadable between the check and the decode
             raise ReadError("not_found" if isinstance(exc, FileNotFoundError) else "io",
                             f"{type(exc).__name__}: {exc}") from exc

@@ -1,50 +1,21 @@
-"""Sinks: each batch of finished rows becomes one Parquet file (and one WebDataset tar), written atomically.
-
-Layout under the output URI::
-
-    parquet/part-<h>.parquet     the system of record, one row per video (caption or error)
-    webdataset/shard-<h>.tar     {key}.json (caption + metadata) and {key}.jpg (middle keyframe), captioned rows
-    _runs/<run_id>.json          run summaries
-
-``<h>`` hashes the batch's video ids, so a batch that is redone gets the same file name. The tar is
-written before the Parquet file: a Parquet file present means its batch is complete, and a tar
-without its Parquet file is an orphan removed at the next start.
-"""
+"""Sinks: each batch of finished rows becomes one Parquet file (and one WebDataset tar), written atomically
+through :class:`pipeline.io.output_store.OutputStore`, which owns the output's layout."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import re
 from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline import schema as S
 from pipeline.config import OutputConfig
-from pipeline.masking import mask_text, public_uri
-from pipeline.storage import join, write_atomic
-
-PARQUET_DIR = "parquet"
-WEBDATASET_DIR = "webdataset"
-RUNS_DIR = "_runs"
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+from pipeline.io.masking import mask_text, public_uri
+from pipeline.io.output_store import OutputStore, batch_name, webdataset_tar
 # Metadata copied into each WebDataset sample's JSON.
 WDS_FIELDS = (S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.CAPTION, S.MODEL, S.PROMPT_ID, S.NUM_FRAMES, S.POOLING,
               S.DURATION_S, S.FPS, S.WIDTH, S.HEIGHT, S.NUM_TOKENS, S.TRUNCATED, S.RUN_ID)
-
-
-def batch_name(video_ids: list[str]) -> str:
-    return hashlib.sha1("\n".join(sorted(video_ids)).encode()).hexdigest()[:16]
-
-
-def sample_key(video_id: str) -> str:
-    """A WebDataset key: no dots or slashes (they split keys); a hash suffix keeps altered ids unique."""
-    safe = _KEY_UNSAFE.sub("_", video_id)
-    return safe if safe == video_id else f"{safe}_{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
 
 
 def conform(batch: pa.Table, run_id: str, created_at: datetime) -> pa.Table:
@@ -77,20 +48,10 @@ def conform(batch: pa.Table, run_id: str, created_at: datetime) -> pa.Table:
 
 
 def _webdataset_tar(table: pa.Table, keyframes: list[bytes | None]) -> tuple[bytes, int]:
-    import webdataset as wds
-
-    buffer = io.BytesIO()
-    written = 0
-    with wds.TarWriter(buffer, encoder=False, mtime=0) as sink:
-        for row, jpeg in zip(table.select(list(WDS_FIELDS)).to_pylist(), keyframes):
-            if row[S.CAPTION] is None:
-                continue
-            sample = {"__key__": sample_key(row[S.VIDEO_ID]), "json": json.dumps(row, default=str).encode()}
-            if jpeg:
-                sample["jpg"] = jpeg
-            sink.write(sample)
-            written += 1
-    return buffer.getvalue(), written
+    """The captioned rows as WebDataset samples (metadata ``WDS_FIELDS`` and the keyframe), and how many."""
+    samples = [(row[S.VIDEO_ID], row, jpeg) for row, jpeg in zip(table.select(list(WDS_FIELDS)).to_pylist(), keyframes)
+               if row[S.CAPTION] is not None]
+    return webdataset_tar(samples), len(samples)
 
 
 class ShardWriter:
@@ -99,7 +60,7 @@ class ShardWriter:
     def __init__(self, out: OutputConfig, run_id: str, storage_options: dict | None = None) -> None:
         self.out = out
         self.run_id = run_id
-        self.storage_options = storage_options or {}
+        self.store = OutputStore(out.output, storage_options)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         S.require_columns(batch.column_names, [S.VIDEO_ID, S.URI, S.ERROR], "ShardWriter")
@@ -113,17 +74,12 @@ class ShardWriter:
             write_retries[0] += 1
 
         name = batch_name(table.column(S.VIDEO_ID).to_pylist())
-        wds_rows = 0
+        shard, wds_rows = None, 0
         if "webdataset" in self.out.formats:
             keyframes = (batch.column(S.KEYFRAME_JPEG).to_pylist() if S.KEYFRAME_JPEG in batch.column_names
                          and self.out.keyframes else [None] * batch.num_rows)
-            data, wds_rows = _webdataset_tar(table, keyframes)
-            write_atomic(join(self.out.output, WEBDATASET_DIR, f"shard-{name}.tar"), data, self.storage_options,
-                         on_retry=count_write_retry)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
-        parquet_uri = join(self.out.output, PARQUET_DIR, f"part-{name}.parquet")
-        write_atomic(parquet_uri, buffer.getvalue(), self.storage_options, on_retry=count_write_retry)
+            shard, wds_rows = _webdataset_tar(table, keyframes)
+        parquet_uri = self.store.write_batch(name, table, shard, on_retry=count_write_retry)
         manifest = _manifest(table, mask_text(parquet_uri), wds_rows, duplicates)
         manifest["read_retries"] = _column_sum(batch, S.READ_RETRIES)
         manifest["write_retries"] = write_retries[0]

@@ -12,9 +12,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from model.tiny import TinySpec, save_tiny_pllava  # noqa: E402
-from pipeline.sample_videos import write_video  # noqa: E402
+from pipeline.generated_videos import write_video  # noqa: E402
+from helpers import LORA_RANK, free_port, job_config  # noqa: E402,F401 - fixtures below use them
 
-LORA_RANK = 4
 
 
 @pytest.fixture(scope="session")
@@ -49,14 +49,6 @@ def frames_batch() -> np.ndarray:
 
 
 # -- Ray and S3 ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 API over HTTP on loopback (moto's server, as s3fs tests itself), configured the way users
@@ -98,29 +90,11 @@ def ray_local(s3_endpoint):
     are set so its workers see them."""
     import ray
 
-    from pipeline.runner import init_ray
+    from pipeline.cluster import init_ray
 
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
-
-
-def job_config(input_uri: str, output_uri: str, **sections):
-    """A small, fast job: tiny model, 4 frames, short captions, tiny batches and files."""
-    from pipeline.config import JobConfig
-
-    raw = {
-        "source": {"input": input_uri},
-        "output": {"output": output_uri, "formats": ["parquet", "webdataset"]},
-        "model": {"model": "tiny"},
-        "sampling": {"num_frames": 4},
-        "generation": {"max_new_tokens": 8},
-        "resources": {"batch_size": 2, "rows_per_file": 3, "decode_concurrency": 1, "decode_num_cpus": 0.5,
-                      "caption_num_cpus": 0.5},
-    }
-    for name, values in sections.items():
-        raw.setdefault(name, {}).update(values) if isinstance(values, dict) else raw.update({name: values})
-    return JobConfig.from_dict(raw)
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +102,7 @@ def two_runs(ray_local, tmp_path_factory):
     """Two small pipeline runs over the same list with different prompts (4 videos in two folders + 1 broken):
     what the query and gallery tests look at."""
     from pipeline.runner import run_job
-    from pipeline.sample_videos import write_video
+    from pipeline.generated_videos import write_video
 
     root = tmp_path_factory.mktemp("query")
     for folder in ("cam1", "cam2"):
@@ -141,22 +115,3 @@ def two_runs(ray_local, tmp_path_factory):
     first = run_job(job_config(str(listing), str(root / "run_a")))
     second = run_job(job_config(str(listing), str(root / "run_b"), prompt="Name the main object."))
     return root, first, second
-
-
-def slow_job_command(folder, num_videos: int = 6, tokens: int = 400) -> list[str]:
-    """``jobs/recaption.py`` over ``num_videos`` generated clips, one video per batch and per file, with forced
-    long captions: a job slow enough to be interfered with (killed, raced) while it runs."""
-    import sys
-
-    import yaml
-
-    from pipeline.sample_videos import write_video
-
-    videos = [write_video(str(folder / f"v{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(num_videos)]
-    (folder / "list.txt").write_text("\n".join(videos) + "\n")
-    (folder / "slow.yaml").write_text(yaml.safe_dump({
-        "generation": {"max_new_tokens": tokens, "min_new_tokens": tokens},
-        "resources": {"batch_size": 1, "rows_per_file": 1, "decode_concurrency": 1, "decode_num_cpus": 0.5,
-                      "caption_num_cpus": 0.5}}))
-    return [sys.executable, "jobs/recaption.py", "--input", str(folder / "list.txt"), "--output",
-            str(folder / "out"), "--model", "tiny", "--num-frames", "4", "--config", str(folder / "slow.yaml")]

@@ -11,13 +11,12 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from conftest import job_config, slow_job_command
+from helpers import ROOT, job_config, slow_job_command
 from pipeline import schema as S
 from pipeline.crash_journal import CrashJournal
 from pipeline.runner import run_job
-from pipeline.sample_videos import write_video
+from pipeline.generated_videos import write_video
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def dead_pid() -> int:

@@ -14,10 +14,10 @@ import pytest
 
 from pipeline import schema as S
 from pipeline.frames import SamplingConfig
-from pipeline.sample_videos import write_video
+from pipeline.generated_videos import write_video
 from pipeline.sampler import FrameSampler
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 SAMPLING = SamplingConfig(num_frames=4, image_size=64)
 
 

@@ -1,20 +1,24 @@
-"""The single-video command: a generated mp4 in, a caption printed."""
+"""The single-video command: a generated mp4 in, a caption printed. One test runs it as a subprocess (as a user
+does); the others call its ``main(argv)``."""
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+from jobs.caption_video import main
 from model import GenerationSettings, caption_videos, load_pllava
+from model.prompts import DEFAULT_RECAPTION_QUERY
 from pipeline.frames import SamplingConfig, sample_frames
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.caption_one", *args],
+        [sys.executable, "-m", "jobs.caption_video", *args],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )
 
@@ -33,38 +37,47 @@ def test_captions_a_published_checkpoint_like_the_reference_loader(tiny_lora_dir
     assert result.stdout.rstrip("\n") == expected
 
 
-def test_prompt_file_system_prompt_template_and_num_frames(tiny_dir, video_dir, tmp_path):
+def library_caption(model_dir, video, query, tokens, num_frames=4, template=None, system=None):
+    model, processor = load_pllava(model_dir, device="cpu", num_frames=num_frames, template=template)
+    if system is not None:
+        processor.system_prompt = system
+    frames = sample_frames(video, SamplingConfig(num_frames=num_frames)).frames[None]
+    return caption_videos(model, processor, frames, query, GenerationSettings(max_new_tokens=tokens))[0]
+
+
+def test_prompt_file_system_prompt_template_and_num_frames(tiny_dir, video_dir, tmp_path, capsys, caplog):
     prompt, system = tmp_path / "p.txt", tmp_path / "s.txt"
     prompt.write_text("Describe the motion.")
     system.write_text("You watch videos.")
     video = os.path.join(video_dir, "c.mkv")
-    result = run_cli(video, "--model-dir", tiny_dir, "--prompt-file", str(prompt), "--system-prompt-file",
-                     str(system), "--template", "vicuna_videoqa", "--num-frames", "8", "--max-new-tokens", "6", "-v")
-    assert result.returncode == 0, result.stderr
-    model, processor = load_pllava(tiny_dir, device="cpu", num_frames=8, template="vicuna_videoqa")
-    processor.system_prompt = "You watch videos."
-    frames = sample_frames(video, SamplingConfig(num_frames=8)).frames[None]
-    expected = caption_videos(model, processor, frames, "Describe the motion.", GenerationSettings(max_new_tokens=6))
-    assert result.stdout.rstrip("\n") == expected[0]
-    assert "load" in result.stderr and "tokens" in result.stderr
+    with caplog.at_level("INFO"):
+        code = main([video, "--model-dir", tiny_dir, "--prompt-file", str(prompt), "--system-prompt-file",
+                     str(system), "--template", "vicuna_videoqa", "--num-frames", "8", "--max-new-tokens", "6", "-v"])
+    assert code == 0
+    expected = library_caption(tiny_dir, video, "Describe the motion.", 6, 8, "vicuna_videoqa", "You watch videos.")
+    assert capsys.readouterr().out.rstrip("\n") == expected
+    assert "8 frames, pooling 4x6x6" in caplog.text and re.search(r"caption [0-9.]+s, [0-9]+ tokens", caplog.text)
 
 
-@pytest.mark.parametrize("name", ["missing.mp4", "broken.mp4"])
-def test_unreadable_video_is_a_clear_error(tiny_dir, tmp_path, name):
+@pytest.mark.parametrize(("name", "reason"), [("missing.mp4", "not_found"), ("broken.mp4", "undecodable"),
+                                              ("folder", "not_a_file")])
+def test_unreadable_video_is_a_clear_error(tiny_dir, tmp_path, capsys, name, reason):
     path = tmp_path / name
     if name == "broken.mp4":
         path.write_text("not a video")
-    result = run_cli(str(path), "--model-dir", tiny_dir, "--max-new-tokens", "4")
-    assert result.returncode == 2
-    assert f"cannot read {path}" in result.stderr
+    if name == "folder":
+        path.mkdir()
+    assert main([str(path), "--model-dir", tiny_dir, "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot read {path}: {reason}:" in err
 
 
-def test_captions_a_video_on_s3(s3_endpoint, tiny_dir, video_dir):
+def test_captions_a_video_on_s3_as_it_captions_the_same_file_on_disk(s3_endpoint, tiny_dir, video_dir, capsys):
     import s3fs
 
     fs = s3fs.S3FileSystem()
     fs.mkdir("single-video")
-    fs.put(os.path.join(video_dir, "b.mp4"), "single-video/clips/b.mp4")
-    result = run_cli("s3://single-video/clips/b.mp4", "--model-dir", tiny_dir, "--max-new-tokens", "6")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip()
+    local = os.path.join(video_dir, "b.mp4")
+    fs.put(local, "single-video/clips/b.mp4")
+    assert main(["s3://single-video/clips/b.mp4", "--model-dir", tiny_dir, "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == library_caption(tiny_dir, local, DEFAULT_RECAPTION_QUERY, 6)

@@ -117,3 +117,34 @@ def test_the_caption_stage_pools_a_published_checkpoint_as_the_reference(tiny_lo
     chosen = Captioner(ModelConfig(model=tiny_lora_dir, lora_alpha=4, pooling_shape=(4, 6, 6)), SETTINGS,
                        PromptText(), num_frames=4, image_size=336, device="cpu")
     assert chosen.pooling == "4x6x6"
+
+
+def test_out_of_memory_halves_the_batch_until_it_fits(tiny_dir, caplog):
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline import schema as S
+    from pipeline.captioner import Captioner
+    from pipeline.config import ModelConfig
+
+    captioner = Captioner(ModelConfig(model=tiny_dir), SETTINGS, PromptText("Describe."), num_frames=4,
+                          image_size=336, device="cpu")
+    frames = [np.full((4, 336, 336, 3), 40 * i, np.uint8) for i in range(4)]
+    batch = pa.table({S.ERROR: pa.nulls(4, pa.string()), S.ERROR_STAGE: pa.nulls(4, pa.string()),
+                      S.ERROR_REASON: pa.nulls(4, pa.string()),
+                      S.FRAMES: pa.array([f.tobytes() for f in frames], pa.large_binary())})
+    expected = captioner(batch).column(S.CAPTION).to_pylist()
+    original, sizes = captioner.model.encode_videos, []
+
+    def fits_two_videos_at_most(pixels):
+        sizes.append(len(pixels))
+        if len(pixels) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(pixels)
+
+    captioner.model.encode_videos = fits_two_videos_at_most
+    with caplog.at_level("WARNING"):
+        out = captioner(batch)
+    assert sizes == [4, 2, 2]  # halved once, not retried video by video
+    assert out.column(S.CAPTION).to_pylist() == expected and out.column(S.ERROR).null_count == 4
+    assert "out of memory at batch 4" in caplog.text

@@ -62,3 +62,20 @@ def test_asking_for_vllm_where_it_is_missing_says_how_to_install_it():
 @pytest.mark.skipif(not vllm_installed(), reason="vLLM is not installed")
 def test_asking_for_vllm_where_it_is_installed_gives_vllm():
     assert resolve_engine("vllm", "cpu") == "vllm"
+
+
+def test_config_precedence_is_preset_then_yaml_then_flags(tmp_path):
+    import yaml
+    from recaption import build_parser, config_from_args
+
+    preset = {"source": {"input": "preset.txt"}, "model": {"model": "tiny"}, "sampling": {"num_frames": 8},
+              "generation": {"max_new_tokens": 48}}
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({"sampling": {"num_frames": 12}, "resources": {"batch_size": 3},
+                                      "generation": {"max_new_tokens": 64}}))
+    args = build_parser().parse_args(["--output", "o", "--config", str(config), "--num-frames", "6"])
+    cfg = config_from_args(args, preset)
+    assert cfg.sampling.num_frames == 6  # flag over YAML over preset
+    assert (cfg.resources.batch_size, cfg.generation.max_new_tokens) == (3, 64)  # YAML over preset
+    assert (cfg.source.input, cfg.model.model) == ("preset.txt", "tiny")  # preset where nothing else says
+    assert cfg.resources.rows_per_file == 256  # defaults under all three

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from conftest import job_config
+from helpers import job_config
 from pipeline import schema as S
 from pipeline.runner import run_job
-from pipeline.sample_videos import write_video
+from pipeline.generated_videos import write_video
 
 URI_SECRET = "uri-secret-Zq81"
 OPTION_SECRET = "option-secret-Hw27"

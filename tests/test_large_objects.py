@@ -8,9 +8,9 @@ import sys
 
 import s3fs
 
-from pipeline.sample_videos import write_video
+from pipeline.generated_videos import write_video
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 OBJECT_MB = 200
 
 PEAK_RSS = """

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from conftest import slow_job_command
-from pipeline.lease import LEASE_NAME, OutputBusy, OutputLease
+from helpers import ROOT, slow_job_command
+from pipeline.lease import OutputBusy, OutputLease
+from pipeline.io.output_store import LEASE_FILE
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -38,21 +38,21 @@ def test_a_live_lease_turns_a_second_writer_away(output):
 
 
 def test_a_lease_whose_heartbeat_stopped_is_taken_over(output):
-    from pipeline.storage import join, write_atomic
+    from pipeline.io.storage import join, write_atomic
 
     old = {"run_id": "run-old", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 3600}
-    write_atomic(join(output, LEASE_NAME), json.dumps(old).encode())
+    write_atomic(join(output, LEASE_FILE), json.dumps(old).encode())
     with OutputLease(output, "run-new", ttl_s=120) as lease:
         assert lease.read().run_id == "run-new"
 
 
 def test_a_lease_of_a_process_gone_from_this_host_is_taken_over(tmp_path):
-    from pipeline.storage import write_atomic
+    from pipeline.io.storage import write_atomic
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     fresh = {"run_id": "run-killed", "host": socket.gethostname(), "pid": dead.pid, "heartbeat": time.time()}
-    write_atomic(str(tmp_path / "out" / LEASE_NAME), json.dumps(fresh).encode())
+    write_atomic(str(tmp_path / "out" / LEASE_FILE), json.dumps(fresh).encode())
     with OutputLease(str(tmp_path / "out"), "run-rerun") as lease:
         assert lease.read().run_id == "run-rerun"
 
@@ -65,7 +65,7 @@ def test_a_second_job_on_a_busy_output_stops_saying_who_holds_it(tmp_path):
                              stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
-        while not os.path.exists(os.path.join(out, LEASE_NAME)):
+        while not os.path.exists(os.path.join(out, LEASE_FILE)):
             assert first.poll() is None and time.time() < deadline, "the first job never took the lease"
             time.sleep(0.2)
         second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import LORA_RANK
+from helpers import LORA_RANK
 from model import WeightMismatchError, load_pllava, save_merged, save_weights_dir
 from model.tiny import TinySpec, build_tiny_model, random_lora, save_tiny_pllava
 from model.weights import published_key, safetensors_files

@@ -8,10 +8,11 @@ import pyarrow as pa
 
 from pipeline import schema as S
 from pipeline.config import OutputConfig
-from pipeline.query import VIEWS
+from pipeline.tools.query import VIEWS
 from pipeline.sinks import ShardWriter
 
-HOSTILE_IDS = ["../../escape", "/etc/passwd", "a/b/c", "..", "x\x00y", "C:\\windows\\evil", "-rf", "é" * 300]
+HOSTILE_IDS = ["../../escape", "/etc/passwd", "a/b/c", "..", "x\x00y", "C:\\windows\\evil", "-rf", "é" * 300,
+               "a" * 300, "a" * 299 + "b"]
 
 
 def test_hostile_ids_stay_inside_the_output_and_its_tars(tmp_path):
@@ -29,6 +30,8 @@ def test_hostile_ids_stay_inside_the_output_and_its_tars(tmp_path):
         names = tar.getnames()
     assert len(names) == n
     assert all("/" not in name and "\\" not in name and not name.startswith(".") for name in names)
+    # Each member name fits a file system's 255-byte name limit, and long ids that share a prefix stay apart.
+    assert all(len(name.encode()) <= 255 for name in names) and len(set(names)) == n
 
 
 def test_ready_made_views_take_no_text_from_the_data_or_the_user():

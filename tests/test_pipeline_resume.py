@@ -16,15 +16,14 @@ import pytest
 import webdataset as wds
 import yaml
 
-from conftest import job_config
+from helpers import ROOT, job_config
 from pipeline import schema as S
 from pipeline.config import OutputConfig
 from pipeline.resume import reconcile, scan_output
 from pipeline.runner import run_job
-from pipeline.sample_videos import write_video
+from pipeline.generated_videos import write_video
 from pipeline.sinks import ShardWriter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def visible_parquet(out_dir):

@@ -11,10 +11,10 @@ import pytest
 import s3fs
 import webdataset as wds
 
-from conftest import job_config
+from helpers import job_config
 from pipeline import schema as S
 from pipeline.runner import run_job
-from pipeline.sample_videos import write_broken_files, write_video
+from pipeline.generated_videos import write_broken_files, write_video
 
 GOOD = {"a.mp4": dict(codec="libx264"), "b.webm": dict(codec="libvpx-vp9"), "c.mkv": dict(codec="libx264"),
         "d.gif": dict(codec="gif")}
@@ -115,7 +115,7 @@ def test_credentials_never_reach_outputs(s3_run):
 
 
 def test_query_reads_the_output_from_s3(s3_run, tmp_path):
-    from pipeline.query import CaptionQuery
+    from pipeline.tools.query import CaptionQuery
 
     bucket, rows, _ = s3_run
     q = CaptionQuery([f"s3://{bucket}/out"])

@@ -8,7 +8,7 @@ import pytest
 import webdataset as wds
 
 from pipeline import schema as S
-from pipeline.query import CaptionQuery
+from pipeline.tools.query import CaptionQuery
 
 
 def test_status_prefix_and_run_views(two_runs):
@@ -98,7 +98,7 @@ def write_batch(out, ids, **extra):
 def mixed_output(tmp_path):
     """Two files whose extra list columns differ: ``rank`` is an integer in the file listed first and text in
     the second, and ``late`` exists only in the second (a reader that takes the first file's schema fails)."""
-    from pipeline.sinks import batch_name
+    from pipeline.io.output_store import batch_name
 
     first = next(ids for ids in (["a", "b", f"x{n}"] for n in range(100)) if batch_name(ids) < batch_name(["c"]))
     write_batch(tmp_path / "out", first, rank=[1, 2, 3])

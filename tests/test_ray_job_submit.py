@@ -13,11 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import free_port
+from helpers import ROOT, free_port
 from pipeline import schema as S
-from pipeline.sample_videos import write_video
+from pipeline.generated_videos import write_video
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 
 

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.resources import LIGHT_RESERVE_CPUS, ResourceError, plan_pipeline
-from pipeline.sample_videos import write_video
+from pipeline.generated_videos import write_video
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 def total_cpus(plan):

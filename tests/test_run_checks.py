@@ -1,15 +1,13 @@
 """A run that read nothing, or lost rows between reading and writing, is an error, not a success."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import job_config
+from helpers import ROOT, job_config
 from pipeline.runner import RunIncomplete, incompleteness, run_job
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_a_list_that_yields_no_rows_is_an_error_unless_allowed(ray_local, tmp_path):
@@ -38,7 +36,7 @@ def test_rows_read_but_not_accounted_for_make_the_run_incomplete():
 
 
 def test_every_row_read_is_accounted_for(ray_local, tmp_path):
-    from pipeline.sample_videos import write_video
+    from pipeline.generated_videos import write_video
 
     videos = [write_video(str(tmp_path / f"v{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(3)]
     listing = tmp_path / "list.txt"

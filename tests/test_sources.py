@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import schema as S
 from pipeline.config import SourceConfig
-from pipeline.sources import detect_format, read_video_refs, stable_video_id
+from pipeline.io.sources import detect_format, read_video_refs, stable_video_id
 
 
 def refs(cfg):

@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from pipeline.config import JobConfig
-from pipeline.masking import mask_text, public_uri, redact, userinfo_secrets
-from pipeline.storage import ReadError, RetryPolicy, permanent_reason, read_bytes, with_retries, write_atomic
+from pipeline.io.masking import mask_text, public_uri, redact, userinfo_secrets
+from pipeline.io.storage import ReadError, RetryPolicy, permanent_reason, read_bytes, with_retries, write_atomic
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.02)
 
@@ -195,7 +195,7 @@ def test_a_client_side_validation_error_is_not_retried():
 
 def test_a_list_behind_a_failing_store_is_a_transient_failure_not_a_missing_file(flaky):
     from pipeline.config import SourceConfig
-    from pipeline.sources import VideoListError, read_video_refs
+    from pipeline.io.sources import VideoListError, read_video_refs
 
     _, url = flaky(failures=10**6)  # every request answers 503
     s3_options = {"key": "id", "secret": "value", "client_kwargs": {"endpoint_url": url, "region_name": "us-east-1"},

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from conftest import job_config
+from helpers import job_config
 from pipeline import schema as S
 from pipeline.runner import run_job
-from pipeline.sample_videos import write_video
+from pipeline.generated_videos import write_video
 
 SLOW_DOWN = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
              b"<Message>Please reduce your request rate.</Message></Error>")

@@ -14,18 +14,17 @@ import pyarrow.parquet  # noqa: F401 (pa.parquet)
 import pytest
 import torch
 
-from conftest import job_config
+from helpers import ROOT, job_config
 from model import GenerationSettings, caption_videos, load_pllava
 from model.tiny import build_tiny_model, ensure_tiny_pllava
 from pipeline import schema as S
 from pipeline.runner import run_job
-from pipeline.sample_videos import write_video
+from pipeline.generated_videos import write_video
 from training.config import TrainConfig
 from training.data import TURNS, collate
 from training.recipe import add_lora, lr_multiplier, param_groups
 from training.trainer import run_training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {"sampling": {"num_frames": 4}, "lora": {"r": 4, "alpha": 8}, "data": {"max_text_tokens": 2048},
          "optim": {"lr": 5e-3, "batch_size": 2, "warmup_ratio": 0.0},
          "run": {"num_workers": 2, "cpus_per_worker": 0.5}}

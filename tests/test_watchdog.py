@@ -3,7 +3,6 @@ limit set it stops the job with that diagnosis."""
 
 import http.server
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ import pytest
 
 from pipeline.watchdog import Stalled, watched
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 def slow_items(delays):

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.config import config_from_dict
 from pipeline.frames import SamplingConfig
-from pipeline.masking import redact
+from pipeline.io.masking import redact
 
 DATA_KINDS = ("videochat2", "captions")
 

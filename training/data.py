@@ -24,8 +24,8 @@ import torch
 from model.prompts import DEFAULT_RECAPTION_QUERY, DEFAULT_SYSTEM_PROMPT, PromptTemplate
 from pipeline import schema as S
 from pipeline.sampler import FrameSampler, frames_from_bytes
-from pipeline.sinks import PARQUET_DIR
-from pipeline.storage import get_fs, join
+from pipeline.io.output_store import parquet_location
+from pipeline.io.storage import get_fs, join
 from training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -66,10 +66,7 @@ def _videochat2_rows(cfg: TrainConfig) -> tuple[pa.Table, SourceStats]:
 
 
 def _caption_rows(cfg: TrainConfig) -> tuple[pa.Table, SourceStats]:
-    uri = cfg.data.uri
-    is_parquet = uri.endswith(".parquet") or uri.rstrip("/").endswith(PARQUET_DIR)
-    folder = uri if is_parquet else join(uri, PARQUET_DIR)  # a recaption output root holds parquet/
-    fs, path = get_fs(folder, cfg.storage_options)
+    fs, path = get_fs(parquet_location(cfg.data.uri), cfg.storage_options)  # an output root, its parquet/ or a file
     table = pds.dataset(path, filesystem=fs, format="parquet").to_table(
         columns=[S.URI, S.START_S, S.END_S, S.CAPTION])
     has_caption = pc.is_valid(table.column(S.CAPTION))
@@ -95,6 +92,7 @@ def build_train_dataset(cfg: TrainConfig, decode_concurrency: int = 1,
     ds = ray.data.from_arrow(blocks).map_batches(
         FrameSampler,
         fn_constructor_args=(cfg.sampling, cfg.storage_options),
+        fn_constructor_kwargs={"seed": cfg.run.seed},
         batch_size=cfg.optim.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=decode_concurrency),

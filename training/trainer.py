@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from model.loading import save_weights_dir
 from model.weights import LoraPair
 from pipeline.resources import cluster_totals, plan_training_cpus
-from pipeline.runner import init_ray
-from pipeline.storage import get_fs, join
+from pipeline.cluster import init_ray
+from pipeline.io.storage import get_fs, join
 from training.config import TrainConfig
 from training.data import build_train_dataset
 from training.recipe import METRICS_FILE, TRAINABLE_FILE, train_func

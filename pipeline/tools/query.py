@@ -7,7 +7,6 @@ runs can be combined; the table is always called ``captions`` (and ``other`` in 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -16,13 +15,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
-import pyarrow.parquet as pq
 
 from model.prompts import DEFAULT_RECAPTION_QUERY, DEFAULT_SYSTEM_PROMPT, get_template
 from pipeline import schema as S
 from pipeline.quality import CaptionFlagger
-from pipeline.sinks import PARQUET_DIR, sample_key
-from pipeline.storage import get_fs, join, write_atomic
+from pipeline.io.output_store import parquet_location, webdataset_tar, write_parquet
+from pipeline.io.storage import get_fs, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +55,6 @@ VIEWS = {
 }
 
 
-def _parquet_folder(output: str) -> str:
-    if output.endswith(".parquet") or output.rstrip("/").endswith(PARQUET_DIR):
-        return output
-    return join(output, PARQUET_DIR)
-
-
 def unified_schema(schemas: list[pa.Schema]) -> pa.Schema:
     """One schema for files written by different runs: every column of any file (first-seen order); a column
     whose types differ takes the common type where Arrow can promote, else text (an id that is an integer in
@@ -90,7 +82,7 @@ def read_captions(outputs: list[str], storage_options: dict | None = None, threa
     """
     datasets = []
     for output in outputs:
-        fs, path = get_fs(_parquet_folder(output), storage_options)
+        fs, path = get_fs(parquet_location(output), storage_options)
         datasets.append(pds.dataset(path, filesystem=fs, format="parquet"))
     fragments = [fragment for dataset in datasets for fragment in dataset.get_fragments()]
     with ThreadPoolExecutor(max_workers=threads) as pool:  # footers only
@@ -164,9 +156,7 @@ class CaptionQuery:
             raise ValueError(f"export format must be one of {EXPORT_FORMATS}, got {fmt!r}")
         rows = self.select(where)
         if fmt == "parquet":
-            buffer = io.BytesIO()
-            pq.write_table(rows, buffer, compression="zstd")
-            write_atomic(out_uri, buffer.getvalue(), self.storage_options)
+            write_parquet(out_uri, rows, self.storage_options)
             return rows.num_rows
         captioned = rows.filter(pc.is_valid(rows.column(S.CAPTION))).select(
             [S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.CAPTION])
@@ -175,13 +165,7 @@ class CaptionQuery:
         if fmt == "jsonl":
             data = "".join(json.dumps(r) + "\n" for r in records).encode()
         else:
-            import webdataset as wds
-
-            buffer = io.BytesIO()
-            with wds.TarWriter(buffer, encoder=False, mtime=0) as sink:
-                for r in records:
-                    sink.write({"__key__": sample_key(r["video_id"]), "json": json.dumps(r).encode()})
-            data = buffer.getvalue()
+            data = webdataset_tar([(r["video_id"], r, None) for r in records])
         write_atomic(out_uri, data, self.storage_options)
         return len(records)
 

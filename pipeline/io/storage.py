@@ -19,7 +19,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from pipeline.masking import mask_text, public_uri, userinfo_secrets
+from pipeline.io.masking import mask_text, public_uri, userinfo_secrets
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import ray
 
 from pipeline import schema as S
 from pipeline.config import VIDEO_EXTENSIONS, SourceConfig
-from pipeline.masking import public_uri
+from pipeline.io.masking import public_uri
 from pipeline.resources import LIGHT_NUM_CPUS
-from pipeline.storage import ReadError, RetryPolicy, get_fs, is_local, join, list_files, object_info, read_bytes
+from pipeline.io.storage import ReadError, RetryPolicy, get_fs, is_local, join, list_files, object_info, read_bytes
 
 logger = logging.getLogger(__name__)
 

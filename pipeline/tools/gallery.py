@@ -12,12 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
 
 from pipeline import schema as S
-from pipeline.query import read_captions
-from pipeline.sinks import WEBDATASET_DIR, sample_key
-from pipeline.storage import get_fs, join, list_files
+from pipeline.tools.query import read_captions
+from pipeline.io.output_store import OutputStore, sample_key
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gallery_template.html")
 
@@ -43,15 +41,10 @@ def _write_thumbs(outputs: list[str], wanted: set[str], thumbs_dir: str, storage
     streaming one tar member at a time (memory does not grow with the output); returns the keys written."""
     written: set[str] = set()
     for output in outputs:
-        for uri in list_files(join(output, WEBDATASET_DIR), storage_options, suffix=".tar"):
-            fs, path = get_fs(uri, storage_options)
-            with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-                for member in tar:
-                    key = member.name.rsplit("/", 1)[-1][: -len(".jpg")]
-                    if member.isfile() and member.name.endswith(".jpg") and key in wanted and key not in written:
-                        with open(os.path.join(thumbs_dir, thumb_name(key)), "wb") as out:
-                            out.write(tar.extractfile(member).read())
-                        written.add(key)
+        for key, jpeg in OutputStore(output, storage_options).keyframes(wanted - written):
+            with open(os.path.join(thumbs_dir, thumb_name(key)), "wb") as out:
+                out.write(jpeg)
+            written.add(key)
     return written
 
 

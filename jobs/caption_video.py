@@ -2,6 +2,7 @@
 
     pllava-caption VIDEO --model-dir DIR [--weights-dir DIR] [--lora-alpha 4] [--num-frames 16] [--prompt TEXT]
         [--engine hf|vllm]
+    python jobs/caption_video.py VIDEO ...    (the same, from a checkout)
 """
 
 from __future__ import annotations
@@ -10,11 +11,17 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import time
 
-import fsspec
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from pipeline.frames import SamplingConfig, VideoDecodeError, sample_frames
+from pipeline.frames import SamplingConfig, VideoDecodeError, sample_frames  # noqa: E402
+from pipeline.io.masking import mask_text  # noqa: E402
+from pipeline.io.storage import ReadError  # noqa: E402
+from pipeline.sampler import fetch_video  # noqa: E402
+
+SPOOL_ABOVE_BYTES = 64 * 1024 * 1024  # objects larger than this are copied to a local file, not held in memory
 
 
 def _parse_pooling(text: str | None) -> tuple[int, int, int] | None:
@@ -57,17 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_source(uri: str) -> str | bytes:
-    """A local path as is (decoders read it directly); any other URI as the object's bytes."""
-    local = uri[len("file://") :] if uri.startswith("file://") else uri
-    if "://" not in local:
-        if not os.path.isfile(local):
-            raise FileNotFoundError(f"no such video: {uri}")
-        return local
-    with fsspec.open(uri, "rb") as f:
-        return f.read()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -90,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:
-        source = read_source(args.video)  # fail before the (slow) model load when the video is missing
-    except FileNotFoundError as exc:
-        print(f"error: cannot read {args.video}: {exc}", file=sys.stderr)
+    spool = tempfile.TemporaryDirectory(prefix="pllava-caption-")
+    try:  # the sampler's own read (bounded retries; large objects spooled), before the slow model load
+        source = fetch_video(args.video, spool.name, SPOOL_ABOVE_BYTES)
+    except ReadError as exc:
+        print(f"error: cannot read {mask_text(args.video)}: {exc}", file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype) if args.dtype else None
     started = time.perf_counter()
@@ -116,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         video = sample_frames(source, sampling, start_s=args.start_s, end_s=args.end_s)
     except VideoDecodeError as exc:
-        print(f"error: cannot read {args.video}: {exc}", file=sys.stderr)
+        print(f"error: cannot read {mask_text(args.video)}: {exc}", file=sys.stderr)
         return 2
     decoded = time.perf_counter()
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)

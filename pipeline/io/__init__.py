@@ -1,0 +1,1 @@
+"""Storage and sources: object-store reads and writes with retries, video lists, the output's layout, secret masking."""

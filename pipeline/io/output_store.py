@@ -1,0 +1,223 @@
+"""The layout of a recaption output, owned in one place: file names, batch writes, listings, reads, keyframes.
+
+Layout under the output URI::
+
+    parquet/part-<h>.parquet     the system of record, one row per video (caption or error)
+    webdataset/shard-<h>.tar     {key}.json (caption + metadata) and {key}.jpg (middle keyframe), captioned rows
+    _runs/<run_id>.json          run summaries
+    _lease.json                  the running job's lease (:mod:`pipeline.lease`)
+
+``<h>`` names a batch (a hash of its video ids, so a batch that is redone gets the same name). A batch's
+shard is written before its Parquet file: a Parquet file present means its batch is complete, and a shard
+without its Parquet file is an orphan that :mod:`pipeline.resume` removes. Every other module asks this
+one for names, so a pattern changed here changes everywhere (reconcile included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from collections import Counter
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.io.storage import get_fs, join, list_files, remove, write_atomic
+
+PARQUET_DIR = "parquet"
+WEBDATASET_DIR = "webdataset"
+RUNS_DIR = "_runs"
+LEASE_FILE = "_lease.json"
+TEMPORARY_PREFIX = ".tmp-"  # what write_atomic names its temporaries
+_PART = ("part-", ".parquet")
+_SHARD = ("shard-", ".tar")
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+MAX_KEY_CHARS = 200  # "{key}.json" stays under the 255-byte file-name limit where a shard is unpacked
+
+
+def batch_name(video_ids: list[str]) -> str:
+    """The name of the batch holding these videos (order does not matter)."""
+    return hashlib.sha1("\n".join(sorted(video_ids)).encode()).hexdigest()[:16]
+
+
+def sample_key(video_id: str) -> str:
+    """A WebDataset key: no dots or slashes (they split keys), at most ``MAX_KEY_CHARS`` characters; a hash
+    suffix keeps altered (replaced or shortened) ids unique."""
+    safe = _KEY_UNSAFE.sub("_", video_id)
+    if safe == video_id and len(safe) <= MAX_KEY_CHARS:
+        return safe
+    return f"{safe[: MAX_KEY_CHARS - 9]}_{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as one zstd-compressed Parquet file."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def write_parquet(uri: str, table: pa.Table, storage_options: dict | None = None,
+                  on_retry: Callable[[], None] | None = None) -> None:
+    """Write ``table`` to ``uri`` atomically (readers see the whole file or none)."""
+    write_atomic(uri, parquet_bytes(table), storage_options, on_retry=on_retry)
+
+
+def webdataset_tar(samples: list[tuple[str, dict, bytes | None]]) -> bytes:
+    """One tar of ``(video_id, metadata, keyframe JPEG or None)`` samples: ``{key}.json`` and ``{key}.jpg``."""
+    import webdataset as wds
+
+    buffer = io.BytesIO()
+    with wds.TarWriter(buffer, encoder=False, mtime=0) as sink:
+        for video_id, metadata, jpeg in samples:
+            sample = {"__key__": sample_key(video_id), "json": json.dumps(metadata, default=str).encode()}
+            if jpeg:
+                sample["jpg"] = jpeg
+            sink.write(sample)
+    return buffer.getvalue()
+
+
+def tar_keeping(data: bytes, keep: Counter) -> bytes:
+    """The tar with, per sample key, only its first ``keep[key]`` samples (a sample is a run of members that
+    share a key, one member per extension)."""
+    out = io.BytesIO()
+    left = Counter(keep)
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        current, extensions, kept = None, set(), False
+        for member in src.getmembers():
+            key, _, extension = member.name.split("/")[-1].partition(".")
+            if key != current or extension in extensions:  # a new sample starts
+                current, extensions = key, set()
+                kept = left[key] > 0
+                left[key] -= kept
+            extensions.add(extension)
+            if kept:
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return out.getvalue()
+
+
+def _name_between(uri: str, affix: tuple[str, str]) -> str | None:
+    name = uri.rsplit("/", 1)[-1]
+    prefix, suffix = affix
+    return name[len(prefix): -len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else None
+
+
+def parquet_location(uri: str) -> str:
+    """Where the rows are, for readers given an output root, its ``parquet/`` folder or a Parquet file."""
+    if uri.endswith(".parquet") or uri.rstrip("/").endswith("/" + PARQUET_DIR) or uri.rstrip("/") == PARQUET_DIR:
+        return uri
+    return join(uri, PARQUET_DIR)
+
+
+class OutputStore:
+    """One recaption output: its file names, batch writes, listings, table reads and keyframes."""
+
+    def __init__(self, uri: str, storage_options: dict | None = None) -> None:
+        self.uri = uri
+        self.storage_options = storage_options or {}
+
+    # -- names -----------------------------------------------------------------------------------------
+    def parquet_uri(self, name: str) -> str:
+        return join(self.uri, PARQUET_DIR, f"{_PART[0]}{name}{_PART[1]}")
+
+    def shard_uri(self, name: str) -> str:
+        return join(self.uri, WEBDATASET_DIR, f"{_SHARD[0]}{name}{_SHARD[1]}")
+
+    def summary_uri(self, run_id: str) -> str:
+        return join(self.uri, RUNS_DIR, f"{run_id}.json")
+
+    def lease_uri(self) -> str:
+        return join(self.uri, LEASE_FILE)
+
+    def shard_for(self, parquet_uri: str) -> str:
+        """The WebDataset shard written with a Parquet file (same batch name)."""
+        name = _name_between(parquet_uri, _PART)
+        if name is None:
+            raise ValueError(f"{parquet_uri} is not a batch file of this output")
+        return self.shard_uri(name)
+
+    def describe(self, webdataset: bool, run_id: str) -> str:
+        """Where a run's results are, for people."""
+        parts = [f"captions: {join(self.uri, PARQUET_DIR)}/*.parquet"]
+        if webdataset:
+            parts.append(f"webdataset: {join(self.uri, WEBDATASET_DIR)}/*.tar")
+        parts.append(f"summary: {self.summary_uri(run_id)}")
+        return "   ".join(parts)
+
+    # -- listings --------------------------------------------------------------------------------------
+    def parquet_files(self) -> list[str]:
+        """The batch Parquet files (not temporaries or other hidden files)."""
+        files = list_files(join(self.uri, PARQUET_DIR), self.storage_options, suffix=_PART[1])
+        return [f for f in files if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
+
+    def shard_files(self) -> list[str]:
+        return list_files(join(self.uri, WEBDATASET_DIR), self.storage_options, suffix=_SHARD[1])
+
+    def orphan_shards(self, parquet_files: list[str]) -> list[str]:
+        """Shards whose batch has no Parquet file."""
+        names = {_name_between(f, _PART) for f in parquet_files}
+        return [uri for uri in self.shard_files() if _name_between(uri, _SHARD) not in names]
+
+    def temporaries(self) -> list[str]:
+        """Half-written files a killed writer left behind."""
+        return [uri for folder in (PARQUET_DIR, WEBDATASET_DIR)
+                for uri in list_files(join(self.uri, folder), self.storage_options)
+                if uri.rsplit("/", 1)[-1].startswith(TEMPORARY_PREFIX)]
+
+    # -- writes ----------------------------------------------------------------------------------------
+    def write_batch(self, name: str, table: pa.Table, shard: bytes | None = None,
+                    on_retry: Callable[[], None] | None = None) -> str:
+        """One batch: its shard first (when given), then its Parquet file; returns the Parquet file's URI."""
+        if shard is not None:
+            write_atomic(self.shard_uri(name), shard, self.storage_options, on_retry=on_retry)
+        uri = self.parquet_uri(name)
+        write_parquet(uri, table, self.storage_options, on_retry=on_retry)
+        return uri
+
+    def rewrite_batch(self, parquet_uri: str, keep: pa.Table, captioned_ids: list[str]) -> None:
+        """A batch without some of its rows: the shard first (it must never hold a sample its Parquet file
+        lacks), keeping the samples of ``captioned_ids``; a batch left empty is removed."""
+        shard = self.shard_for(parquet_uri)
+        fs, path = get_fs(shard, self.storage_options)
+        if fs.exists(path):
+            write_atomic(shard, tar_keeping(fs.cat_file(path), Counter(map(sample_key, captioned_ids))),
+                         self.storage_options)
+        if keep.num_rows == 0:
+            remove(parquet_uri, self.storage_options)
+            remove(shard, self.storage_options)
+        else:
+            write_parquet(parquet_uri, keep, self.storage_options)
+
+    def write_summary(self, run_id: str, summary: dict) -> str:
+        uri = self.summary_uri(run_id)
+        write_atomic(uri, json.dumps(summary, indent=2, default=str).encode(), self.storage_options)
+        return uri
+
+    def remove(self, uri: str) -> None:
+        remove(uri, self.storage_options)
+
+    # -- reads -----------------------------------------------------------------------------------------
+    def read_table(self, file_uri: str, columns: list[str] | None = None) -> pa.Table:
+        fs, path = get_fs(file_uri, self.storage_options)
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f, columns=columns)
+
+    def keyframes(self, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
+        """``(sample key, JPEG)`` of the wanted keys' keyframes, each key once, streaming one tar member at a
+        time (memory does not grow with the output)."""
+        seen: set[str] = set()
+        for uri in self.shard_files():
+            fs, path = get_fs(uri, self.storage_options)
+            with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+                for member in tar:
+                    key = member.name.rsplit("/", 1)[-1][: -len(".jpg")]
+                    if member.isfile() and member.name.endswith(".jpg") and key in wanted and key not in seen:
+                        seen.add(key)
+                        yield key, tar.extractfile(member).read()
+
+
+__all__ = ["PARQUET_DIR", "WEBDATASET_DIR", "RUNS_DIR", "LEASE_FILE", "OutputStore", "batch_name", "sample_key",
+           "parquet_bytes", "write_parquet", "webdataset_tar", "tar_keeping", "parquet_location"]

@@ -1,0 +1,53 @@
+"""Helpers the tests share (fixtures are in ``conftest.py``): paths, a small job config, a slow job command."""
+
+from __future__ import annotations
+
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
+LORA_RANK = 4
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def job_config(input_uri: str, output_uri: str, **sections):
+    """A small, fast job: tiny model, 4 frames, short captions, tiny batches and files."""
+    from pipeline.config import JobConfig
+
+    raw = {
+        "source": {"input": input_uri},
+        "output": {"output": output_uri, "formats": ["parquet", "webdataset"]},
+        "model": {"model": "tiny"},
+        "sampling": {"num_frames": 4},
+        "generation": {"max_new_tokens": 8},
+        "resources": {"batch_size": 2, "rows_per_file": 3, "decode_concurrency": 1, "decode_num_cpus": 0.5,
+                      "caption_num_cpus": 0.5},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values) if isinstance(values, dict) else raw.update({name: values})
+    return JobConfig.from_dict(raw)
+
+
+def slow_job_command(folder, num_videos: int = 6, tokens: int = 400) -> list[str]:
+    """``jobs/recaption.py`` over ``num_videos`` generated clips, one video per batch and per file, with forced
+    long captions: a job slow enough to be interfered with (killed, raced) while it runs."""
+    import sys
+
+    import yaml
+
+    from pipeline.generated_videos import write_video
+
+    videos = [write_video(str(folder / f"v{i}.mp4"), 160, 120, 12, 12, seed=i) for i in range(num_videos)]
+    (folder / "list.txt").write_text("\n".join(videos) + "\n")
+    (folder / "slow.yaml").write_text(yaml.safe_dump({
+        "generation": {"max_new_tokens": tokens, "min_new_tokens": tokens},
+        "resources": {"batch_size": 1, "rows_per_file": 1, "decode_concurrency": 1, "decode_num_cpus": 0.5,
+                      "caption_num_cpus": 0.5}}))
+    return [sys.executable, "jobs/recaption.py", "--input", str(folder / "list.txt"), "--output",
+            str(folder / "out"), "--model", "tiny", "--num-frames", "4", "--config", str(folder / "slow.yaml")]
