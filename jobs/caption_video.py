@@ -16,6 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from jobs.flags import add_prompt_arguments, add_resize_argument  # noqa: E402
 from pipeline.frames import SamplingConfig, VideoDecodeError, sample_frames  # noqa: E402
 from pipeline.io.masking import mask_text  # noqa: E402
 from pipeline.io.storage import ReadError  # noqa: E402
@@ -43,15 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "for published PLLaVA checkpoints, as the reference)")
     parser.add_argument("--pooling-shape", type=_parse_pooling, help="T,H,W pooling (default: the model's; 16,12,12 "
                                                                      "for published PLLaVA checkpoints)")
-    parser.add_argument("--prompt", help="question or instruction (default: the recaption prompt)")
-    parser.add_argument("--prompt-file", help="read the prompt from this file")
-    parser.add_argument("--system-prompt", help="system prompt before the video ('' for none; default: the "
-                                                "project's recaption system prompt)")
-    parser.add_argument("--system-prompt-file", help="read the system prompt from this file")
-    parser.add_argument("--template", help="prompt layout: vicuna, chatml, vicuna_videoqa, vicuna_one_turn or "
-                                           "chatml_one_turn (default: from the tokenizer)")
-    parser.add_argument("--resize", default="fast", choices=("fast", "reference"),
-                        help="pixels: fast (scaled in the decoder) or reference (the reference's PIL chain)")
+    add_prompt_arguments(parser)
+    add_resize_argument(parser, default="fast")
     parser.add_argument("--max-new-tokens", type=int, default=400)
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="default: bf16 on GPU, fp32 on CPU")

@@ -20,6 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import yaml  # noqa: E402
 
+from jobs.flags import add_prompt_arguments, add_resize_argument  # noqa: E402
+
 DEMO_DIR = "demo_output"
 
 
@@ -36,23 +38,14 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (published PLLaVA checkpoints: 4)")
     parser.add_argument("--format", choices=("parquet", "webdataset", "both"), help="output format(s)")
     parser.add_argument("--num-frames", type=int, help="frames sampled per video (default 16)")
-    parser.add_argument("--resize", choices=("fast", "reference"),
-                        help="pixels: fast (scaled in the decoder to the reference's geometry; default) or "
-                             "reference (the reference's PIL chain on full-resolution frames: its exact pixels)")
+    add_resize_argument(parser)
     parser.add_argument("--engine", choices=("auto", "hf", "vllm"),
                         help="language-model engine: hf (transformers), vllm, or auto (default: vllm on a GPU "
                              "where vLLM is installed, else hf); vLLM knobs go in the config's vllm section")
     parser.add_argument("--batch-size", type=int, help="videos per decode batch and per hf generate call "
                                                        "(default 8; the vllm engine takes vllm.batch_size, 64)")
     parser.add_argument("--max-new-tokens", type=int, help="default 400")
-    parser.add_argument("--prompt", help="instruction for the model (default: the recaption prompt)")
-    parser.add_argument("--prompt-file", help="read the instruction from this file (local or fsspec URI)")
-    parser.add_argument("--system-prompt", help="system prompt before the video ('' for none; default: the "
-                                                "project's recaption system prompt)")
-    parser.add_argument("--system-prompt-file", help="read the system prompt from this file (local or fsspec URI)")
-    parser.add_argument("--template", help="prompt layout: vicuna, chatml (the reference's recaption layouts), "
-                                           "vicuna_videoqa, vicuna_one_turn, chatml_one_turn (default: from the "
-                                           "tokenizer, chatml for Yi/34B, else vicuna)")
+    add_prompt_arguments(parser)
     parser.add_argument("--retry-errors", action="store_true", help="retry videos that failed in earlier runs")
     parser.add_argument("--recaption-changed", action="store_true",
                         help="caption again every video whose row was written with another model (checkpoint, "
