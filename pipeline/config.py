@@ -107,6 +107,8 @@ class ResourceConfig:
     ray_num_cpus: int | None = None
     stall_warn_s: float = 300.0  # no output for this long: log what the cluster waits on (again each period)
     stall_fail_s: float | None = None  # no output for this long: stop the job with that diagnosis
+    # An autoscaling cluster grows when actors wait: skip the fit checks (the stall watchdog still reports waits).
+    autoscaling: bool = False
 
     def problems(self) -> list[str]:
         out = []

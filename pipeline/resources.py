@@ -8,6 +8,7 @@ has, and stops. Plain functions of plain numbers, so the rules are tested withou
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 # Light work beside the actor pools: the stateful MarkRepeats actor plus at least one task at a time for
@@ -48,13 +49,39 @@ class PipelinePlan:
                 Ask("caption actors", self.caption_concurrency, self.caption_num_cpus, self.caption_num_gpus)]
 
 
+Node = tuple[float, float]  # (CPUs, GPUs) of one node
+
+
+def _unplaced(asks: list[Ask], nodes: list[Node]) -> Ask | None:
+    """The first ask one of whose actors finds no node with room, placing the largest actors first onto the
+    first node that holds them (first-fit decreasing: what Ray's packing can at best do); None when all fit."""
+    free = [list(node) for node in nodes]
+    units = sorted((a for a in asks for _ in range(a.count)), key=lambda a: (a.num_gpus, a.num_cpus), reverse=True)
+    for ask in units:
+        node = next((n for n in free if n[0] + 1e-9 >= ask.num_cpus and n[1] + 1e-9 >= ask.num_gpus), None)
+        if node is None:
+            return ask
+        node[0] -= ask.num_cpus
+        node[1] -= ask.num_gpus
+    return None
+
+
 def check_fit(asks: list[Ask], cpus: float, gpus: float, reserve_cpus: float = LIGHT_RESERVE_CPUS,
-              hint: str = "") -> None:
-    """Raises ResourceError when the asks plus the light-work reserve exceed the cluster's CPUs or GPUs."""
+              hint: str = "", nodes: list[Node] | None = None) -> None:
+    """Raises ResourceError when the asks plus the light-work reserve exceed the cluster's CPUs or GPUs, or,
+    given the ``nodes``, when an actor needs more than any one node has or the actors do not pack onto them."""
     need_cpus = sum(a.count * a.num_cpus for a in asks) + reserve_cpus
     need_gpus = sum(a.count * a.num_gpus for a in asks)
     if need_cpus <= cpus + 1e-9 and need_gpus <= gpus + 1e-9:
-        return
+        stuck = _unplaced(asks, nodes) if nodes else None
+        if stuck is None:
+            return
+        shown = ", ".join(f"{c:g} CPUs + {g:g} GPUs" for c, g in sorted(nodes, reverse=True)[:8])
+        raise ResourceError(
+            f"the job cannot be scheduled: one of the {stuck.label} needs {stuck.num_cpus:g} CPUs and "
+            f"{stuck.num_gpus:g} GPUs on one node, and the {len(nodes)} nodes ({shown}) have no room for it "
+            "once the larger actors are placed (an actor never spans nodes). " + (hint or "Lower the explicit "
+                                                                                   "settings."))
     parts = [f"{a.label} {a.count} x ({a.num_cpus:g} CPU" + (f", {a.num_gpus:g} GPU)" if a.num_gpus else ")")
              for a in asks]
     raise ResourceError(
@@ -72,12 +99,17 @@ def plan_pipeline(
     caption_concurrency: int | None = None,
     caption_num_cpus: float | None = None,
     caption_num_gpus: float | None = None,
+    nodes: list[Node] | None = None,
+    check: bool = True,
 ) -> PipelinePlan:
     """Pool sizes and shares for the recaption pipeline on a cluster with ``cpus`` CPUs and ``gpus`` GPUs.
 
     Unset values: one caption actor per GPU (1 GPU, 1 CPU each), or one CPU caption actor with half of what
     the light work leaves; decode actors take the rest at 1 CPU each (one actor with a fractional share
     when less than a CPU is left).
+
+    ``nodes`` (each node's CPUs and GPUs) adds the per-node check; ``check=False`` (an autoscaling cluster,
+    which grows when actors wait) skips the checks.
 
     Raises:
         ResourceError: the explicit values (or what is left for the unset ones) do not fit.
@@ -93,6 +125,8 @@ def plan_pipeline(
         device = "cpu"
         caption_n = caption_concurrency or 1
         caption_cpus = caption_num_cpus if caption_num_cpus is not None else max(MIN_SHARE_CPUS, spare / 2 / caption_n)
+        if caption_num_cpus is None and nodes:
+            caption_cpus = min(caption_cpus, max(MIN_SHARE_CPUS, max(n[0] for n in nodes) - LIGHT_RESERVE_CPUS))
     left = spare - caption_n * caption_cpus
     if decode_concurrency is not None and decode_num_cpus is not None:
         decode_n, decode_cpus = decode_concurrency, decode_num_cpus
@@ -105,9 +139,13 @@ def plan_pipeline(
     else:
         decode_n, decode_cpus = 1, max(MIN_SHARE_CPUS, left)
     plan = PipelinePlan(decode_n, decode_cpus, caption_n, caption_cpus, num_gpus, device)
-    check_fit(plan.asks(), cpus, gpus, hint="Lower resources.decode_concurrency / decode_num_cpus / "
-              "caption_concurrency / caption_num_cpus / caption_num_gpus, or leave them unset to size from the "
-              "cluster.")
+    if nodes and decode_concurrency is None:  # derived decode actors: as many as pack onto the nodes
+        while plan.decode_concurrency > 1 and _unplaced(plan.asks(), nodes):
+            plan = dataclasses.replace(plan, decode_concurrency=plan.decode_concurrency - 1)
+    if check:
+        check_fit(plan.asks(), cpus, gpus, nodes=nodes, hint="Lower resources.decode_concurrency / "
+                  "decode_num_cpus / caption_concurrency / caption_num_cpus / caption_num_gpus, or leave them unset "
+                  "to size from the cluster (on an autoscaling cluster: resources.autoscaling: true).")
     return plan
 
 
@@ -119,8 +157,17 @@ def cluster_totals() -> tuple[float, float]:
     return float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
 
 
+def cluster_nodes() -> list[Node]:
+    """(CPUs, GPUs) of each live node of the connected Ray cluster."""
+    import ray
+
+    return [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+            for n in ray.nodes() if n.get("Alive")]
+
+
 def plan_training_cpus(cpus: float, gpus: float, num_workers: int, use_gpu: bool,
-                       cpus_per_worker: float | None = None, decode_num_cpus: float = 0.5) -> float:
+                       cpus_per_worker: float | None = None, decode_num_cpus: float = 0.5,
+                       nodes: list[Node] | None = None) -> float:
     """CPUs per Ray Train worker: what is left after the data stream's decode actor and light tasks, split
     over the workers (at most 1 each), unless given.
 
@@ -131,6 +178,6 @@ def plan_training_cpus(cpus: float, gpus: float, num_workers: int, use_gpu: bool
     per_worker = cpus_per_worker if cpus_per_worker is not None else max(MIN_SHARE_CPUS,
                                                                          min(1.0, spare / num_workers))
     check_fit([Ask("training workers", num_workers, per_worker, 1.0 if use_gpu else 0.0),
-               Ask("decode actors", 1, decode_num_cpus)], cpus, gpus,
+               Ask("decode actors", 1, decode_num_cpus)], cpus, gpus, nodes=nodes,
               hint="Lower run.num_workers or run.cpus_per_worker, or leave cpus_per_worker unset.")
     return per_worker

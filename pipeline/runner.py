@@ -28,7 +28,8 @@ from pipeline.cluster import init_ray
 from pipeline.config import JobConfig
 from pipeline.lease import OutputLease
 from pipeline.io.masking import mask_values
-from pipeline.resources import LIGHT_NUM_CPUS, SKIP_NUM_CPUS, PipelinePlan, cluster_totals, plan_pipeline
+from pipeline.resources import (LIGHT_NUM_CPUS, SKIP_NUM_CPUS, PipelinePlan, cluster_nodes, cluster_totals,
+                                 plan_pipeline)
 from pipeline.resume import OutputState, reconcile_and_scan
 from pipeline.sampler import FrameSampler
 from pipeline.io.output_store import OutputStore
@@ -59,8 +60,11 @@ def plan_for(cfg: JobConfig) -> PipelinePlan:
     caption_gpus = res.caption_num_gpus
     if caption_gpus is None and cfg.model.engine != "hf" and cfg.vllm.tensor_parallel_size > 1:
         caption_gpus = float(cfg.vllm.tensor_parallel_size)  # one actor owns the GPUs its engine shards over
+    if res.autoscaling:
+        logger.info("resources.autoscaling: the pools are not checked against the %g CPUs and %g GPUs there are "
+                    "now; the cluster is expected to grow for them", cpus, gpus)
     return plan_pipeline(cpus, gpus, res.decode_concurrency, res.decode_num_cpus, res.caption_concurrency,
-                         res.caption_num_cpus, caption_gpus)
+                         res.caption_num_cpus, caption_gpus, nodes=cluster_nodes(), check=not res.autoscaling)
 
 
 def build_pipeline(

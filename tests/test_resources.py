@@ -119,3 +119,24 @@ def test_training_with_two_workers_and_no_resource_settings_finishes_on_two_cpus
                             cwd=ROOT, capture_output=True, text=True, timeout=420)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert os.path.isdir(tmp_path / "run" / "weights")
+
+
+def test_an_actor_larger_than_every_node_is_refused_though_the_totals_fit():
+    two_single_gpu_nodes = [(8.0, 1.0), (8.0, 1.0)]
+    plan_pipeline(16, 2, nodes=two_single_gpu_nodes)  # one caption actor per GPU: fits
+    with pytest.raises(ResourceError, match=r"needs 1 CPUs and 2 GPUs on one node.*never spans nodes"):
+        plan_pipeline(16, 2, caption_num_gpus=2, nodes=two_single_gpu_nodes)  # tensor parallel 2 on 1-GPU nodes
+    with pytest.raises(ResourceError, match="needs 6 CPUs and 0 GPUs on one node"):
+        plan_pipeline(8, 0, caption_num_cpus=6, nodes=[(4.0, 0.0), (4.0, 0.0)])
+
+
+def test_derived_sizes_pack_onto_the_nodes_and_autoscaling_skips_the_check():
+    from pipeline.resources import _unplaced
+
+    nodes = [(3.0, 0.0), (3.0, 0.0), (3.0, 0.0)]  # 9 CPUs, no node larger than 3
+    plan = plan_pipeline(9, 0, nodes=nodes)
+    assert plan.caption_num_cpus <= 3 and _unplaced(plan.asks(), nodes) is None
+    assert plan.decode_concurrency >= 3
+    # An autoscaling cluster grows for waiting actors: asks beyond what is there now are allowed.
+    grown = plan_pipeline(2, 0, caption_concurrency=4, caption_num_cpus=2, check=False, nodes=[(2.0, 0.0)])
+    assert (grown.caption_concurrency, grown.caption_num_cpus) == (4, 2)

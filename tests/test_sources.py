@@ -53,6 +53,13 @@ def test_jsonl_and_parquet(ray_local, files):
     for name in ("list.jsonl", "list.parquet"):
         rows = refs(SourceConfig(input=str(files / name)))
         assert [r["caption_old"] for r in rows] == ["x", "y"], name
+    # A folder of Parquet files (a dataset written by another tool): every file, hidden ones skipped.
+    (files / "listing").mkdir()
+    pq.write_table(pa.Table.from_pylist(items[:1]), files / "listing" / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(items[1:]), files / "listing" / "part-1.parquet")
+    pq.write_table(pa.Table.from_pylist(items), files / "listing" / "_tmp.parquet")
+    rows = refs(SourceConfig(input=str(files / "listing"), format="parquet"))
+    assert sorted(r["caption_old"] for r in rows) == ["x", "y"]
 
 
 def test_inter4k_annotations_first_existing_extension_wins(ray_local, files):

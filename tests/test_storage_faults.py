@@ -5,10 +5,12 @@ layer (the FrameSampler's count is checked exactly against a flaky HTTP server i
 
 import http.client
 import http.server
+import io
 import json
 import threading
 import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
@@ -96,22 +98,28 @@ def proxy(s3_endpoint):
     server.shutdown()
 
 
-def test_a_job_through_a_faulty_store_loses_nothing_and_counts_its_retries(ray_local, proxy, tmp_path):
+@pytest.mark.parametrize("list_name", ["list.txt", "list.parquet"])
+def test_a_job_through_a_faulty_store_loses_nothing_and_counts_its_retries(ray_local, proxy, tmp_path, list_name):
     server, url = proxy
     direct = s3fs.S3FileSystem()
-    bucket = "faulty-store"
+    bucket = "faulty-store-" + list_name.rsplit(".", 1)[1]
     direct.makedirs(bucket, exist_ok=True)
     uris = []
     for i in range(6):
         local = write_video(str(tmp_path / f"v{i}.mp4"), 160, 120, 12, 12, seed=i)
         direct.put(local, f"{bucket}/videos/v{i}.mp4")
         uris.append(f"s3://{bucket}/videos/v{i}.mp4")
-    direct.pipe(f"{bucket}/list.txt", ("\n".join(uris) + "\n").encode())
+    if list_name == "list.txt":
+        direct.pipe(f"{bucket}/{list_name}", ("\n".join(uris) + "\n").encode())
+    else:  # a Parquet list is read with the same retries as a text list
+        buffer = io.BytesIO()
+        pq.write_table(pa.table({"uri": uris, "source": ["cam"] * len(uris)}), buffer)
+        direct.pipe(f"{bucket}/{list_name}", buffer.getvalue())
     # botocore's own retries off; s3fs still retries some errors itself (5 times), ours come on top.
     options = {"client_kwargs": {"endpoint_url": url}, "config_kwargs": {"retries": {"max_attempts": 1}}}
 
     started = time.monotonic()
-    summary = run_job(job_config(f"s3://{bucket}/list.txt", f"s3://{bucket}/out", storage_options=options,
+    summary = run_job(job_config(f"s3://{bucket}/{list_name}", f"s3://{bucket}/out", storage_options=options,
                                  retry={"attempts": 6, "backoff_s": 0.05, "max_backoff_s": 0.5}))
     elapsed = time.monotonic() - started
     direct.invalidate_cache()

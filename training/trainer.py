@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from model.loading import save_weights_dir
 from model.weights import LoraPair
-from pipeline.resources import cluster_totals, plan_training_cpus
+from pipeline.resources import cluster_nodes, cluster_totals, plan_training_cpus
 from pipeline.cluster import init_ray
 from pipeline.io.storage import get_fs, join
 from training.config import TrainConfig
@@ -65,7 +65,7 @@ def run_training(cfg: TrainConfig) -> dict:
     init_ray()
     cpus, gpus = cluster_totals()
     cpus_per_worker = plan_training_cpus(cpus, gpus, cfg.run.num_workers, cfg.run.use_gpu, cfg.run.cpus_per_worker,
-                                         TRAIN_DECODE_NUM_CPUS)
+                                         TRAIN_DECODE_NUM_CPUS, nodes=cluster_nodes())
     dataset, stats = build_train_dataset(cfg, decode_num_cpus=TRAIN_DECODE_NUM_CPUS)
     steps = total_steps(cfg, stats.examples)
     logger.info("%d examples (%d caption rows without a caption skipped); %d steps on %d workers",

@@ -24,7 +24,8 @@ from pipeline import schema as S
 from pipeline.config import VIDEO_EXTENSIONS, SourceConfig
 from pipeline.io.masking import public_uri
 from pipeline.resources import LIGHT_NUM_CPUS
-from pipeline.io.storage import ReadError, RetryPolicy, get_fs, is_local, join, list_files, object_info, read_bytes
+from pipeline.io.storage import (ReadError, RetryPolicy, get_fs, is_local, join, list_files, object_info, read_bytes,
+                                 unstrip, with_retries)
 
 logger = logging.getLogger(__name__)
 
@@ -211,26 +212,23 @@ def _from_table(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
 
 def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_per_block: int,
                retry: RetryPolicy) -> ray.data.Dataset:
-    fs, path = get_fs(cfg.input, storage_options)
-    light = {"filesystem": fs, "num_cpus": READ_NUM_CPUS}
-    if fmt in ("txt", "csv", "jsonl"):
-        # Read in a task with the same bounded retries as videos (through Ray Data's file readers a transient
-        # store failure can end as a list of zero rows instead of an error), split into many small blocks so
-        # decoding spreads over the decode actors. The driver holds references to the blocks, not the rows.
-        blocks = _read_list_blocks.options(num_cpus=READ_NUM_CPUS).remote(
-            cfg.input, fmt, storage_options, retry, rows_per_block)
+    if fmt in ("txt", "csv", "jsonl", "parquet"):
+        # Read in a light task with the same bounded retries as videos (through Ray Data's file readers a
+        # transient store failure can end as a list of zero rows instead of an error, and its Parquet reader
+        # lists files in a 1-CPU task that a small machine's actor pools leave no room for), split into many
+        # small blocks so decoding spreads over the decode actors. The driver holds block references, not rows.
         try:
+            files = _parquet_files(cfg.input, storage_options, retry) if fmt == "parquet" else [cfg.input]
+            blocks = _read_list_blocks.options(num_cpus=READ_NUM_CPUS).remote(
+                files, fmt, storage_options, retry, rows_per_block)
             return ray.data.from_arrow_refs(list(blocks))
+        except ReadError as exc:
+            raise VideoListError(f"could not read the video list: {exc}") from exc
         except ray.exceptions.RayTaskError as exc:
             cause = exc.as_instanceof_cause()
             if isinstance(cause, ReadError):
                 raise VideoListError(f"could not read the video list: {cause}") from exc
             raise
-    if fmt == "parquet":
-        # Ray Data's V2 Parquet path lists files in a 1-CPU task that no setting reaches: on a small machine
-        # whose CPUs the actor pools hold it never starts. The V1 path reads with the tasks sized here.
-        ray.data.DataContext.get_current().use_datasource_v2 = False
-        return ray.data.read_parquet(path, **light)
     if fmt == "annotations":
         try:
             items = json.loads(read_bytes(cfg.input, storage_options, retry))
@@ -253,17 +251,35 @@ def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_p
 MAX_LIST_BLOCKS = 2000  # a list of millions of rows becomes at most this many blocks
 
 
+def _parquet_files(uri: str, storage_options: dict | None, retry: RetryPolicy) -> list[str]:
+    """A Parquet list: the file itself, or every ``*.parquet`` file under a folder (looked up with retries)."""
+    if object_info(uri, storage_options, retry).get("type") != "directory":
+        return [uri]
+
+    def find() -> list[str]:
+        fs, path = get_fs(uri, storage_options)
+        return sorted(unstrip(fs, p, uri) for p in fs.find(path) if p.endswith(".parquet")
+                      and not p.rsplit("/", 1)[-1].startswith((".", "_")))
+
+    files = with_retries(uri, "listing", find, retry)
+    if not files:
+        raise FileNotFoundError(f"no *.parquet files under {public_uri(uri)}")
+    return files
+
+
 @ray.remote(num_returns="streaming")
-def _read_list_blocks(uri: str, fmt: str, storage_options: dict | None, retry: RetryPolicy, rows_per_block: int):
-    """One list file (txt, csv or jsonl), read with bounded retries, as a stream of small Arrow blocks."""
-    table = parse_list(read_bytes(uri, storage_options, retry), fmt)
-    step = max(1, rows_per_block, -(-table.num_rows // MAX_LIST_BLOCKS))
-    for start in range(0, max(table.num_rows, 1), step):
-        yield table.slice(start, step)
+def _read_list_blocks(uris: list[str], fmt: str, storage_options: dict | None, retry: RetryPolicy,
+                      rows_per_block: int):
+    """List files (txt, csv, jsonl or Parquet), each read with bounded retries, as a stream of small blocks."""
+    for uri in uris:
+        table = parse_list(read_bytes(uri, storage_options, retry), fmt)
+        step = max(1, rows_per_block, -(-table.num_rows * len(uris) // MAX_LIST_BLOCKS))
+        for start in range(0, max(table.num_rows, 1), step):
+            yield table.slice(start, step)
 
 
 def parse_list(data: bytes, fmt: str) -> pa.Table:
-    """The rows of a list file's bytes: ``text`` lines (txt), or the columns of a csv or jsonl file."""
+    """The rows of a list file's bytes: ``text`` lines (txt), or the columns of a csv, jsonl or Parquet file."""
     import pyarrow.csv as pcsv
     import pyarrow.json as pjson
 
@@ -273,6 +289,10 @@ def parse_list(data: bytes, fmt: str) -> pa.Table:
         return pcsv.read_csv(io.BytesIO(data))
     if fmt == "jsonl":
         return pjson.read_json(io.BytesIO(data))  # one object per line
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(io.BytesIO(data))
     raise ValueError(f"not a list file format: {fmt!r}")
 
 
