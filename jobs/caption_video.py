@@ -61,12 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    import torch
-
-    from model import GenerationSettings, generate_captions, load_pllava, read_prompt
+    from model import GenerationSettings, generate_captions, read_prompt
     from model.prompts import read_system_prompt
-    from model.loading import caption_settings, default_device
+    from model.loading import default_device
     from model.settings import EngineUnavailable, VllmSettings, resolve_engine
+    from pipeline.captioner import load_for_captioning
+    from pipeline.config import ModelConfig
 
     try:
         engine = resolve_engine(args.engine, str(args.device or default_device()))
@@ -86,20 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     except ReadError as exc:
         print(f"error: cannot read {mask_text(args.video)}: {exc}", file=sys.stderr)
         return 2
-    dtype = getattr(torch, args.dtype) if args.dtype else None
     started = time.perf_counter()
-    num_frames, pooling_shape = caption_settings(args.model_dir, args.num_frames, args.pooling_shape)
-    model, processor = load_pllava(
-        args.model_dir,
-        weights_dir=args.weights_dir,
-        lora_alpha=args.lora_alpha,
-        device=args.device,
-        dtype=dtype,
-        attn_implementation=args.attn_implementation,
-        num_frames=num_frames,
-        pooling_shape=pooling_shape,
-        template=args.template,
-    )
+    model_cfg = ModelConfig(model=args.model_dir, weights_dir=args.weights_dir, lora_alpha=args.lora_alpha,
+                            pooling_shape=args.pooling_shape, template=args.template, dtype=args.dtype,
+                            attn_implementation=args.attn_implementation)
+    model, processor = load_for_captioning(model_cfg, args.num_frames, args.device)
     processor.system_prompt = system_prompt
     loaded = time.perf_counter()
     sampling = SamplingConfig(num_frames=model.config.num_frames, image_size=model.config.image_size,

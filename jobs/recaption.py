@@ -18,9 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import yaml  # noqa: E402
-
-from jobs.flags import add_prompt_arguments, add_resize_argument  # noqa: E402
+from jobs.flags import add_prompt_arguments, add_resize_argument, flags_layer, load_preset, yaml_layer  # noqa: E402
 
 DEMO_DIR = "demo_output"
 
@@ -36,7 +34,9 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser.add_argument("--model", help="model folder, or 'tiny' for the offline tiny model")
     parser.add_argument("--weights-dir", help="LoRA + projector weights on top of --model")
     parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (published PLLaVA checkpoints: 4)")
-    parser.add_argument("--format", choices=("parquet", "webdataset", "both"), help="output format(s)")
+    parser.add_argument("--format", choices=("parquet", "webdataset", "both"),
+                        help="output: Parquet (always written, the system of record), or also WebDataset shards "
+                             "(webdataset or both)")
     parser.add_argument("--num-frames", type=int, help="frames sampled per video (default 16)")
     add_resize_argument(parser)
     parser.add_argument("--engine", choices=("auto", "hf", "vllm"),
@@ -58,72 +58,37 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     return parser
 
 
-def _set(raw: dict, section: str, key: str, value) -> None:
-    if value is not None:
-        raw.setdefault(section, {})[key] = value
+# Each flag and the config key it sets (checked against the config's fields by a test).
+FLAG_KEYS: dict[str, tuple[str, ...]] = {
+    "input": ("source", "input"), "videos_prefix": ("source", "videos_prefix"), "limit": ("source", "limit"),
+    "allow_empty": ("source", "allow_empty"), "output": ("output", "output"), "formats": ("output", "formats"),
+    "retry_errors": ("output", "retry_errors"), "recaption_changed": ("output", "recaption_changed"),
+    "model": ("model", "model"), "weights_dir": ("model", "weights_dir"), "lora_alpha": ("model", "lora_alpha"),
+    "engine": ("model", "engine"), "template": ("model", "template"), "num_frames": ("sampling", "num_frames"),
+    "resize": ("sampling", "resize"), "batch_size": ("resources", "batch_size"),
+    "max_new_tokens": ("generation", "max_new_tokens"), "prompt": ("prompt",), "prompt_file": ("prompt_file",),
+    "system_prompt": ("system_prompt",), "system_prompt_file": ("system_prompt_file",),
+}
 
 
 def config_from_args(args: argparse.Namespace, preset: dict | None = None):
-    """Preset < YAML file < flags."""
+    """Preset < YAML file < flags, merged key by key and checked as a whole."""
     from pipeline.config import JobConfig
 
-    raw: dict = {k: dict(v) if isinstance(v, dict) else v for k, v in (preset or {}).items()}
-    if args.config:
-        with open(args.config, encoding="utf-8") as f:
-            for section, values in (yaml.safe_load(f) or {}).items():
-                if isinstance(values, dict) and isinstance(raw.get(section), dict):
-                    raw[section].update(values)
-                else:
-                    raw[section] = values
-    _set(raw, "source", "input", args.input)
-    _set(raw, "source", "videos_prefix", args.videos_prefix)
-    _set(raw, "source", "limit", args.limit)
-    _set(raw, "output", "output", args.output)
-    _set(raw, "model", "model", args.model)
-    _set(raw, "model", "weights_dir", args.weights_dir)
-    _set(raw, "model", "lora_alpha", args.lora_alpha)
-    _set(raw, "model", "engine", args.engine)
-    _set(raw, "model", "template", args.template)
-    _set(raw, "sampling", "num_frames", args.num_frames)
-    _set(raw, "sampling", "resize", args.resize)
-    _set(raw, "resources", "batch_size", args.batch_size)
-    _set(raw, "generation", "max_new_tokens", args.max_new_tokens)
-    if args.format:
-        _set(raw, "output", "formats", ["parquet", "webdataset"] if args.format == "both" else [args.format])
-    if args.retry_errors:
-        _set(raw, "output", "retry_errors", True)
-    if args.recaption_changed:
-        _set(raw, "output", "recaption_changed", True)
-    if args.allow_empty:
-        _set(raw, "source", "allow_empty", True)
-    if args.prompt is not None:
-        raw["prompt"] = args.prompt
-    if args.prompt_file is not None:
-        raw["prompt_file"] = args.prompt_file
-    if args.system_prompt is not None:
-        raw["system_prompt"] = args.system_prompt
-    if args.system_prompt_file is not None:
-        raw["system_prompt_file"] = args.system_prompt_file
-    return JobConfig.from_dict(raw)
+    args.formats = {None: None, "parquet": ["parquet"]}.get(args.format, ["parquet", "webdataset"])
+    return JobConfig.from_dict(preset or {}, yaml_layer(args.config), flags_layer(args, FLAG_KEYS))
 
 
 def demo_preset(root: str = DEMO_DIR) -> dict:
-    """Generated sample videos (one broken), the tiny model, Parquet + WebDataset, sized for a laptop."""
+    """``jobs/presets/demo.yaml`` over freshly generated sample videos (one broken) under ``root``."""
     from pipeline.generated_videos import write_demo_videos
 
     videos = write_demo_videos(os.path.join(root, "videos"))
     listing = os.path.join(root, "videos.txt")
     with open(listing, "w", encoding="utf-8") as f:
         f.write("\n".join(os.path.abspath(v) for v in videos) + "\n")
-    return {
-        "source": {"input": listing},
-        "output": {"output": os.path.abspath(os.path.join(root, "captions")), "formats": ["parquet", "webdataset"]},
-        "model": {"model": "tiny"},
-        "sampling": {"num_frames": 8},
-        "generation": {"max_new_tokens": 48},
-        "resources": {"batch_size": 4, "decode_concurrency": 1, "decode_num_cpus": 0.5, "caption_num_cpus": 1,
-                      "rows_per_file": 4},
-    }
+    return load_preset("demo", video_list=os.path.abspath(listing),
+                       output=os.path.abspath(os.path.join(root, "captions")))
 
 
 def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:

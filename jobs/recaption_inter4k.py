@@ -16,20 +16,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from jobs.flags import load_preset  # noqa: E402
 from jobs.recaption import build_parser, run_from_args  # noqa: E402
 
 
 def inter4k_preset(data_root: str) -> dict:
-    root = data_root.rstrip("/")
-    return {
-        "source": {"input": f"{root}/annotations.json", "format": "annotations",
-                   "videos_prefix": f"{root}/60fps/UHD", "extensions": ["mp4", "mkv", "webm"],
-                   "name_key": "video_name"},
-        "sampling": {"num_frames": 16, "image_size": 336, "mode": "middle"},
-        "model": {"pooling_shape": [16, 12, 12]},
-        "generation": {"max_new_tokens": 400, "do_sample": False, "num_beams": 1},
-        "output": {"formats": ["parquet", "webdataset"]},
-    }
+    """``jobs/presets/inter4k.yaml`` for this data root."""
+    return load_preset("inter4k", data_root=data_root.rstrip("/"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import yaml  # noqa: E402
+from jobs.flags import flags_layer, yaml_layer  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,30 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Each flag and the config key it sets (checked against the config's fields by a test).
+FLAG_KEYS: dict[str, tuple[str, ...]] = {
+    "data": ("data", "uri"), "video_root": ("data", "video_root"), "model": ("model",),
+    "weights_dir": ("weights_dir",), "output": ("run", "output"), "num_workers": ("run", "num_workers"),
+    "use_gpu": ("run", "use_gpu"), "max_steps": ("run", "max_steps"), "epochs": ("run", "epochs"),
+    "num_frames": ("sampling", "num_frames"),
+}
+
+
 def config_from_args(args: argparse.Namespace):
+    """YAML file < flags, merged key by key and checked as a whole."""
     from training.config import TrainConfig
 
-    raw: dict = {}
-    if args.config:
-        with open(args.config, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-
-    def put(section: str | None, key: str, value) -> None:
-        if value is not None:
-            (raw.setdefault(section, {}) if section else raw)[key] = value
-
-    put("data", "uri", args.data)
-    put("data", "video_root", args.video_root)
-    put(None, "model", args.model)
-    put(None, "weights_dir", args.weights_dir)
-    put("run", "output", args.output)
-    put("run", "num_workers", args.num_workers)
-    put("run", "max_steps", args.max_steps)
-    put("run", "epochs", args.epochs)
-    put("sampling", "num_frames", args.num_frames)
-    if args.use_gpu:
-        put("run", "use_gpu", True)
-    return TrainConfig.from_dict(raw)
+    return TrainConfig.from_dict(yaml_layer(args.config), flags_layer(args, FLAG_KEYS))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,42 +1,104 @@
-"""Generation and engine settings: plain dataclasses, importable without torch (configs, light Ray tasks)."""
+"""Settings: pydantic models with unknown keys refused, importable without torch (configs, light Ray tasks).
+
+:class:`Settings` is the base of every configuration section of the project (job, training, generation,
+vLLM); :func:`load_settings` builds one from layers of plain data (preset < YAML < flags) and reports every
+problem at once, each with its key path.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENGINES = ("auto", "hf", "vllm")
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16")
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
+class Settings(BaseModel):
+    """A configuration section: unknown keys are refused, values are checked as they are set."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FrozenSettings(Settings):
+    """A section that does not change once made (shared by Ray actors, used as a default argument)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def merge_layers(*layers: dict[str, Any] | None) -> dict[str, Any]:
+    """Nested dicts merged in order, later layers winning key by key (sections merge, values replace)."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge_layers(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def _known_keys(cls: type[BaseModel], path: tuple) -> list[str]:
+    for part in path:
+        field = cls.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        cls = annotation
+    return sorted(cls.model_fields)
+
+
+def problems_of(exc: ValidationError, cls: type[BaseModel]) -> list[str]:
+    """One line per problem: the key path, then what is wrong (for an unknown key, the keys that exist)."""
+    out = []
+    for error in exc.errors():
+        path = tuple(error["loc"])
+        where = ".".join(str(p) for p in path) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            known = _known_keys(cls, path[:-1])
+            out.append(f"{where}: unknown key" + (f"; known: {', '.join(known)}" if known else ""))
+        elif error["type"] == "missing":
+            out.append(f"{where}: required")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            value = error.get("input")
+            shown = ("" if error["type"] == "value_error" or isinstance(value, (dict, list, tuple)) or value is None
+                     else f" (got {value!r})")
+            out.append(f"{where}: {message}{shown}")
+    return out
+
+
+def load_settings(cls: type[BaseModel], *layers: dict[str, Any] | None, label: str = "config"):
+    """``cls`` from the merged layers (later ones win).
+
+    Raises:
+        ValueError: ``invalid <label>:`` and every problem on a line of its own, with its key path.
+    """
+    try:
+        return cls.model_validate(merge_layers(*layers))
+    except ValidationError as exc:
+        raise ValueError(f"invalid {label}:\n  - " + "\n  - ".join(problems_of(exc, cls))) from None
+
+
+class GenerationSettings(FrozenSettings):
     """Decoding settings. Greedy with 400 new tokens is the recaption default of the reference."""
 
-    max_new_tokens: int = 400
-    min_new_tokens: int = 0  # > 0 forces that many tokens (benchmarks)
+    max_new_tokens: int = Field(400, ge=1)
+    min_new_tokens: int = Field(0, ge=0)  # > 0 forces that many tokens (benchmarks)
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    num_beams: int = 1
-    repetition_penalty: float = 1.0
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_beams: int = Field(1, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0)
     seed: int | None = None
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            problems.append(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
-        if self.temperature <= 0:
-            problems.append(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.num_beams < 1:
-            problems.append(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if problems:
-            raise ValueError("invalid generation settings: " + "; ".join(problems))
+    @model_validator(mode="after")
+    def _min_within_max(self) -> "GenerationSettings":
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
+        return self
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments of transformers ``generate``."""
@@ -55,8 +117,7 @@ class GenerationSettings:
         return kwargs
 
 
-@dataclass
-class VllmSettings:
+class VllmSettings(Settings):
     """What users tune on the ``vllm`` engine (the ``vllm:`` section of a job config).
 
     The language model runs on vLLM (continuous batching, paged KV cache); the vision path stays in torch
@@ -64,37 +125,21 @@ class VllmSettings:
     + ``max_new_tokens``) or vLLM's own default.
     """
 
-    batch_size: int = 64  # videos per Ray Data batch handed to one caption actor
-    max_concurrent_batches: int = 4  # batches in flight per actor, so one batch's longest caption never idles the GPU
-    vision_batch_size: int = 8  # videos per vision-tower forward (bounds the activation memory)
-    gpu_memory_utilization: float = 0.85  # share of GPU memory for vLLM's weights + KV cache (the vision path
-    # lives beside it in the actor)
-    kv_cache_memory_gb: float | None = None  # an explicit KV cache size instead (required in effect on CPU;
-    # derived there when unset)
-    max_num_seqs: int | None = None  # sequences decoded at once (vLLM's default when unset)
-    max_model_len: int | None = None  # derived when unset
-    kv_cache_dtype: str = "auto"  # "fp8" halves KV memory on GPUs that support it
-    tensor_parallel_size: int = 1  # > 1: one caption actor owns that many GPUs (34B)
+    batch_size: int = Field(64, ge=1)  # videos per Ray Data batch handed to one caption actor
+    max_concurrent_batches: int = Field(4, ge=1)  # batches in flight per actor, so one batch's longest caption
+    # never idles the GPU
+    vision_batch_size: int = Field(8, ge=1)  # videos per vision-tower forward (bounds the activation memory)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)  # share of GPU memory for vLLM's weights + KV cache
+    # (the vision path lives beside it in the actor)
+    kv_cache_memory_gb: float | None = Field(None, gt=0)  # an explicit KV cache size instead (required in effect
+    # on CPU; derived there when unset)
+    max_num_seqs: int | None = Field(None, ge=1)  # sequences decoded at once (vLLM's default when unset)
+    max_model_len: int | None = Field(None, ge=1)  # derived when unset
+    kv_cache_dtype: Literal[KV_CACHE_DTYPES] = "auto"  # "fp8" halves KV memory on GPUs that support it
+    tensor_parallel_size: int = Field(1, ge=1)  # > 1: one caption actor owns that many GPUs (34B)
     enforce_eager: bool = False  # True: no CUDA graphs / torch.compile (faster start, slower decode)
     enable_prefix_caching: bool | None = None  # the system prompt before the video is a shared prefix
     cache_dir: str | None = None  # where the merged language model is written once per checkpoint
-
-    def problems(self) -> list[str]:
-        out = []
-        for name in ("batch_size", "max_concurrent_batches", "vision_batch_size", "tensor_parallel_size"):
-            if getattr(self, name) < 1:
-                out.append(f"vllm.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_num_seqs", "max_model_len"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                out.append(f"vllm.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            out.append(f"vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.kv_cache_memory_gb is not None and self.kv_cache_memory_gb <= 0:
-            out.append(f"vllm.kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb}")
-        if self.kv_cache_dtype not in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16"):
-            out.append(f"vllm.kv_cache_dtype must be auto, fp8, fp8_e4m3, fp8_e5m2, bfloat16 or float16, "
-                       f"got {self.kv_cache_dtype!r}")
-        return out
 
 
 class EngineUnavailable(ValueError):

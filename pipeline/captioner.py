@@ -74,25 +74,27 @@ def failure(exc: BaseException) -> CaptionFailure:
     return CaptionFailure(reason, f"caption: {type(exc).__name__}: {text}")
 
 
+def load_for_captioning(model_cfg: ModelConfig, num_frames: int | None = None, device: str | None = None):
+    """``load_pllava`` as captioning uses it (the job's caption stage and ``pllava-caption``): the model settings
+    mapped in one place, with a published checkpoint's reference frames and pooling where none are given.
+
+    Returns:
+        ``(model, processor)``.
+    """
+    dtype = getattr(torch, model_cfg.dtype) if model_cfg.dtype else None
+    model_dir = resolve_model_dir(model_cfg.model)
+    num_frames, pooling_shape = caption_settings(model_dir, num_frames, model_cfg.pooling_shape)
+    return load_pllava(model_dir, weights_dir=model_cfg.weights_dir, lora_alpha=model_cfg.lora_alpha, device=device,
+                       dtype=dtype, attn_implementation=model_cfg.attn_implementation, num_frames=num_frames,
+                       pooling_shape=pooling_shape, template=model_cfg.template)
+
+
 class _CaptionStage:
     """What both engines share: the model load, the names recorded per row, and the row assembly."""
 
     def __init__(self, model_cfg: ModelConfig, generation: GenerationSettings, prompt: PromptText, num_frames: int,
                  image_size: int, device: str | None = None, quality: QualityThresholds = QualityThresholds()) -> None:
-        dtype = getattr(torch, model_cfg.dtype) if model_cfg.dtype else None
-        model_dir = resolve_model_dir(model_cfg.model)
-        _, pooling_shape = caption_settings(model_dir, num_frames, model_cfg.pooling_shape)
-        self.model, self.processor = load_pllava(
-            model_dir,
-            weights_dir=model_cfg.weights_dir,
-            lora_alpha=model_cfg.lora_alpha,
-            device=device,
-            dtype=dtype,
-            attn_implementation=model_cfg.attn_implementation,
-            num_frames=num_frames,
-            pooling_shape=pooling_shape,
-            template=model_cfg.template,
-        )
+        self.model, self.processor = load_for_captioning(model_cfg, num_frames, device)
         if image_size != self.model.config.image_size:
             raise ValueError(f"frames are sampled at {image_size}px but the vision tower takes "
                              f"{self.model.config.image_size}px")

@@ -10,10 +10,12 @@ import io
 import logging
 import os
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import numpy as np
+from pydantic import Field
 
+from model.settings import FrozenSettings
 from model.image_geometry import center_offsets, reference_prescale_size, reference_scaled_size, short_side_size
 
 logger = logging.getLogger(__name__)
@@ -35,8 +37,7 @@ class VideoDecodeError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
+class SamplingConfig(FrozenSettings):
     """How frames are picked and sized.
 
     ``middle`` takes the middle frame of each of ``num_frames`` equal segments (inference);
@@ -55,36 +56,17 @@ class SamplingConfig:
     Measured gaps and speeds are in ``bench/frame_sampling.py``.
     """
 
-    num_frames: int = 16
-    image_size: int = 336
-    mode: str = "middle"
-    decoder: str = "decord"
-    decode_threads: int = 1
-    resize: str = "fast"
+    num_frames: int = Field(16, ge=1)
+    image_size: int = Field(336, ge=1)
+    mode: Literal[SAMPLING_MODES] = "middle"
+    decoder: Literal[DECODERS] = "decord"
+    decode_threads: int = Field(1, ge=0)
+    resize: Literal[RESIZE_MODES] = "fast"
     # Hostile or broken headers: a frame larger than this is refused (``too_large``) before anything is
     # decoded (8K UHD is 33.2 M pixels); a header claiming more frames than this is not trusted to size
     # decord's index, and a file that really holds more is refused.
-    max_pixels: int = 40_000_000
-    max_frames: int = 20_000_000
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.num_frames < 1:
-            problems.append(f"num_frames must be >= 1, got {self.num_frames}")
-        if self.image_size < 1:
-            problems.append(f"image_size must be >= 1, got {self.image_size}")
-        if self.mode not in SAMPLING_MODES:
-            problems.append(f"mode must be one of {SAMPLING_MODES}, got {self.mode!r}")
-        if self.decoder not in DECODERS:
-            problems.append(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
-        if self.resize not in RESIZE_MODES:
-            problems.append(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
-        if self.decode_threads < 0:
-            problems.append(f"decode_threads must be >= 0, got {self.decode_threads}")
-        if self.max_pixels < 1 or self.max_frames < 1:
-            problems.append(f"max_pixels and max_frames must be >= 1, got {self.max_pixels}, {self.max_frames}")
-        if problems:
-            raise ValueError("invalid sampling config: " + "; ".join(problems))
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_frames: int = Field(20_000_000, ge=1)
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ repetition loops) plus captions cut by the token limit and very short ones. Plai
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-
 import pyarrow as pa
+from pydantic import Field
 
+from model.settings import FrozenSettings
 from pipeline import schema as S
 
 ROLE_TAGS = ("USER:", "ASSISTANT:", "<|im_start|>", "<|im_end|>", "<image>", "</s>", "<s>")
@@ -23,22 +23,15 @@ FLAG_COLUMNS = {
 }
 
 
-@dataclass(frozen=True)
-class QualityThresholds:
+class QualityThresholds(FrozenSettings):
     """``repeat_ngram``-word n-grams repeated in more than ``max_repeat_ratio`` of positions flag a loop;
     ``echo_ngram`` consecutive words shared with the prompt (or any role tag) flag an echo; fewer than
     ``min_words`` words flag a very short caption."""
 
-    repeat_ngram: int = 4
-    max_repeat_ratio: float = 0.3
-    echo_ngram: int = 8
-    min_words: int = 8
-
-    def __post_init__(self) -> None:
-        if self.repeat_ngram < 1 or self.echo_ngram < 1 or self.min_words < 0:
-            raise ValueError("quality n-gram sizes must be >= 1 and min_words >= 0")
-        if not 0 < self.max_repeat_ratio <= 1:
-            raise ValueError("quality max_repeat_ratio must be in (0, 1]")
+    repeat_ngram: int = Field(4, ge=1)
+    max_repeat_ratio: float = Field(0.3, gt=0, le=1)
+    echo_ngram: int = Field(8, ge=1)
+    min_words: int = Field(8, ge=0)
 
 
 def words(text: str) -> list[str]:

@@ -29,9 +29,7 @@ def job_config(input_uri: str, output_uri: str, **sections):
         "resources": {"batch_size": 2, "rows_per_file": 3, "decode_concurrency": 1, "decode_num_cpus": 0.5,
                       "caption_num_cpus": 0.5},
     }
-    for name, values in sections.items():
-        raw.setdefault(name, {}).update(values) if isinstance(values, dict) else raw.update({name: values})
-    return JobConfig.from_dict(raw)
+    return JobConfig.from_dict(raw, sections)
 
 
 def slow_job_command(folder, num_videos: int = 6, tokens: int = 400) -> list[str]:

@@ -139,8 +139,6 @@ def test_devices_pipes_audio_and_bombs_are_error_rows_not_hangs_or_out_of_memory
 
 
 def test_a_video_with_more_frames_than_allowed_is_too_large(tmp_path):
-    from dataclasses import replace
-
     path = write_video(str(tmp_path / "long.mkv"), 96, 64, 12, 12, seed=5)
-    rows = FrameSampler(replace(SAMPLING, max_frames=5))(refs([path])).to_pylist()
+    rows = FrameSampler(SAMPLING.model_copy(update={"max_frames": 5}))(refs([path])).to_pylist()
     assert outcome(rows) == [("decode", "too_large")]

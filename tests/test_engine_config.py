@@ -36,8 +36,8 @@ def test_engine_and_vllm_problems_are_reported_together():
         JobConfig.from_dict(base(model={"engine": "tgi"},
                                  vllm={"batch_size": 0, "gpu_memory_utilization": 1.5, "kv_cache_dtype": "int3"}))
     text = str(info.value)
-    for needle in ("model.engine must be one of", "vllm.batch_size", "vllm.gpu_memory_utilization",
-                   "vllm.kv_cache_dtype"):
+    for needle in ("model.engine: Input should be 'auto', 'hf' or 'vllm'", "vllm.batch_size:",
+                   "vllm.gpu_memory_utilization:", "vllm.kv_cache_dtype:"):
         assert needle in text, needle
 
 
@@ -79,3 +79,33 @@ def test_config_precedence_is_preset_then_yaml_then_flags(tmp_path):
     assert (cfg.resources.batch_size, cfg.generation.max_new_tokens) == (3, 64)  # YAML over preset
     assert (cfg.source.input, cfg.model.model) == ("preset.txt", "tiny")  # preset where nothing else says
     assert cfg.resources.rows_per_file == 256  # defaults under all three
+
+
+def test_every_flag_sets_a_real_config_key():
+    from recaption import FLAG_KEYS as JOB_FLAGS
+    from recaption import build_parser as job_parser
+    from train_lora import FLAG_KEYS as TRAIN_FLAGS
+    from train_lora import build_parser as train_parser
+
+    from jobs.flags import paths_of
+    from training.config import TrainConfig
+
+    for flags, model, parser in ((JOB_FLAGS, JobConfig, job_parser()), (TRAIN_FLAGS, TrainConfig, train_parser())):
+        assert set(flags.values()) <= paths_of(model), set(flags.values()) - paths_of(model)
+        dests = {action.dest for action in parser._actions}
+        assert set(flags) - {"formats"} <= dests  # ("formats" is derived from --format)
+
+
+@pytest.mark.parametrize("name", ["demo", "inter4k"])
+def test_every_preset_file_loads_into_a_valid_job(name):
+    from jobs.flags import PRESETS_DIR, load_preset
+
+    assert sorted(f[:-5] for f in os.listdir(PRESETS_DIR) if f.endswith(".yaml")) == ["demo", "inter4k"]
+    layer = load_preset(name, video_list="/v/list.txt", output="/out", data_root="s3://b/Inter4K")
+    cfg = JobConfig.from_dict(layer, {"output": {"output": "/out"}, "model": {"model": "tiny"}})
+    if name == "inter4k":
+        assert (cfg.source.input, cfg.source.videos_prefix) == ("s3://b/Inter4K/annotations.json",
+                                                                "s3://b/Inter4K/60fps/UHD")
+        assert cfg.model.pooling_shape == (16, 12, 12) and cfg.output.formats == ("parquet", "webdataset")
+    else:
+        assert cfg.source.input == "/v/list.txt" and cfg.resources.rows_per_file == 4

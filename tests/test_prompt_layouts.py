@@ -171,7 +171,10 @@ def test_system_prompt_and_template_are_job_settings(tmp_path):
     with pytest.raises(ValueError) as err:
         JobConfig.from_dict({"source": {"input": "l"}, "output": {"output": "o"}, "system_prompt": "a",
                              "system_prompt_file": "s.txt", "model": {"template": "alpaca"}})
-    assert "system_prompt or system_prompt_file" in str(err.value) and "model.template must be one of" in str(err.value)
+    assert "model.template: must be one of" in str(err.value)
+    with pytest.raises(ValueError, match="system_prompt or system_prompt_file"):
+        JobConfig.from_dict({"source": {"input": "l"}, "output": {"output": "o"}, "system_prompt": "a",
+                             "system_prompt_file": "s.txt"})
 
 
 def test_the_system_prompt_changes_the_prompt_id_and_reaches_the_model(tiny_dir):

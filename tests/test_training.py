@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from helpers import ROOT, job_config
+from model.settings import merge_layers
 from model import GenerationSettings, caption_videos, load_pllava
 from model.tiny import build_tiny_model, ensure_tiny_pllava
 from pipeline import schema as S
@@ -31,10 +32,7 @@ SMALL = {"sampling": {"num_frames": 4}, "lora": {"r": 4, "alpha": 8}, "data": {"
 
 
 def merge(base: dict, **extra) -> dict:
-    out = json.loads(json.dumps(base))
-    for key, value in extra.items():
-        out.setdefault(key, {}).update(value) if isinstance(value, dict) else out.update({key: value})
-    return out
+    return merge_layers(base, extra)
 
 
 @pytest.fixture(scope="module")

@@ -234,7 +234,7 @@ class LoraRecipe:
 
 def train_func(raw_config: dict) -> None:
     """Runs on every worker (``TorchTrainer(train_loop_per_worker=train_func)``)."""
-    recipe = LoraRecipe(TrainConfig.from_dict(raw_config["train"]), raw_config["total_steps"])
+    recipe = LoraRecipe(raw_config["train"], raw_config["total_steps"])
     recipe.setup()
     recipe.restore(ray.train.get_checkpoint())
     recipe.train()

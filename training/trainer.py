@@ -17,7 +17,7 @@ from model.loading import save_weights_dir
 from model.weights import LoraPair
 from pipeline.resources import cluster_nodes, cluster_totals, plan_training_cpus
 from pipeline.cluster import init_ray
-from pipeline.io.storage import get_fs, join
+from pipeline.io.storage import get_fs, is_local, join, local_path
 from training.config import TrainConfig
 from training.data import build_train_dataset
 from training.recipe import METRICS_FILE, TRAINABLE_FILE, train_func
@@ -59,6 +59,19 @@ def export_weights_dir(trainable_path: str, cfg: TrainConfig, out_uri: str, extr
     return out_uri
 
 
+def checkpoint_storage(cfg: TrainConfig) -> RunConfig:
+    """Ray Train's run config: checkpoints under ``<output>/checkpoints``, on object storage through the run's
+    ``storage_options`` (an fsspec filesystem handed to Ray as a pyarrow one)."""
+    uri = join(cfg.run.output, CHECKPOINTS_DIR)
+    if is_local(uri):
+        return RunConfig(name=cfg.run.name, storage_path=os.path.abspath(local_path(uri)))
+    import pyarrow.fs
+
+    fs, path = get_fs(uri, cfg.storage_options)
+    return RunConfig(name=cfg.run.name, storage_path=path,
+                     storage_filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)))
+
+
 def run_training(cfg: TrainConfig) -> dict:
     """Train (resuming from the run's latest checkpoint when there is one) and export ``<output>/weights``."""
     cfg.validate()
@@ -72,10 +85,11 @@ def run_training(cfg: TrainConfig) -> dict:
                 stats.examples, stats.skipped_without_caption, steps, cfg.run.num_workers)
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"train": cfg.to_dict(), "total_steps": steps},
+        # The config itself (pickled), not its redacted dict: workers read the store with the real credentials.
+        train_loop_config={"train": cfg, "total_steps": steps},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(name=cfg.run.name, storage_path=join(cfg.run.output, CHECKPOINTS_DIR)),
+        run_config=checkpoint_storage(cfg),
         datasets={"train": dataset},
     )
     result = trainer.fit()

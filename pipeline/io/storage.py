@@ -13,12 +13,14 @@ import os
 import random
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
 
+from pydantic import Field
+
+from model.settings import FrozenSettings
 from pipeline.io.masking import mask_text, public_uri, userinfo_secrets
 
 logger = logging.getLogger(__name__)
@@ -29,19 +31,12 @@ _PERMANENT_ERROR_NAMES = {"ParamValidationError": "bad_path", "InvalidBucketName
 _BAD_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EINVAL}
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(FrozenSettings):
     """Bounded exponential backoff with jitter for transient object-store errors."""
 
-    attempts: int = 4
-    backoff_s: float = 0.5
-    max_backoff_s: float = 8.0
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"retry attempts must be >= 1, got {self.attempts}")
-        if self.backoff_s < 0 or self.max_backoff_s < 0:
-            raise ValueError("retry backoff must be >= 0")
+    attempts: int = Field(4, ge=1)
+    backoff_s: float = Field(0.5, ge=0)
+    max_backoff_s: float = Field(8.0, ge=0)
 
     def delay_s(self, attempt: int) -> float:
         return min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
