@@ -5,16 +5,19 @@ Only ``jobs/`` parses flags and YAML; they build a :class:`JobConfig` with :meth
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, PlainSerializer, field_validator, model_validator
 
 from model.prompts import TEMPLATES
 from model.settings import ENGINES, GenerationSettings, Settings, VllmSettings, load_settings
 from pipeline.frames import SamplingConfig
-from pipeline.io.masking import mask_values, redact
+from pipeline.io.masking import StorageOptions, mask_values, redact
 from pipeline.io.storage import RetryPolicy
 from pipeline.quality import QualityThresholds
+
+# Storage options hold credentials: typed so that showing them (repr, str, logs, a config's repr) masks them.
+SecretOptions = Annotated[dict[str, Any], AfterValidator(StorageOptions), PlainSerializer(dict)]
 
 LIST_FORMATS = ("auto", "txt", "csv", "jsonl", "parquet", "annotations", "prefix")
 OUTPUT_FORMATS = ("parquet", "webdataset")
@@ -132,7 +135,7 @@ class JobConfig(Settings):
     prompt_file: str | None = None
     system_prompt: str | None = None  # None: the project's default; "": no system prompt
     system_prompt_file: str | None = None
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: SecretOptions = Field(default_factory=StorageOptions)
 
     @model_validator(mode="after")
     def _consistent(self) -> "JobConfig":

@@ -237,3 +237,20 @@ def test_the_sampler_counts_the_retries_each_video_needed(flaky):
                       S.ERROR_STAGE: pa.nulls(1, pa.string()), S.ERROR_REASON: pa.nulls(1, pa.string())})
     row = FrameSampler(SamplingConfig(num_frames=2, image_size=32), retry=FAST)(batch).to_pylist()[0]
     assert row[S.READ_RETRIES] >= 1 and row[S.ERROR_STAGE] == "decode"  # read after retrying, then not a video
+
+
+def test_storage_credentials_are_a_secret_type_shown_masked_but_used_in_full(caplog):
+    import logging
+
+    from pipeline.io.storage import get_fs
+
+    cfg = JobConfig.from_dict({"source": {"input": "s3://b/l.txt"}, "output": {"output": "s3://b/o"},
+                               "storage_options": {"key": "AKIAEXAMPLE", "secret": "S3CR3T",
+                                                   "client_kwargs": {"region_name": "eu"}}})
+    with caplog.at_level("INFO"):
+        logging.getLogger("test").info("config %s, options %r", cfg, cfg.storage_options)
+    shown = repr(cfg) + str(cfg) + caplog.text + repr(cfg.to_dict())
+    assert "S3CR3T" not in shown and "AKIAEXAMPLE" not in shown and "eu" in shown
+    fs, _ = get_fs("s3://b/l.txt", cfg.storage_options)  # the store still gets the real credentials
+    assert (fs.key, fs.secret) == ("AKIAEXAMPLE", "S3CR3T")
+    assert cfg.to_dict(redacted=False)["storage_options"]["secret"] == "S3CR3T"

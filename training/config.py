@@ -7,8 +7,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from model.settings import Settings, load_settings
+from pipeline.config import SecretOptions
 from pipeline.frames import SamplingConfig
-from pipeline.io.masking import redact
+from pipeline.io.masking import StorageOptions, redact
 
 DATA_KINDS = ("videochat2", "captions")
 
@@ -69,7 +70,7 @@ class TrainConfig(Settings):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     run: TrainRunConfig
     augment_flip: bool = False
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: SecretOptions = Field(default_factory=StorageOptions)
 
     def validate(self) -> "TrainConfig":
         """Checked when built; kept so callers can say so."""

@@ -78,3 +78,14 @@ def redact(options: Any) -> Any:
     if isinstance(options, (list, tuple)):
         return type(options)(redact(v) for v in options)
     return mask_values(options)
+
+
+class StorageOptions(dict):
+    """fsspec storage options as a secret-bearing type: it is the plain dict fsspec and s3fs take, but its
+    ``repr``/``str`` (what logs, tracebacks and f-strings show) and its pickled form's ``repr`` are masked, so
+    a stray ``print(cfg)`` or ``logger.info("%s", options)`` never shows a key or a token."""
+
+    def __repr__(self) -> str:
+        return repr(redact(dict(self)))
+
+    __str__ = __repr__
