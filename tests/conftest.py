@@ -50,33 +50,16 @@ def frames_batch() -> np.ndarray:
 
 # -- Ray and S3 ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def s3_endpoint():
-    """A real S3 API over HTTP on loopback (moto's server, as s3fs tests itself), configured the way users
-    configure S3-compatible stores: AWS_ENDPOINT_URL and the standard credential variables."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("moto server did not start")
+def s3_environment():
+    """Where the test S3 endpoint will listen, set the way users configure S3-compatible stores
+    (AWS_ENDPOINT_URL and the standard credential variables) before Ray starts, so its workers see them;
+    the server itself starts only for tests that ask for ``s3_endpoint``."""
+    url = f"http://127.0.0.1:{free_port()}"
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                            "AWS_DEFAULT_REGION")}
     os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing-key-id",
                       AWS_SECRET_ACCESS_KEY="testing-secret-value", AWS_DEFAULT_REGION="us-east-1")
     yield url
-    proc.kill()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -85,9 +68,33 @@ def s3_endpoint():
 
 
 @pytest.fixture(scope="session")
-def ray_local(s3_endpoint):
+def s3_endpoint(s3_environment):
+    """A real S3 API over HTTP on loopback (moto's server, as s3fs tests itself) at ``s3_environment``."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = int(s3_environment.rsplit(":", 1)[1])
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(s3_environment + "/moto-api/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start")
+    yield s3_environment
+    proc.kill()
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_environment):
     """One local Ray for the in-process pipeline tests (2 CPUs, like CI), started after the S3 variables
-    are set so its workers see them."""
+    are set so its workers see them (the S3 server starts only where a test uses it)."""
     import ray
 
     from pipeline.cluster import init_ray
