@@ -70,14 +70,27 @@ def problems_of(exc: ValidationError, cls: type[BaseModel]) -> list[str]:
     return out
 
 
+def section_defaults(cls: type[BaseModel]) -> dict[str, Any]:
+    """The values of the sections ``cls`` makes by default, as the bottom layer: a section given in part keeps
+    its model-specific defaults for the rest (training's ``sampling`` stays ``mode: random`` when only
+    ``num_frames`` is given), not the section class's own."""
+    out: dict[str, Any] = {}
+    for name, field in cls.model_fields.items():
+        if field.default_factory is not None:
+            value = field.default_factory()
+            if isinstance(value, BaseModel):
+                out[name] = value.model_dump()
+    return out
+
+
 def load_settings(cls: type[BaseModel], *layers: dict[str, Any] | None, label: str = "config"):
-    """``cls`` from the merged layers (later ones win).
+    """``cls`` from its section defaults and the merged layers (later ones win).
 
     Raises:
         ValueError: ``invalid <label>:`` and every problem on a line of its own, with its key path.
     """
     try:
-        return cls.model_validate(merge_layers(*layers))
+        return cls.model_validate(merge_layers(section_defaults(cls), *layers))
     except ValidationError as exc:
         raise ValueError(f"invalid {label}:\n  - " + "\n  - ".join(problems_of(exc, cls))) from None
 

@@ -207,3 +207,12 @@ def test_checkpoints_resume_and_export_on_s3(ray_local, s3_endpoint, qa_data):
     assert fs.exists("train-runs/run1/weights/model.safetensors")
     assert json.loads(fs.cat_file("train-runs/run1/weights/pllava_weights.json"))["steps"] == 3
     assert len(fs.cat_file("train-runs/run1/metrics.jsonl").decode().splitlines()) == 3
+
+
+def test_a_section_given_in_part_keeps_the_training_defaults_for_the_rest():
+    # `--num-frames 4` sets sampling.num_frames alone: the frames stay random picks (training), and the other
+    # sections keep the PLLaVA recipe.
+    cfg = TrainConfig.from_dict({"data": {"uri": "x.json"}, "run": {"output": "/tmp/x"}},
+                                {"sampling": {"num_frames": 4}})
+    assert (cfg.sampling.num_frames, cfg.sampling.mode) == (4, "random")
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.optim.lr) == (128, 32.0, 2e-5)
