@@ -76,6 +76,9 @@ def test_the_default_command_finishes_on_two_cpus(small_lists, listing):
                         "--config", str(root / "two_cpus.yaml")], timeout=420)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "this run: 3 list rows read; 3 videos (3 ok, 0 failed)" in result.stdout
+    # Ray's messages that the user cannot act on stay out of the job's output.
+    for noise in ("Token authentication is enabled", "Progress bars disabled", "`ray_remote_args` is deprecated"):
+        assert noise not in result.stdout + result.stderr, noise
 
 
 def test_an_oversized_setting_fails_within_seconds_saying_why(small_lists, tmp_path):
