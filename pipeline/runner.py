@@ -33,6 +33,7 @@ from pipeline.resources import (LIGHT_NUM_CPUS, SKIP_NUM_CPUS, PipelinePlan, clu
 from pipeline.resume import OutputState, reconcile_and_scan
 from pipeline.sampler import FrameSampler
 from pipeline.io.output_store import OutputStore
+from pipeline.progress import Progress
 from pipeline.sinks import ShardWriter
 from pipeline.skip import MarkRepeats, RowTally, SkipDone
 from pipeline.io.sources import read_video_refs
@@ -185,11 +186,14 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=res.batch_size, retry=cfg.retry)
     tally = RowTally.remote()
     manifests = build_pipeline(cfg, prompt, run_id, done_ids, plan, tally, engine)(refs)
-    written = []
+    written, live = [], Progress()
     for row in watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster):
         written.append(json.loads(row["manifest"]))
+        live.add(written[-1])
         if written[-1]["file"]:
-            logger.info("wrote %s (%d videos this run)", written[-1]["file"], sum(m["rows"] for m in written))
+            so_far = ray.get(tally.totals.remote())
+            logger.info("wrote %s; %s", written[-1]["file"],
+                        live.line(so_far.get("read", 0), so_far.get("done", 0)))
     wall_s = time.perf_counter() - started
     repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options)
     counts = ray.get(tally.totals.remote())

@@ -46,3 +46,22 @@ def test_every_row_read_is_accounted_for(ray_local, tmp_path):
     again = run_job(job_config(str(listing), str(tmp_path / "out")))
     run = again["this_run"]
     assert again["complete"] and (run["list_rows"], run["videos"], run["skipped_already_done"]) == (5, 0, 5)
+
+
+def test_the_driver_logs_live_progress_with_a_rate_and_an_eta(ray_local, tmp_path, caplog):
+    from pipeline.generated_videos import write_video
+    from pipeline.progress import Progress
+
+    videos = [write_video(str(tmp_path / f"v{i}.mp4"), 96, 64, 8, 8, seed=i) for i in range(4)]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(videos + [str(tmp_path / "missing.mp4")]) + "\n")
+    with caplog.at_level("INFO", logger="pipeline.runner"):
+        run_job(job_config(str(listing), str(tmp_path / "out"), resources={"rows_per_file": 2}))
+    lines = [r.getMessage() for r in caplog.records if "progress:" in r.getMessage()]
+    assert len(lines) >= 2  # one per file written (rows_per_file 2, five videos)
+    assert all("videos/s" in line for line in lines)
+    assert lines[-1].split("progress: ")[1].startswith("5/5 videos (4 ok, 1 failed)") and "done" in lines[-1]
+
+    live = Progress(started=0.0)  # the line itself: 10 of 40 to do, at a known rate
+    live.add({"rows": 10, "ok": 9, "duplicates": 0})
+    assert "10/40 videos (9 ok, 1 failed)" in live.line(read=50, already_done=10) and "ETA" in live.line(50, 10)
