@@ -50,6 +50,12 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser.add_argument("--recaption-changed", action="store_true",
                         help="caption again every video whose row was written with another model (checkpoint, "
                              "LoRA, alpha) or prompt (template, system prompt, query); the newest row is kept")
+    parser.add_argument("--window-s", type=float,
+                        help="split each video into windows of this many seconds, each its own row (video_id "
+                             "<source id>_t<start ms>-<end ms>, start_s/end_s, source_video)")
+    parser.add_argument("--window-stride-s", type=float, help="seconds between window starts (default: --window-s)")
+    parser.add_argument("--window-scenes", action="store_true",
+                        help="also end windows at scene cuts (needs scenedetect: pip install scenedetect)")
     parser.add_argument("--limit", type=int, help="only the first N videos of the list")
     parser.add_argument("--allow-empty", action="store_true", help="an empty list ends the run without an error")
     parser.add_argument("--demo", action="store_true", help=f"run the embedded default into ./{DEMO_DIR}")
@@ -61,6 +67,8 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
 # Each flag and the config key it sets (checked against the config's fields by a test).
 FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "input": ("source", "input"), "videos_prefix": ("source", "videos_prefix"), "limit": ("source", "limit"),
+    "window_s": ("source", "window_s"), "window_stride_s": ("source", "window_stride_s"),
+    "window_scenes": ("source", "window_scenes"),
     "allow_empty": ("source", "allow_empty"), "output": ("output", "output"), "formats": ("output", "formats"),
     "retry_errors": ("output", "retry_errors"), "recaption_changed": ("output", "recaption_changed"),
     "model": ("model", "model"), "weights_dir": ("model", "weights_dir"), "lora_alpha": ("model", "lora_alpha"),

@@ -42,6 +42,26 @@ class SourceConfig(Settings):
     name_key: str = "video_name"
     limit: int | None = Field(None, ge=1)
     allow_empty: bool = False  # an empty list is a finished run, not an error
+    # Clip windows (pipeline.windows): each video becomes rows of window_s seconds every window_stride_s
+    # (default: back to back); window_scenes also cuts at scene changes (PySceneDetect).
+    window_s: float | None = Field(None, gt=0)
+    window_stride_s: float | None = Field(None, gt=0)
+    window_scenes: bool = False
+
+    @model_validator(mode="after")
+    def _windows_consistent(self) -> "SourceConfig":
+        if self.window_stride_s is not None and self.window_s is None:
+            raise ValueError("window_stride_s needs window_s")
+        if self.window_scenes:
+            import importlib.util
+
+            if importlib.util.find_spec("scenedetect") is None:
+                raise ValueError("window_scenes needs PySceneDetect: pip install scenedetect (or this project's [scenes] extra)")
+        return self
+
+    @property
+    def windows(self) -> bool:
+        return self.window_s is not None or self.window_scenes
 
 
 class ModelConfig(Settings):

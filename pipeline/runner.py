@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -38,6 +39,7 @@ from pipeline.sinks import ShardWriter
 from pipeline.skip import MarkRepeats, RowTally, SkipDone
 from pipeline.io.sources import read_video_refs
 from pipeline.watchdog import describe_cluster, watched
+from pipeline.windows import SplitWindows
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,15 @@ def build_pipeline(
     keyframes = "webdataset" in cfg.output.formats and cfg.output.keyframes
 
     def pipeline(refs: ray.data.Dataset) -> ray.data.Dataset:
-        todo = refs.map_batches(SkipDone(done_ids, tally), batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
+        done_ref = ray.put(done_ids)  # once: every task of both skip passes refers to it
+        todo = refs.map_batches(SkipDone(done_ref, tally), batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
+        if cfg.source.windows:  # sources not yet finished become windows; windows already done are dropped
+            todo = todo.map_batches(
+                SplitWindows(cfg.source.window_s or math.inf, cfg.source.window_stride_s, cfg.source.window_scenes,
+                             cfg.storage_options, tally),
+                batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
+            todo = todo.map_batches(SkipDone(done_ref, tally, counts_reads=False), batch_format="pyarrow",
+                                    num_cpus=LIGHT_NUM_CPUS)
         todo = todo.map_batches(MarkRepeats, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
                                 num_cpus=SKIP_NUM_CPUS)
         sampled = todo.map_batches(
@@ -193,7 +203,7 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
         if written[-1]["file"]:
             so_far = ray.get(tally.totals.remote())
             logger.info("wrote %s; %s", written[-1]["file"],
-                        live.line(so_far.get("read", 0), so_far.get("done", 0)))
+                        live.line(so_far.get("read", 0) + so_far.get("windows_added", 0), so_far.get("done", 0)))
     wall_s = time.perf_counter() - started
     repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options)
     counts = ray.get(tally.totals.remote())
@@ -212,7 +222,8 @@ def incompleteness(summary: dict, allow_empty: bool) -> str | None:
                 "failure can look like an empty list). Pass --allow-empty if an empty list is expected.")
     if not summary["complete"]:
         accounted = run["videos"] + run["skipped_already_done"] + run["duplicates_skipped"]
-        return (f"read {run['list_rows']} rows from {listed} but accounted for {accounted} (written "
+        windows = f" (+{run['windows_added']} clip windows)" if run.get("windows_added") else ""
+        return (f"read {run['list_rows']} rows{windows} from {listed} but accounted for {accounted} (written "
                 f"{run['videos']}, already done {run['skipped_already_done']}, repeats {run['duplicates_skipped']}); "
                 "rerun the same command to finish the rest")
     return None
@@ -228,14 +239,15 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, c
         flagged.update(m["flagged"])
     processed = sum(m["rows"] for m in written)
     duplicates = sum(m["duplicates"] for m in written)
-    list_rows, skipped = counts.get("read", 0), counts.get("done", 0)
+    list_rows, skipped, windows_added = counts.get("read", 0), counts.get("done", 0), counts.get("windows_added", 0)
     total_ok = int(pc.sum(state.rows.column("ok")).as_py() or 0)
     return {
         "run_id": run_id,
         "output": cfg.output.output,
-        "complete": list_rows == processed + skipped + duplicates,
+        "complete": list_rows + windows_added == processed + skipped + duplicates,
         "this_run": {
             "list_rows": list_rows,
+            "windows_added": windows_added,  # rows beyond one per list row, from clip windows
             "videos": processed,
             "ok": sum(m["ok"] for m in written),
             "failed": sum(failed.values()),

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -142,7 +143,14 @@ class FrameSampler:
         rows = batch.select([S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.ERROR]).to_pylist()
         pending = [i for i, r in enumerate(rows) if r[S.ERROR] is None]
         retries = [[0] for _ in rows]
-        fetched = dict(zip(pending, self.pool.map(lambda i: self._fetch(rows[i][S.URI], retries[i]), pending)))
+        # Rows of one URI (the clip windows of a source) share one fetch, released after the last of them.
+        first_of = {}
+        for i in pending:
+            first_of.setdefault(rows[i][S.URI], i)
+        by_uri = dict(zip(first_of, self.pool.map(lambda i: self._fetch(rows[i][S.URI], retries[i]),
+                                                  first_of.values())))
+        fetched = {i: by_uri[rows[i][S.URI]] for i in pending}
+        users = Counter(rows[i][S.URI] for i in pending)
         new: dict[str, list] = {name: [] for name in SAMPLED_COLUMNS}
         errors = batch.column(S.ERROR).to_pylist()
         stages = batch.column(S.ERROR_STAGE).to_pylist()
@@ -157,7 +165,6 @@ class FrameSampler:
                              if reason == "timeout" else f"decode: the decoder process died "
                              f"{self.journal.crashes(row[S.VIDEO_ID])} times on this video; not decoded again")
                 stages[i], reasons[i] = S.STAGE_DECODE, reason
-                self._release(source)
             elif source is not None:
                 try:
                     if self.journal:
@@ -180,6 +187,9 @@ class FrameSampler:
                     self._current = None
                     if self.journal:
                         self.journal.finish()
+            if source is not None:
+                users[row[S.URI]] -= 1
+                if not users[row[S.URI]]:
                     self._release(source)
             elapsed = time.perf_counter() - started
             info = video.info if video is not None else None

@@ -9,6 +9,7 @@ VIDEO_ID = "video_id"
 URI = "uri"
 START_S = "start_s"
 END_S = "end_s"
+SOURCE_VIDEO = "source_video"  # clip windows (pipeline.windows): the id of the video a window was cut from
 
 # -- set by stages ------------------------------------------------------------------------------------
 ERROR = "error"
