@@ -15,6 +15,7 @@ from model import GenerationSettings, VllmSettings, generate_captions, load_plla
 from model.loading import caption_settings, resolve_model_dir
 from model.prompts import PromptText, prompt_id
 from pipeline import schema as S
+from pipeline.metrics import record_caption_batch
 from pipeline.config import ModelConfig
 from pipeline.quality import CaptionFlagger, QualityThresholds
 from pipeline.sampler import frames_from_bytes
@@ -92,6 +93,8 @@ def load_for_captioning(model_cfg: ModelConfig, num_frames: int | None = None, d
 class _CaptionStage:
     """What both engines share: the model load, the names recorded per row, and the row assembly."""
 
+    ENGINE = "hf"
+
     def __init__(self, model_cfg: ModelConfig, generation: GenerationSettings, prompt: PromptText, num_frames: int,
                  image_size: int, device: str | None = None, quality: QualityThresholds = QualityThresholds()) -> None:
         self.model, self.processor = load_for_captioning(model_cfg, num_frames, device)
@@ -122,6 +125,8 @@ class _CaptionStage:
         stages = batch.column(S.ERROR_STAGE).to_pylist()
         reasons = batch.column(S.ERROR_REASON).to_pylist()
         new = {name: [None] * batch.num_rows for name in CAPTION_COLUMNS}
+        if good:
+            record_caption_batch(self.ENGINE, len(good))
         for i, (result, seconds) in zip(good, outcomes):
             if isinstance(result, CaptionFailure):
                 reasons[i], errors[i] = result.reason, result.message
@@ -186,6 +191,8 @@ class VllmCaptioner(_CaptionStage):
     caption. A video vLLM rejects or fails on becomes an error row; an engine that died twice (it is
     rebuilt once) ends the actor's process so Ray restarts it and resends the batch.
     """
+
+    ENGINE = "vllm"
 
     def __init__(
         self,

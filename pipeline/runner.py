@@ -28,6 +28,7 @@ from pipeline.captioner import Captioner, VllmCaptioner, caption_identity
 from pipeline.cluster import init_ray
 from pipeline.config import JobConfig
 from pipeline.lease import OutputLease
+from pipeline.metrics import record_manifest
 from pipeline.io.masking import mask_values
 from pipeline.resources import (LIGHT_NUM_CPUS, SKIP_NUM_CPUS, PipelinePlan, cluster_nodes, cluster_totals,
                                  plan_pipeline)
@@ -200,6 +201,7 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     for row in watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster):
         written.append(json.loads(row["manifest"]))
         live.add(written[-1])
+        record_manifest(run_id, written[-1])
         if written[-1]["file"]:
             so_far = ray.get(tally.totals.remote())
             logger.info("wrote %s; %s", written[-1]["file"],
@@ -207,7 +209,8 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     wall_s = time.perf_counter() - started
     repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options)
     counts = ray.get(tally.totals.remote())
-    summary = summarise(cfg, run_id, written, wall_s, counts, repaired, repaired_after, after)
+    summary = summarise(cfg, run_id, written, wall_s, counts, repaired, repaired_after, after,
+                        gpus=plan.caption_concurrency * plan.caption_num_gpus)
     summary["engine"] = engine
     summary = mask_values(summary)  # URIs with user info or signatures, in paths, errors and the config
     OutputStore(out.output, cfg.storage_options).write_summary(run_id, summary)
@@ -230,8 +233,9 @@ def incompleteness(summary: dict, allow_empty: bool) -> str | None:
 
 
 def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, counts: dict[str, int],
-              repaired: dict, repaired_after: dict, state: OutputState) -> dict:
-    """This run's counts and speeds plus the state of the whole output afterwards."""
+              repaired: dict, repaired_after: dict, state: OutputState, gpus: float = 0.0) -> dict:
+    """This run's counts and speeds plus the state of the whole output afterwards. ``gpus``: what the caption
+    actors held; GPU-hours are those GPUs over the run's wall time (what a user pays for)."""
     failed: Counter = Counter()
     flagged: Counter = Counter({flag: 0 for flag in S.FLAGS})
     for m in written:
@@ -241,6 +245,7 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, c
     duplicates = sum(m["duplicates"] for m in written)
     list_rows, skipped, windows_added = counts.get("read", 0), counts.get("done", 0), counts.get("windows_added", 0)
     total_ok = int(pc.sum(state.rows.column("ok")).as_py() or 0)
+    gpu_hours = gpus * wall_s / 3600
     return {
         "run_id": run_id,
         "output": cfg.output.output,
@@ -259,6 +264,9 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, c
             "files_written": sum(bool(m["file"]) for m in written),
             "wall_s": round(wall_s, 3),
             "videos_per_s": round(processed / wall_s, 4) if wall_s > 0 else None,
+            "gpus": gpus,
+            "gpu_hours": round(gpu_hours, 6),
+            "videos_per_gpu_hour": round(processed / gpu_hours, 1) if gpu_hours > 0 else None,
             "decode_s": round(sum(m["decode_s"] for m in written), 3),
             "caption_s": round(sum(m["caption_s"] for m in written), 3),
             "tokens_generated": sum(m["tokens"] for m in written),
@@ -287,7 +295,9 @@ def format_summary(summary: dict) -> str:
     for reason, count in run["failed_by_reason"].items():
         lines.append(f"    failed {reason}: {count}")
     lines += [
-        f"  speed: {run['videos_per_s']} videos/s over {run['wall_s']} s; decode {run['decode_s']} s, "
+        f"  speed: {run['videos_per_s']} videos/s over {run['wall_s']} s"
+        + (f" ({run['gpu_hours']:.4f} GPU-hours on {run['gpus']:g} GPUs, {run['videos_per_gpu_hour']} videos per "
+           "GPU-hour)" if run.get("gpu_hours") else "") + f"; decode {run['decode_s']} s, "
         f"caption {run['caption_s']} s (summed over workers); {run['tokens_generated']} tokens generated, "
         f"{run['hit_token_limit']} captions hit the token limit",
         "  flagged captions: " + ", ".join(f"{k.removeprefix('flag_')} {v}" for k, v in run["flagged"].items()),

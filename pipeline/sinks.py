@@ -117,6 +117,9 @@ def _manifest(table: pa.Table, uri: str | None, wds_rows: int, duplicates: int =
         "truncated": sum(bool(r[S.TRUNCATED]) for r in rows),
         "decode_s": sum(r[S.DECODE_S] or 0.0 for r in rows),
         "caption_s": sum(r[S.CAPTION_S] or 0.0 for r in rows),
+        # Per video, for the run's histograms (pipeline.metrics).
+        "decode_s_each": [round(r[S.DECODE_S], 4) for r in rows if r[S.DECODE_S] is not None],
+        "caption_s_each": [round(r[S.CAPTION_S], 4) for r in rows if r[S.CAPTION_S] is not None],
         "webdataset_samples": wds_rows,
         "duplicates": duplicates,
         "read_retries": 0,
