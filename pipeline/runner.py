@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -83,7 +82,7 @@ def build_pipeline(
         todo = refs.map_batches(SkipDone(done_ref, tally), batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
         if cfg.source.windows:  # sources not yet finished become windows; windows already done are dropped
             todo = todo.map_batches(
-                SplitWindows(cfg.source.window_s or math.inf, cfg.source.window_stride_s, cfg.source.window_scenes,
+                SplitWindows(cfg.source.window_s, cfg.source.window_stride_s, cfg.source.window_scenes,
                              cfg.storage_options, tally),
                 batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
             todo = todo.map_batches(SkipDone(done_ref, tally, counts_reads=False), batch_format="pyarrow",

@@ -103,6 +103,8 @@ def _without_duplicates(batch: pa.Table) -> tuple[pa.Table, int]:
 def _manifest(table: pa.Table, uri: str | None, wds_rows: int, duplicates: int = 0) -> dict:
     rows = table.select([S.ERROR, S.ERROR_STAGE, S.ERROR_REASON, S.NUM_TOKENS, S.TRUNCATED,
                          S.DECODE_S, S.CAPTION_S, *S.FLAGS]).to_pylist()
+    decode_s = [r[S.DECODE_S] for r in rows if r[S.DECODE_S] is not None]
+    caption_s = [r[S.CAPTION_S] for r in rows if r[S.CAPTION_S] is not None]
     failed: dict[str, int] = {}
     for r in rows:
         if r[S.ERROR] is not None:
@@ -115,11 +117,11 @@ def _manifest(table: pa.Table, uri: str | None, wds_rows: int, duplicates: int =
         "failed": failed,
         "tokens": sum(r[S.NUM_TOKENS] or 0 for r in rows),
         "truncated": sum(bool(r[S.TRUNCATED]) for r in rows),
-        "decode_s": sum(r[S.DECODE_S] or 0.0 for r in rows),
-        "caption_s": sum(r[S.CAPTION_S] or 0.0 for r in rows),
+        "decode_s": sum(decode_s),
+        "caption_s": sum(caption_s),
         # Per video, for the run's histograms (pipeline.metrics).
-        "decode_s_each": [round(r[S.DECODE_S], 4) for r in rows if r[S.DECODE_S] is not None],
-        "caption_s_each": [round(r[S.CAPTION_S], 4) for r in rows if r[S.CAPTION_S] is not None],
+        "decode_s_each": [round(x, 4) for x in decode_s],
+        "caption_s_each": [round(x, 4) for x in caption_s],
         "webdataset_samples": wds_rows,
         "duplicates": duplicates,
         "read_retries": 0,

@@ -92,9 +92,9 @@ class SplitWindows:
     row it read was accounted for.
     """
 
-    def __init__(self, window_s: float, stride_s: float | None = None, scenes: bool = False,
+    def __init__(self, window_s: float | None, stride_s: float | None = None, scenes: bool = False,
                  storage_options: dict | None = None, tally=None) -> None:
-        self.window_s = window_s
+        self.window_s = window_s or math.inf  # none: scenes alone are the windows
         self.stride_s = stride_s
         self.scenes = scenes
         self.storage_options = storage_options or {}
@@ -130,7 +130,6 @@ class SplitWindows:
         rows = batch.to_pylist()
         out = []
         for row in rows:
-            row.setdefault(S.SOURCE_VIDEO, None)
             row[S.SOURCE_VIDEO] = row[S.VIDEO_ID]
             windows = None
             if row[S.ERROR] is None:
@@ -141,12 +140,11 @@ class SplitWindows:
                 if windows is None:
                     logger.warning("could not read the duration of %s: captioned as one video",
                                    mask_text(row[S.URI]))
-            for start, end in windows or [(None, None)]:
-                if start is None:
-                    out.append(row)
-                    continue
-                out.append({**row, S.VIDEO_ID: window_id(row[S.SOURCE_VIDEO], start, end), S.START_S: start,
-                            S.END_S: end})
+            if not windows:
+                out.append(row)
+                continue
+            out += [{**row, S.VIDEO_ID: window_id(row[S.SOURCE_VIDEO], start, end), S.START_S: start, S.END_S: end}
+                    for start, end in windows]
         if self.tally is not None:
             ray.get(self.tally.add.remote(windows_added=len(out) - len(rows)))
         schema = batch.schema if S.SOURCE_VIDEO in batch.column_names else batch.schema.append(
