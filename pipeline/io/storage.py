@@ -256,13 +256,24 @@ def write_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None =
         raise OSError(str(exc)) from exc
 
 
-def list_files(uri: str, storage_options: dict[str, Any] | None = None, suffix: str = "") -> list[str]:
-    """Full URIs of the files under ``uri`` ending in ``suffix`` (empty when the folder does not exist)."""
-    fs, path = get_fs(uri, storage_options)
-    if not fs.exists(path):
-        return []
-    found = fs.find(path)
-    return sorted(unstrip(fs, p, uri) for p in found if p.endswith(suffix))
+def list_files(uri: str, storage_options: dict[str, Any] | None = None, suffix: str = "",
+               retry: RetryPolicy = RetryPolicy()) -> list[str]:
+    """Full URIs of the files under ``uri`` ending in ``suffix`` (empty when the folder does not exist);
+    transient store failures are retried like reads.
+
+    Raises:
+        OSError: a permanent failure, or the retries are spent.
+    """
+    def find() -> list[str]:
+        fs, path = get_fs(uri, storage_options)
+        if not fs.exists(path):
+            return []
+        return sorted(unstrip(fs, p, uri) for p in fs.find(path) if p.endswith(suffix))
+
+    try:
+        return with_retries(uri, "listing", find, retry)
+    except ReadError as exc:
+        raise OSError(str(exc)) from exc
 
 
 def unstrip(fs: fsspec.AbstractFileSystem, path: str, like_uri: str) -> str:
