@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Collection
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -60,19 +61,35 @@ def _read_columns(store: OutputStore, uri: str) -> pa.Table:
     })
 
 
-def scan_output(output: str, storage_options: dict | None = None, threads: int = 16) -> OutputState:
-    """Read the id, status, time, model and prompt columns of every Parquet file of the output."""
+def scan_output(output: str, storage_options: dict | None = None, threads: int = 16,
+                previous: OutputState | None = None, changed: Collection[str] = ()) -> OutputState:
+    """Read the id, status, time, model and prompt columns of every Parquet file of the output.
+
+    With ``previous`` (a scan of the same output), only the listing is fresh: files already scanned keep
+    their rows unless their name is in ``changed`` (files written or rewritten since), new files are read
+    and files gone are dropped. One LIST per 1000 files instead of one read per file.
+    """
     store = OutputStore(output, storage_options)
     files = store.parquet_files()
     empty = pa.table({S.VIDEO_ID: pa.array([], pa.string()), "ok": pa.array([], pa.bool_()),
                       S.CREATED_AT: pa.array([], S.OUTPUT_SCHEMA.field(S.CREATED_AT).type),
                       S.MODEL: pa.array([], pa.string()), S.PROMPT_ID: pa.array([], pa.string()),
                       "file": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
-    if not files:
-        return OutputState(empty, [])
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        tables = list(pool.map(lambda f: _read_columns(store, f), files))
-    return OutputState(pa.concat_tables([empty] + tables), files)
+    known = set(previous.files) if previous is not None else set()
+    changed = set(changed)
+    reused = [f for f in files if f in known and _file_name(f) not in changed]
+    to_read = [f for f in files if f not in known or _file_name(f) in changed]
+    tables = [empty]
+    if reused:
+        tables.append(previous.rows.filter(pc.is_in(previous.rows.column("file"), value_set=pa.array(reused))))
+    if to_read:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            tables += list(pool.map(lambda f: _read_columns(store, f), to_read))
+    return OutputState(pa.concat_tables(tables), files)
+
+
+def _file_name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _losing_rows(state: OutputState) -> dict[str, set[int]]:
@@ -110,22 +127,29 @@ def reconcile(output: str, storage_options: dict | None = None) -> dict[str, int
     return reconcile_and_scan(output, storage_options)[0]
 
 
-def reconcile_and_scan(output: str, storage_options: dict | None = None) -> tuple[dict[str, int], OutputState]:
-    """:func:`reconcile`, also returning the repaired output's state (scanned again only when rows were
-    rewritten), so callers need not scan the output a second time."""
+def reconcile_and_scan(output: str, storage_options: dict | None = None, previous: OutputState | None = None,
+                       written: Collection[str] = ()) -> tuple[dict[str, int], OutputState]:
+    """:func:`reconcile`, also returning the repaired output's state, so callers need not scan it again.
+
+    ``previous`` and ``written``: the state before a run and the names (or URIs) of the Parquet files the
+    run wrote; then only those and files not seen before are read (see :func:`scan_output`), so a job scans
+    its output once, not twice. Files rewritten to drop duplicates are read again, alone.
+    """
     store = OutputStore(output, storage_options)
     stats = {"temporaries": 0, "orphan_tars": 0, "duplicate_rows": 0}
     for uri in store.temporaries():
         store.remove(uri)
         stats["temporaries"] += 1
-    state = scan_output(output, storage_options)
+    state = scan_output(output, storage_options, previous=previous, changed={_file_name(w) for w in written})
     for uri in store.orphan_shards(state.files):
         store.remove(uri)
         stats["orphan_tars"] += 1
+    rewritten = set()
     for uri, ids in sorted(_losing_rows(state).items()):
         stats["duplicate_rows"] += _rewrite_without(store, uri, ids)
-    if stats["duplicate_rows"]:
-        state = scan_output(output, storage_options)
+        rewritten.add(_file_name(uri))
+    if rewritten:
+        state = scan_output(output, storage_options, previous=state, changed=rewritten)
     if any(stats.values()):
         logger.info("reconciled %s: %s", mask_text(output), stats)
     return stats, state

@@ -206,7 +206,9 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
             logger.info("wrote %s; %s", written[-1]["file"],
                         live.line(so_far.get("read", 0) + so_far.get("windows_added", 0), so_far.get("done", 0)))
     wall_s = time.perf_counter() - started
-    repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options)
+    # The output as it is now, from the first scan plus the files this run wrote: no second full scan.
+    repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options, previous=before,
+                                               written=[m["file"] for m in written if m["file"]])
     counts = ray.get(tally.totals.remote())
     summary = summarise(cfg, run_id, written, wall_s, counts, repaired, repaired_after, after,
                         gpus=plan.caption_concurrency * plan.caption_num_gpus)

@@ -19,7 +19,7 @@ import yaml
 from helpers import ROOT, job_config
 from pipeline import schema as S
 from pipeline.config import OutputConfig
-from pipeline.resume import reconcile, scan_output
+from pipeline.resume import reconcile, reconcile_and_scan, scan_output
 from pipeline.runner import run_job
 from pipeline.generated_videos import write_video
 from pipeline.sinks import ShardWriter
@@ -236,6 +236,39 @@ def test_an_id_twice_in_one_file_keeps_exactly_one_row_and_one_sample(tmp_path):
     tars = [os.path.join(out, "webdataset", f) for f in os.listdir(os.path.join(out, "webdataset"))]
     assert sorted(s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)) == ["x", "y", "z"]
     assert reconcile(out)["duplicate_rows"] == 0  # converged
+
+
+def test_the_after_run_scan_reads_only_new_and_rewritten_files_and_still_repairs(tmp_path):
+    """A job scans its output once: afterwards only the files it wrote (and files not seen before) are read;
+    the rest keep their rows from the first scan, duplicates across old and new files are still removed."""
+    out = str(tmp_path / "out")
+    writer = ShardWriter(OutputConfig(output=out, formats=("parquet",)), run_id="r1")
+
+    def batch(ids, error=None):
+        return pa.table({S.VIDEO_ID: ids, S.URI: [f"/v/{i}.mp4" for i in ids], S.ERROR: [error] * len(ids),
+                         S.ERROR_STAGE: [error and "decode"] * len(ids), S.ERROR_REASON: [error and "undecodable"] * len(ids),
+                         S.CAPTION: [None if error else f"caption {i}" for i in ids]})
+
+    writer(batch(["a", "b"])), writer(batch(["c"], error="decode: broken"))
+    _, before = reconcile_and_scan(out)
+    old_ab, old_c = sorted(before.files, key=lambda f: -pq.read_metadata(f).num_rows)  # 2 rows, then 1
+    # Garbage under an old name proves that file is not read again (its rows come from the first scan).
+    pq_bytes = open(old_ab, "rb").read()
+    open(old_ab, "wb").write(b"not parquet")
+    time.sleep(0.01)
+    manifest = json.loads(writer(batch(["c", "d"])).column("manifest")[0].as_py())  # c retried: now captioned
+    stats, after = reconcile_and_scan(out, previous=before, written=[manifest["file"]])
+    assert stats["duplicate_rows"] == 1  # c's old error row, found across an old and a new file
+    assert sorted(after.rows.column(S.VIDEO_ID).to_pylist()) == ["a", "b", "c", "d"]
+    assert sorted(after.done_ids(retry_errors=True).to_pylist()) == ["a", "b", "c", "d"]
+    assert old_c not in after.files  # the old file held only c's error row: removed by the repair
+    # A file the run rewrote under an old name is read again: its new rows count, not the first scan's.
+    open(old_ab, "wb").write(pq_bytes)
+    writer(batch(["a", "b"], error="decode: broken"))  # same ids, same batch name: overwrites old_ab
+    _, again = reconcile_and_scan(out, previous=after, written=[os.path.basename(old_ab)])
+    ok = dict(zip(again.rows.column(S.VIDEO_ID).to_pylist(), again.rows.column("ok").to_pylist()))
+    assert ok == {"a": False, "b": False, "c": True, "d": True}
+    assert again.rows.num_rows == scan_output(out).rows.num_rows == 4
 
 
 def test_a_video_listed_many_times_is_captioned_once_and_kept(ray_local, tmp_path):

@@ -126,3 +126,32 @@ def test_query_reads_the_output_from_s3(s3_run, tmp_path):
     fs = s3fs.S3FileSystem()
     fs.invalidate_cache()
     assert len(fs.cat_file(f"{bucket}/exports/ok.jsonl").decode().splitlines()) == 4
+
+
+def test_a_listing_sees_files_another_process_wrote_after_this_one_listed(s3_endpoint):
+    """s3fs keeps its listings and find() does not replace them: the driver lists the output before a run and
+    must still see (and open) what the workers wrote during it, and annotation names must resolve to it."""
+    from pipeline.io.output_store import OutputStore
+    from pipeline.io.sources import resolve_names
+
+    bucket = "listing-cache"
+    s3fs.S3FileSystem().mkdir(bucket)
+    workers = s3fs.S3FileSystem(skip_instance_cache=True)  # another process: its own client and caches
+    store = OutputStore(f"s3://{bucket}/out")
+    store.write_batch("first", pq_table(["a"]))
+    assert [os.path.basename(f) for f in store.parquet_files()] == ["part-first.parquet"]
+    assert resolve_names(["x"], f"s3://{bucket}/videos", ("mp4",), None)[0][1] == "not_found"
+    buffer = io.BytesIO()
+    pq.write_table(pq_table(["b"]), buffer)
+    workers.pipe(f"{bucket}/out/parquet/part-second.parquet", buffer.getvalue())
+    workers.pipe(f"{bucket}/videos/x.mp4", b"video")
+    files = store.parquet_files()
+    assert [os.path.basename(f) for f in files] == ["part-first.parquet", "part-second.parquet"]
+    assert store.read_table(files[1]).column(S.VIDEO_ID).to_pylist() == ["b"]
+    assert resolve_names(["x"], f"s3://{bucket}/videos", ("mp4",), None)[0][1] is None
+
+
+def pq_table(ids):
+    import pyarrow as pa
+
+    return pa.table({S.VIDEO_ID: ids, S.CAPTION: [f"caption {i}" for i in ids]})

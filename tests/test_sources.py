@@ -73,6 +73,44 @@ def test_inter4k_annotations_first_existing_extension_wins(ray_local, files):
     assert "zzz" in rows["zzz"][S.ERROR] and rows["zzz"]["note"] == "gone"
 
 
+def test_annotations_are_parsed_off_the_driver_and_names_resolve_under_subfolders(ray_local, files):
+    (files / "videos" / "day1").mkdir()
+    (files / "videos" / "day1" / "d.mkv").write_bytes(b"x")
+    (files / "ann.json").write_text(json.dumps([{"video_name": "day1/d", "tags": ["x"]}, {"video_name": "a"}]))
+    cfg = SourceConfig(input=str(files / "ann.json"), videos_prefix=str(files / "videos"))
+    rows = {r[S.VIDEO_ID]: r for r in read_video_refs(cfg).take_all()}
+    assert rows["day1/d"][S.URI] == str(files / "videos" / "day1" / "d.mkv") and rows["day1/d"][S.ERROR] is None
+    assert rows["day1/d"]["tags"] == '["x"]' and "_resolved_uri" not in rows["a"]  # nested fields become JSON text
+    (files / "flat.json").write_text(json.dumps({"video_name": "a"}))
+    with pytest.raises(ValueError, match="expected a JSON list of objects"):
+        read_video_refs(SourceConfig(input=str(files / "flat.json"), videos_prefix=str(files / "videos")))
+
+
+def test_a_large_list_file_is_read_in_pieces_without_losing_or_repeating_a_row(ray_local, files, monkeypatch):
+    import pipeline.io.sources as sources
+
+    monkeypatch.setattr(sources, "LIST_PIECE_BYTES", 700)  # about 40 lines a piece: several pieces, cut mid-line
+    names = [f"clip-{i:04d}.mp4" for i in range(300)]
+    lists = {
+        "list.txt": "# header comment\n" + "".join(f"{n}\n" if i % 7 else f"{n}\n\n" for i, n in enumerate(names)),
+        "list.csv": "uri,tag\n" + "".join(f"{n},t{i}\n" for i, n in enumerate(names)),
+        "list.jsonl": "".join(json.dumps({"uri": n, "tag": f"t{i}"}) + "\n" for i, n in enumerate(names)),
+    }
+    for name, text in lists.items():
+        (files / name).write_text(text)
+        pieces = sources.list_pieces([str(files / name)], sources.detect_format(name), None)
+        assert len(pieces) > 5 and all(len(p) == 1 and "offset" in p[0] for p in pieces)
+        rows = read_video_refs(SourceConfig(input=str(files / name))).take_all()
+        assert [os.path.basename(r[S.URI]) for r in rows] == names, name  # every line once, in list order
+        if name != "list.txt":
+            assert [r["tag"] for r in rows] == [f"t{i}" for i in range(300)]  # csv pieces keep the header
+    pq.write_table(pa.table({"uri": names}), files / "list.parquet", row_group_size=25)
+    pieces = sources.list_pieces([str(files / "list.parquet")], "parquet", None)
+    assert len(pieces) > 1 and sorted(g for p in pieces for g in p[0]["row_groups"]) == list(range(12))
+    rows = read_video_refs(SourceConfig(input=str(files / "list.parquet"))).take_all()
+    assert [os.path.basename(r[S.URI]) for r in rows] == names
+
+
 def test_bare_prefix_lists_video_files_only(ray_local, files):
     rows = refs(SourceConfig(input=str(files / "videos")))
     assert [os.path.basename(r[S.URI]) for r in rows] == ["a.mp4", "b.mkv", "c.webm"]

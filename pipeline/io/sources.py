@@ -1,9 +1,10 @@
 """Video lists -> a lazy Ray Dataset of VideoRef rows (video_id, uri, start_s, end_s, extra columns).
 
-txt, csv and jsonl lists are read by one task with bounded retries that streams small Arrow blocks (the
-driver holds references, not rows); Parquet lists by Ray Data's reader. Only a bare prefix is listed by the
-driver (one LIST per 1000 objects) and an Inter4K ``annotations.json`` (a single JSON array, typically
-thousands of rows) is parsed there.
+txt, csv, jsonl and Parquet lists are read by light tasks with bounded retries that stream small Arrow
+blocks (the driver holds references, not rows); a large list file is split over several tasks (byte
+ranges moved to line boundaries, or Parquet row groups). An Inter4K ``annotations.json`` (one JSON array)
+is parsed in a task too, which lists the videos' folder once to resolve every name. Only a bare prefix is
+listed by the driver (one LIST per 1000 objects).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pipeline import schema as S
 from pipeline.config import VIDEO_EXTENSIONS, SourceConfig
 from pipeline.io.masking import public_uri
 from pipeline.resources import LIGHT_NUM_CPUS
-from pipeline.io.storage import (ReadError, RetryPolicy, get_fs, is_local, join, list_files, object_info, read_bytes,
+from pipeline.io.storage import (ReadError, RetryPolicy, find_fresh, get_fs, is_local, join, list_files, object_info, read_block,
+                                 read_bytes,
                                  unstrip, with_retries)
 
 logger = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ def _is_absolute(uri: str) -> bool:
 
 class NormaliseRefs:
     """Map a list's rows to the VideoRef columns: pick the URI column, resolve relative paths, derive ids,
-    and (annotations) find the first existing ``{prefix}/{name}.{ext}``. A row that names no video, has
+    and (annotations) take the video each name was resolved to when the list was read. A row that names no video, has
     clip bounds that are not seconds, or (annotations) names a missing video becomes an error row of stage
     ``source``: one bad line never aborts the job."""
 
@@ -110,20 +112,6 @@ class NormaliseRefs:
         raw = raw.strip()
         return raw if _is_absolute(raw) else join(self.base, raw)
 
-    def _find_annotation_video(self, name: str) -> tuple[str, tuple[str, str] | None]:
-        """The first existing candidate; else the first one with a (reason, message) error."""
-        candidates = [join(self.base, f"{name}.{ext.lstrip('.')}") for ext in self.cfg.extensions]
-        for uri in candidates:
-            try:
-                object_info(uri, self.storage_options, self.retry)
-                return uri, None
-            except ReadError as exc:
-                if exc.reason != "not_found":
-                    return uri, (exc.reason, f"source: {exc}")
-        extensions = list(self.cfg.extensions)
-        return candidates[0], ("not_found", f"source: no video named {name!r} with extensions {extensions} "
-                                            f"under {public_uri(self.base)}")
-
     def __call__(self, table: pa.Table) -> pa.Table:
         if self.fmt == "txt":  # blank lines and '#' comments are not videos
             text = pc.utf8_trim_whitespace(table.column("text"))
@@ -134,11 +122,11 @@ class NormaliseRefs:
         if self.fmt == "annotations":
             S.require_columns(table.column_names, [self.cfg.name_key], "source")
             names = [str(x) for x in table.column(self.cfg.name_key).to_pylist()]
-            found = [self._find_annotation_video(name) for name in names]
-            uris = [u for u, _ in found]
-            failures = [f for _, f in found]
+            uris = table.column(_RESOLVED_URI).to_pylist()
+            failures = [None if r is None else (r, m) for r, m in
+                        zip(*(table.column(c).to_pylist() for c in (_RESOLVE_REASON, _RESOLVE_ERROR)))]
             ids = list(names)
-            consumed = [self.cfg.name_key]
+            consumed = [self.cfg.name_key, _RESOLVED_URI, _RESOLVE_REASON, _RESOLVE_ERROR]
         else:
             consumed = self._uri_columns(table)
             raw = _coalesce([table.column(c).to_pylist() for c in consumed])
@@ -210,7 +198,7 @@ def _from_table(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
     return ray.data.from_arrow([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
 
 
-def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_per_block: int,
+def _read_list(cfg: SourceConfig, fmt: str, base: str, storage_options: dict | None, rows_per_block: int,
                retry: RetryPolicy) -> ray.data.Dataset:
     if fmt in ("txt", "csv", "jsonl", "parquet"):
         # Read in a light task with the same bounded retries as videos (through Ray Data's file readers a
@@ -219,9 +207,10 @@ def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_p
         # small blocks so decoding spreads over the decode actors. The driver holds block references, not rows.
         try:
             files = _parquet_files(cfg.input, storage_options, retry) if fmt == "parquet" else [cfg.input]
-            blocks = _read_list_blocks.options(num_cpus=READ_NUM_CPUS).remote(
-                files, fmt, storage_options, retry, rows_per_block)
-            return ray.data.from_arrow_refs(list(blocks))
+            pieces = list_pieces(files, fmt, storage_options, retry)
+            streams = [_read_list_blocks.options(num_cpus=READ_NUM_CPUS).remote(
+                chunk, fmt, storage_options, retry, rows_per_block, len(pieces)) for chunk in pieces]
+            return ray.data.from_arrow_refs([block for stream in streams for block in stream])
         except ReadError as exc:
             raise VideoListError(f"could not read the video list: {exc}") from exc
         except ray.exceptions.RayTaskError as exc:
@@ -230,15 +219,18 @@ def _read_list(cfg: SourceConfig, fmt: str, storage_options: dict | None, rows_p
                 raise VideoListError(f"could not read the video list: {cause}") from exc
             raise
     if fmt == "annotations":
+        # Parsed in a task too, which also lists the videos' folder once (not three lookups per name).
         try:
-            items = json.loads(read_bytes(cfg.input, storage_options, retry))
-        except ReadError as exc:
-            raise VideoListError(f"could not read the video list: {exc}") from exc
-        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            raise ValueError(f"{cfg.input}: expected a JSON list of objects like {{\"{cfg.name_key}\": \"973\"}}")
-        rows = [_scalar_fields(i) for i in items]
-        keys = list(dict.fromkeys(k for row in rows for k in row))  # entries may differ in their fields
-        return _from_table(pa.table({k: [row.get(k) for row in rows] for k in keys}), rows_per_block)
+            blocks = _read_annotation_blocks.options(num_cpus=READ_NUM_CPUS).remote(
+                cfg.input, cfg.name_key, base, tuple(cfg.extensions), storage_options, retry, rows_per_block)
+            return ray.data.from_arrow_refs(list(blocks))
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.as_instanceof_cause()
+            if isinstance(cause, ReadError):
+                raise VideoListError(f"could not read the video list: {cause}") from exc
+            if isinstance(cause, ValueError):
+                raise ValueError(str(cause).strip().splitlines()[-1]) from exc
+            raise
     if fmt == "prefix":
         exts = tuple(f".{e.lstrip('.')}" for e in (cfg.extensions or VIDEO_EXTENSIONS))
         uris = [u for u in list_files(cfg.input, storage_options) if u.lower().endswith(exts)]
@@ -258,7 +250,7 @@ def _parquet_files(uri: str, storage_options: dict | None, retry: RetryPolicy) -
 
     def find() -> list[str]:
         fs, path = get_fs(uri, storage_options)
-        return sorted(unstrip(fs, p, uri) for p in fs.find(path) if p.endswith(".parquet")
+        return sorted(unstrip(fs, p, uri) for p in find_fresh(fs, path) if p.endswith(".parquet")
                       and not p.rsplit("/", 1)[-1].startswith((".", "_")))
 
     files = with_retries(uri, "listing", find, retry)
@@ -267,15 +259,144 @@ def _parquet_files(uri: str, storage_options: dict | None, retry: RetryPolicy) -
     return files
 
 
+LIST_PIECE_BYTES = 32 << 20  # a larger list file is read by several tasks, one piece of about this size each
+MAX_READ_TASKS = 256
+
+
+def list_pieces(files: list[str], fmt: str, storage_options: dict | None, retry: RetryPolicy = RetryPolicy(),
+                piece_bytes: int | None = None) -> list[list[dict]]:
+    """How to read list files in parallel: the pieces of each read task, in list order.
+
+    A piece is ``{"uri"}`` (a whole file), ``{"uri", "offset", "length"}`` (a byte range of a txt, jsonl or
+    csv file, moved to line boundaries when read; a csv piece also reads the header line) or ``{"uri",
+    "row_groups"}`` (Parquet). A folder of Parquet files is spread over tasks file by file; one large file
+    is split by byte ranges or row groups.
+    """
+    if len(files) > 1:
+        per_task = -(-len(files) // min(len(files), MAX_READ_TASKS))
+        return [[{"uri": uri} for uri in files[i:i + per_task]] for i in range(0, len(files), per_task)]
+    uri, piece_bytes = files[0], piece_bytes or LIST_PIECE_BYTES
+    size = int(object_info(uri, storage_options, retry).get("size") or 0)
+    if size <= piece_bytes:
+        return [[{"uri": uri}]]
+    if fmt != "parquet":
+        return [[{"uri": uri, "offset": offset, "length": min(piece_bytes, size - offset)}]
+                for offset in range(0, size, piece_bytes)]
+
+    def row_group_bytes() -> list[int]:
+        import pyarrow.parquet as pq
+
+        fs, path = get_fs(uri, storage_options)
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+            return [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
+
+    pieces: list[list[dict]] = []
+    group: list[int] = []
+    group_bytes = 0
+    for index, nbytes in enumerate(with_retries(uri, "reading the footer of", row_group_bytes, retry)):
+        if group and group_bytes + nbytes > piece_bytes:
+            pieces.append([{"uri": uri, "row_groups": group}])
+            group, group_bytes = [], 0
+        group.append(index)
+        group_bytes += nbytes
+    return pieces + ([[{"uri": uri, "row_groups": group}]] if group else [])
+
+
+def _read_piece(piece: dict, fmt: str, storage_options: dict | None, retry: RetryPolicy) -> pa.Table | None:
+    """The rows of one piece; None for a byte range that holds no line (all of it belonged to the line
+    before)."""
+    uri = piece["uri"]
+    if "row_groups" in piece:
+        def read_groups() -> pa.Table:
+            import pyarrow.parquet as pq
+
+            fs, path = get_fs(uri, storage_options)
+            with fs.open(path, "rb") as f:
+                return pq.ParquetFile(f).read_row_groups(piece["row_groups"])
+
+        return with_retries(uri, "reading", read_groups, retry)
+    if "offset" not in piece:
+        return parse_list(read_bytes(uri, storage_options, retry), fmt)
+    data = read_block(uri, piece["offset"], piece["length"], storage_options, retry)
+    if piece["offset"] > 0 and not data.strip():
+        return None
+    if fmt == "csv" and piece["offset"] > 0:  # the header names the columns of every piece
+        header = read_block(uri, 0, 1, storage_options, retry).rstrip(b"\r\n") + b"\n"
+        data = header + data
+    return parse_list(data, fmt)
+
+
 @ray.remote(num_returns="streaming")
-def _read_list_blocks(uris: list[str], fmt: str, storage_options: dict | None, retry: RetryPolicy,
-                      rows_per_block: int):
-    """List files (txt, csv, jsonl or Parquet), each read with bounded retries, as a stream of small blocks."""
-    for uri in uris:
-        table = parse_list(read_bytes(uri, storage_options, retry), fmt)
-        step = max(1, rows_per_block, -(-table.num_rows * len(uris) // MAX_LIST_BLOCKS))
+def _read_list_blocks(pieces: list[dict], fmt: str, storage_options: dict | None, retry: RetryPolicy,
+                      rows_per_block: int, total_pieces: int = 1):
+    """Pieces of list files (txt, csv, jsonl or Parquet), each read with bounded retries, as a stream of small
+    blocks (about ``MAX_LIST_BLOCKS`` at most over all ``total_pieces``)."""
+    for piece in pieces:
+        table = _read_piece(piece, fmt, storage_options, retry)
+        if table is None:
+            continue
+        step = max(1, rows_per_block, -(-table.num_rows * total_pieces // MAX_LIST_BLOCKS))
         for start in range(0, max(table.num_rows, 1), step):
             yield table.slice(start, step)
+
+
+_RESOLVED_URI, _RESOLVE_REASON, _RESOLVE_ERROR = "_resolved_uri", "_resolve_reason", "_resolve_error"
+
+
+@ray.remote(num_returns="streaming")
+def _read_annotation_blocks(uri: str, name_key: str, base: str, extensions: tuple[str, ...],
+                            storage_options: dict | None, retry: RetryPolicy, rows_per_block: int):
+    """An Inter4K-style ``annotations.json`` (one JSON array), parsed here rather than in the driver, each
+    name resolved to its video (:func:`resolve_names`), as a stream of small blocks."""
+    items = json.loads(read_bytes(uri, storage_options, retry))
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ValueError(f"{public_uri(uri)}: expected a JSON list of objects like {{\"{name_key}\": \"973\"}}")
+    rows = [_scalar_fields(i) for i in items]
+    del items
+    keys = list(dict.fromkeys(k for row in rows for k in row))  # entries may differ in their fields
+    table = pa.table({k: [row.get(k) for row in rows] for k in keys})
+    del rows
+    if name_key in table.column_names:  # else NormaliseRefs says which field is missing
+        found = resolve_names([str(x) for x in table.column(name_key).to_pylist()], base, extensions,
+                              storage_options, retry)
+        for index, column in enumerate((_RESOLVED_URI, _RESOLVE_REASON, _RESOLVE_ERROR)):
+            table = table.append_column(column, pa.array([f[index] for f in found], pa.string()))
+    step = max(1, rows_per_block, -(-table.num_rows // MAX_LIST_BLOCKS))
+    for start in range(0, max(table.num_rows, 1), step):
+        yield table.slice(start, step)
+
+
+def resolve_names(names: list[str], base: str, extensions: tuple[str, ...], storage_options: dict | None,
+                  retry: RetryPolicy = RetryPolicy()) -> list[tuple[str, str | None, str | None]]:
+    """``(uri, error reason, error message)`` per annotation name: the first ``{base}/{name}.{ext}`` that
+    exists, from one listing of ``base`` for all names; else the first candidate with a ``not_found`` error,
+    or, when the folder could not be listed, the listing's error for every name."""
+    fs, root = get_fs(base, storage_options)
+    root = root.rstrip("/")
+
+    def listing() -> set[str]:
+        if not fs.exists(root):
+            return set()
+        return {p[len(root) + 1:] for p in find_fresh(fs, root) if p.startswith(root + "/")}
+
+    try:
+        present, listing_error = with_retries(base, "listing", listing, retry), None
+    except ReadError as exc:
+        present, listing_error = set(), (exc.reason, f"source: {exc}")
+    suffixes = [ext.lstrip(".") for ext in extensions]
+    out = []
+    for name in names:
+        keys = [f"{name.strip('/')}.{ext}" for ext in suffixes]
+        hit = next((k for k in keys if k in present), None)
+        if hit is not None:
+            out.append((join(base, hit), None, None))
+        elif listing_error is not None:
+            out.append((join(base, keys[0]), *listing_error))
+        else:
+            out.append((join(base, keys[0]), "not_found", f"source: no video named {name!r} with extensions "
+                                                           f"{list(extensions)} under {public_uri(base)}"))
+    return out
 
 
 def parse_list(data: bytes, fmt: str) -> pa.Table:
@@ -323,8 +444,8 @@ def read_video_refs(
     base = cfg.videos_prefix or (_parent(cfg.input) if fmt != "prefix" else cfg.input)
     if is_local(base) and not base.startswith("/") and "://" not in base:
         base = posixpath.abspath(base)
-    ds = _read_list(cfg, fmt, storage_options, rows_per_block, retry)
-    # An instance (not the class): stateless tasks, so existence checks of annotation names run in parallel.
+    ds = _read_list(cfg, fmt, base, storage_options, rows_per_block, retry)
+    # An instance (not the class): stateless tasks.
     ds = ds.map_batches(NormaliseRefs(cfg, fmt, base, storage_options, retry), batch_format="pyarrow",
                         num_cpus=READ_NUM_CPUS)
     # After normalisation: comments and blank lines are not videos, so --limit counts videos.

@@ -161,6 +161,21 @@ def read_bytes(
     return with_retries(uri, "reading", fetch, retry)
 
 
+def read_block(uri: str, offset: int, length: int, storage_options: dict[str, Any] | None = None,
+               retry: RetryPolicy = RetryPolicy(), delimiter: bytes = b"\n") -> bytes:
+    """Bytes ``[offset, offset + length)`` of an object moved to delimiter boundaries (fsspec's
+    ``read_block``): consecutive blocks split a text file into whole lines, each line in exactly one block.
+
+    Raises:
+        ReadError: as :func:`read_bytes`.
+    """
+    def fetch() -> bytes:
+        fs, path = get_fs(uri, storage_options)
+        return fs.read_block(path, offset, length, delimiter=delimiter)
+
+    return with_retries(uri, "reading", fetch, retry)
+
+
 def read_or_spool(uri: str, spool_dir: str, max_in_memory_bytes: int, storage_options: dict[str, Any] | None = None,
                   retry: RetryPolicy = RetryPolicy(), on_retry=None) -> bytes | str:
     """The object's bytes when it is at most ``max_in_memory_bytes``; else a copy streamed to a file under
@@ -256,6 +271,22 @@ def write_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None =
         raise OSError(str(exc)) from exc
 
 
+def find_fresh(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """``fs.find(path)`` that sees what other processes wrote since this process last listed ``path``.
+
+    s3fs and gcsfs keep the listings they make and fill new ones in only where none is cached, so a folder
+    listed before a run would still miss the files the run's workers wrote (and opening one of those would
+    fail as missing): the cached listings of ``path`` and below are dropped first.
+    """
+    cache = getattr(fs, "dircache", None)
+    if cache is not None:
+        fs.invalidate_cache(path)
+        stripped = path.rstrip("/")
+        for key in [k for k in list(cache) if k.startswith(stripped + "/")]:
+            cache.pop(key, None)
+    return fs.find(path)
+
+
 def list_files(uri: str, storage_options: dict[str, Any] | None = None, suffix: str = "",
                retry: RetryPolicy = RetryPolicy()) -> list[str]:
     """Full URIs of the files under ``uri`` ending in ``suffix`` (empty when the folder does not exist);
@@ -268,7 +299,7 @@ def list_files(uri: str, storage_options: dict[str, Any] | None = None, suffix: 
         fs, path = get_fs(uri, storage_options)
         if not fs.exists(path):
             return []
-        return sorted(unstrip(fs, p, uri) for p in fs.find(path) if p.endswith(suffix))
+        return sorted(unstrip(fs, p, uri) for p in find_fresh(fs, path) if p.endswith(suffix))
 
     try:
         return with_retries(uri, "listing", find, retry)
