@@ -101,14 +101,15 @@ def test_a_large_list_file_is_read_in_pieces_without_losing_or_repeating_a_row(r
         pieces = sources.list_pieces([str(files / name)], sources.detect_format(name), None)
         assert len(pieces) > 5 and all(len(p) == 1 and "offset" in p[0] for p in pieces)
         rows = read_video_refs(SourceConfig(input=str(files / name))).take_all()
-        assert [os.path.basename(r[S.URI]) for r in rows] == names, name  # every line once, in list order
-        if name != "list.txt":
-            assert [r["tag"] for r in rows] == [f"t{i}" for i in range(300)]  # csv pieces keep the header
+        got = sorted(os.path.basename(r[S.URI]) for r in rows)
+        assert got == names, name  # every line once (Ray Data does not promise to keep list order)
+        if name != "list.txt":  # csv pieces keep the header: every row still has its own tag
+            assert all(r["tag"] == f"t{int(os.path.basename(r[S.URI])[5:9])}" for r in rows)
     pq.write_table(pa.table({"uri": names}), files / "list.parquet", row_group_size=25)
     pieces = sources.list_pieces([str(files / "list.parquet")], "parquet", None)
     assert len(pieces) > 1 and sorted(g for p in pieces for g in p[0]["row_groups"]) == list(range(12))
     rows = read_video_refs(SourceConfig(input=str(files / "list.parquet"))).take_all()
-    assert [os.path.basename(r[S.URI]) for r in rows] == names
+    assert sorted(os.path.basename(r[S.URI]) for r in rows) == names
 
 
 def test_bare_prefix_lists_video_files_only(ray_local, files):
