@@ -25,9 +25,8 @@ from pipeline import schema as S
 from pipeline.config import VIDEO_EXTENSIONS, SourceConfig
 from pipeline.io.masking import public_uri
 from pipeline.resources import LIGHT_NUM_CPUS
-from pipeline.io.storage import (ReadError, RetryPolicy, find_fresh, get_fs, is_local, join, list_files, object_info, read_block,
-                                 read_bytes,
-                                 unstrip, with_retries)
+from pipeline.io.storage import (ReadError, RetryPolicy, find_fresh, get_fs, is_local, join, list_files, object_info,
+                                 read_block, read_bytes, unstrip, with_retries)
 
 logger = logging.getLogger(__name__)
 
@@ -193,9 +192,13 @@ def _row_id(table: pa.Table, index: int, uri: str, raw_start: Any, raw_end: Any)
     return stable_video_id("row:" + json.dumps(row, sort_keys=True, default=str))
 
 
+def _slices(table: pa.Table, step: int) -> list[pa.Table]:
+    """Consecutive slices of ``step`` rows (one empty slice for an empty table, so its columns still show)."""
+    return [table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)]
+
+
 def _from_table(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
-    step = max(1, rows_per_block)
-    return ray.data.from_arrow([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
+    return ray.data.from_arrow(_slices(table, max(1, rows_per_block)))
 
 
 def _read_list(cfg: SourceConfig, fmt: str, base: str, storage_options: dict | None, rows_per_block: int,
@@ -336,9 +339,8 @@ def _read_list_blocks(pieces: list[dict], fmt: str, storage_options: dict | None
         table = _read_piece(piece, fmt, storage_options, retry)
         if table is None:
             continue
-        step = max(1, rows_per_block, -(-table.num_rows * total_pieces // MAX_LIST_BLOCKS))
-        for start in range(0, max(table.num_rows, 1), step):
-            yield table.slice(start, step)
+        for block in _slices(table, max(1, rows_per_block, -(-table.num_rows * total_pieces // MAX_LIST_BLOCKS))):
+            yield block  # not `yield from`: Ray's streaming generators need a plain yield
 
 
 _RESOLVED_URI, _RESOLVE_REASON, _RESOLVE_ERROR = "_resolved_uri", "_resolve_reason", "_resolve_error"
@@ -362,9 +364,8 @@ def _read_annotation_blocks(uri: str, name_key: str, base: str, extensions: tupl
                               storage_options, retry)
         for index, column in enumerate((_RESOLVED_URI, _RESOLVE_REASON, _RESOLVE_ERROR)):
             table = table.append_column(column, pa.array([f[index] for f in found], pa.string()))
-    step = max(1, rows_per_block, -(-table.num_rows // MAX_LIST_BLOCKS))
-    for start in range(0, max(table.num_rows, 1), step):
-        yield table.slice(start, step)
+    for block in _slices(table, max(1, rows_per_block, -(-table.num_rows // MAX_LIST_BLOCKS))):
+        yield block
 
 
 def resolve_names(names: list[str], base: str, extensions: tuple[str, ...], storage_options: dict | None,
