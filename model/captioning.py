@@ -39,22 +39,33 @@ def results_from_token_ids(processor: PllavaProcessor, rows: Sequence[Sequence[i
     return [CaptionResult(text, len(row), not (len(row) and row[-1] in stops)) for text, row in zip(texts, rows)]
 
 
+def per_video(value: str | Sequence[str], num_videos: int, what: str) -> list[str]:
+    """One text for every video, or the given list (which must have one per video)."""
+    values = [value] * num_videos if isinstance(value, str) else list(value)
+    if len(values) != num_videos:
+        raise ValueError(f"{len(values)} {what} for {num_videos} videos")
+    return values
+
+
 def generate_captions(
     model: PllavaForConditionalGeneration,
     processor: PllavaProcessor,
     frames_batch: np.ndarray | torch.Tensor,
     prompt: str | Sequence[str],
     settings: GenerationSettings = GenerationSettings(),
+    reply_prefix: str | Sequence[str] = "",
 ) -> list[CaptionResult]:
     """Caption B videos in one ``generate`` call.
 
     Args:
         frames_batch: ``uint8 (B, T, H, W, 3)``; normalised on the model's device.
         prompt: the user query (rendered with the processor's template), one for all or one per video.
+        reply_prefix: text each reply starts with (the result holds what the model wrote after it), one for
+            all or one per video.
     """
-    num_videos = len(frames_batch)
-    queries = [prompt] * num_videos if isinstance(prompt, str) else list(prompt)
-    rendered = [processor.render(q) for q in queries]
+    count = len(frames_batch)
+    rendered = [processor.render(q, p) for q, p in zip(per_video(prompt, count, "prompts"),
+                                                       per_video(reply_prefix, count, "reply prefixes"))]
     inputs = processor(rendered, frames_batch, device=model.device, dtype=model.dtype)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
@@ -72,6 +83,7 @@ def caption_videos(
     frames_batch: np.ndarray | torch.Tensor,
     prompt: str | Sequence[str],
     settings: GenerationSettings = GenerationSettings(),
+    reply_prefix: str | Sequence[str] = "",
 ) -> list[str]:
     """Caption texts of a batch of videos (see :func:`generate_captions`)."""
-    return [r.text for r in generate_captions(model, processor, frames_batch, prompt, settings)]
+    return [r.text for r in generate_captions(model, processor, frames_batch, prompt, settings, reply_prefix)]

@@ -108,9 +108,10 @@ class PllavaProcessor:
                 ids.add(token_id)
         return sorted(i for i in ids if i is not None)
 
-    def render(self, query: str) -> str:
-        """The full prompt for one video with the processor's template and system prompt."""
-        return self.template.render(query, system=self.system_prompt)
+    def render(self, query: str, reply_prefix: str = "") -> str:
+        """The full prompt for one video with the processor's template and system prompt; ``reply_prefix``
+        opens the assistant's reply."""
+        return self.template.render(query, system=self.system_prompt, reply_prefix=reply_prefix)
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Left-padded ``input_ids`` and ``attention_mask`` ``(B, L)``."""

@@ -55,15 +55,16 @@ class PromptTemplate:
     turn_text: str = "{query}"
     description: str = ""
 
-    def render(self, query: str, system: str = DEFAULT_SYSTEM_PROMPT) -> str:
+    def render(self, query: str, system: str = DEFAULT_SYSTEM_PROMPT, reply_prefix: str = "") -> str:
         """The full prompt for one video and one query, ending where the assistant's answer starts.
 
-        ``system=""`` renders no system part at all (no stray separator).
+        ``system=""`` renders no system part at all (no stray separator). ``reply_prefix`` opens the
+        assistant's reply (e.g. ``"Best option:("`` for multiple choice): the model continues from it.
         """
-        if IMAGE_TOKEN in query or IMAGE_TOKEN in system:
+        if IMAGE_TOKEN in query or IMAGE_TOKEN in system or IMAGE_TOKEN in reply_prefix:
             raise ValueError(f"prompt text must not contain {IMAGE_TOKEN!r}: the template places it")
         head = self.system_text.format(system=system.strip()) if system.strip() else ""
-        return head + self.text.format(image=IMAGE_TOKEN, query=query.strip())
+        return head + self.text.format(image=IMAGE_TOKEN, query=query.strip()) + reply_prefix
 
     def render_turn(self, query: str) -> str:
         """A later user turn (training text), ending where its answer starts."""
@@ -109,10 +110,24 @@ TEMPLATES: dict[str, PromptTemplate] = {
 
 @dataclass(frozen=True)
 class PromptText:
-    """What a run asks: the user query and the system prompt (``""``: none) that a template lays out."""
+    """What a run asks: the user query and the system prompt (``""``: none) that a template lays out.
+
+    Per-row prompts (questions of an evaluation, say): ``query_column`` names a list column holding each
+    row's own query (a blank value falls back to ``query``), ``reply_prefix_column`` one holding the text
+    each reply is made to start with.
+    """
 
     query: str = DEFAULT_RECAPTION_QUERY
     system: str = DEFAULT_SYSTEM_PROMPT
+    query_column: str | None = None
+    reply_prefix_column: str | None = None
+
+    def layout(self, template: PromptTemplate) -> str:
+        """The rendered prompt, or with per-row prompts the layout they are put in (the column names in
+        braces where each row's text goes): what ``prompt_id`` hashes, the same for every row of a run."""
+        query = f"{{{self.query_column}}}" if self.query_column else self.query
+        prefix = f"{{{self.reply_prefix_column}}}" if self.reply_prefix_column else ""
+        return template.render(query, system=self.system, reply_prefix=prefix)
 
 
 def get_template(name: str) -> PromptTemplate:

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from model.captioning import results_from_token_ids
+from model.captioning import per_video, results_from_token_ids
 from model.modeling_pllava import PllavaForConditionalGeneration
 from model.processing_pllava import PllavaProcessor
 from model.settings import GenerationSettings, VllmSettings
@@ -182,18 +182,22 @@ class VllmCaptionEngine:
         return self.model.encode_videos(pixels).cpu()  # (b, N, D)
 
     # -- generation ------------------------------------------------------------------------------------------
-    def caption(self, frames: np.ndarray | torch.Tensor, queries: str | Sequence[str]) -> list:
-        """Blocking: per video a ``CaptionResult`` or the exception that video failed with."""
-        return self._on_loop(self._run(frames, queries))
+    def caption(self, frames: np.ndarray | torch.Tensor, queries: str | Sequence[str],
+                reply_prefix: str | Sequence[str] = "") -> list:
+        """Blocking: per video a ``CaptionResult`` or the exception that video failed with. ``reply_prefix``:
+        text each reply starts with (one for all or one per video), as in :func:`generate_captions`."""
+        return self._on_loop(self._run(frames, queries, reply_prefix))
 
-    async def acaption(self, frames: np.ndarray | torch.Tensor, queries: str | Sequence[str]) -> list:
+    async def acaption(self, frames: np.ndarray | torch.Tensor, queries: str | Sequence[str],
+                       reply_prefix: str | Sequence[str] = "") -> list:
         """:meth:`caption` from any event loop; many calls can be in flight at once."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._run(frames, queries), self._loop))
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._run(frames, queries, reply_prefix),
+                                                                          self._loop))
 
-    async def _run(self, frames, queries) -> list:
+    async def _run(self, frames, queries, reply_prefix) -> list:
         """On the engine's loop: vision work on its worker thread, then every video's request at once."""
         loop = asyncio.get_running_loop()
-        prompts = await loop.run_in_executor(self._vision, self._prepare, frames, queries)
+        prompts = await loop.run_in_executor(self._vision, self._prepare, frames, queries, reply_prefix)
         engine = self._engine
         tokens = await self._generate_all(engine, prompts)
         if any(_engine_dead(t) for t in tokens):
@@ -217,14 +221,13 @@ class VllmCaptionEngine:
             final = output
         return list(final.outputs[0].token_ids)
 
-    def _prepare(self, frames, queries) -> list:
-        queries = [queries] * len(frames) if isinstance(queries, str) else list(queries)
-        if len(queries) != len(frames):
-            raise ValueError(f"{len(queries)} prompts for {len(frames)} videos")
+    def _prepare(self, frames, queries, reply_prefix) -> list:
+        asks = list(zip(per_video(queries, len(frames), "prompts"), per_video(reply_prefix, len(frames),
+                                                                               "reply prefixes")))
         embeds = self._encode(frames)
-        token_ids = {q: self.processor.tokenizer(self.processor.render(q))["input_ids"] for q in set(queries)}
+        token_ids = {ask: self.processor.tokenizer(self.processor.render(*ask))["input_ids"] for ask in set(asks)}
         prompts = []
-        for query, video in zip(queries, embeds):
+        for query, video in zip(asks, embeds):
             if isinstance(video, BaseException):
                 prompts.append(video)
                 continue

@@ -52,8 +52,7 @@ def caption_identity(model_cfg: ModelConfig, prompt: PromptText) -> tuple[str, s
     name, fingerprint = weights_identity(model_dir, model_cfg.weights_dir, model_cfg.lora_alpha)
     template = (get_template(model_cfg.template) if model_cfg.template
                 else template_for_tokenizer(AutoTokenizer.from_pretrained(model_dir)))
-    return (model_label(model_cfg.model, name, fingerprint),
-            prompt_id(template, template.render(prompt.query, system=prompt.system)))
+    return model_label(model_cfg.model, name, fingerprint), prompt_id(template, prompt.layout(template))
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -90,6 +89,10 @@ def load_for_captioning(model_cfg: ModelConfig, num_frames: int | None = None, d
                        pooling_shape=pooling_shape, template=model_cfg.template)
 
 
+# Room the vllm engine keeps for each row's own query and reply prefix (per-row prompts), beyond the layout.
+PER_ROW_PROMPT_TOKENS = 1024
+
+
 class _CaptionStage:
     """What both engines share: the model load, the names recorded per row, and the row assembly."""
 
@@ -102,12 +105,12 @@ class _CaptionStage:
             raise ValueError(f"frames are sampled at {image_size}px but the vision tower takes "
                              f"{self.model.config.image_size}px")
         self.generation = generation
-        self.query = prompt.query
+        self.prompt = prompt
         self.processor.system_prompt = prompt.system
         self.num_frames = num_frames
         self.image_size = image_size
         self.model_name = model_label(model_cfg.model, self.model.name_or_path, self.model.fingerprint)
-        self.rendered = self.processor.render(prompt.query)
+        self.rendered = prompt.layout(self.processor.template)
         self.prompt_id = prompt_id(self.processor.template, self.rendered)
         self.pooling = "x".join(str(x) for x in self.model.config.pooling_shape)
         self.flagger = CaptionFlagger([t for t in (self.rendered, prompt.system, prompt.query) if t], quality)
@@ -117,6 +120,15 @@ class _CaptionStage:
         good = [i for i, e in enumerate(batch.column(S.ERROR).to_pylist()) if e is None]
         blobs = batch.column(S.FRAMES).to_pylist()
         return good, [frames_from_bytes(blobs[i], self.num_frames, self.image_size) for i in good]
+
+    def _asks(self, batch: pa.Table, good: list[int]) -> tuple[str | list[str], str | list[str]]:
+        """The query and reply prefix of the good rows: the run's, or each row's own (per-row prompts)."""
+        columns = [c for c in (self.prompt.query_column, self.prompt.reply_prefix_column) if c]
+        if not columns:
+            return self.prompt.query, ""
+        S.require_columns(batch.column_names, columns, "Captioner (per-row prompts)")
+        return (_row_texts(batch, self.prompt.query_column, good, self.prompt.query),
+                _row_texts(batch, self.prompt.reply_prefix_column, good, ""))
 
     def _rows(self, batch: pa.Table, good: list[int], outcomes: list) -> pa.Table:
         """The batch with caption columns; ``outcomes`` holds per good row ``(CaptionResult, seconds)`` or
@@ -146,6 +158,12 @@ class _CaptionStage:
         return self.flagger.add_columns(S.with_columns(batch.drop_columns([S.FRAMES]), columns))
 
 
+def _row_texts(batch: pa.Table, column: str | None, rows: list[int], default: str) -> list[str]:
+    """The text of ``column`` in each of ``rows``; ``default`` where it is blank (or there is no column)."""
+    values = batch.column(column).to_pylist() if column else [None] * batch.num_rows
+    return [default if values[i] is None or not str(values[i]).strip() else str(values[i]) for i in rows]
+
+
 class Captioner(_CaptionStage):
     """The ``hf`` engine: loads the model once per actor; each call captions the batch's good rows in one
     transformers ``generate``.
@@ -154,7 +172,7 @@ class Captioner(_CaptionStage):
     retried video by video; a single video that still fails becomes an error row of stage ``caption``.
     """
 
-    def _caption(self, frames_list: list) -> list:
+    def _caption(self, frames_list: list, queries: str | list[str], prefixes: str | list[str]) -> list:
         """``(CaptionResult, seconds)`` per video, or ``(CaptionFailure, 0.0)`` for a video that failed.
 
         Out of memory: the batch is halved and retried. Any other model error: the videos are retried one
@@ -163,7 +181,7 @@ class Captioner(_CaptionStage):
         started = time.perf_counter()
         try:
             results = generate_captions(self.model, self.processor, torch.from_numpy(np.stack(frames_list)),
-                                        self.query, self.generation)
+                                        queries, self.generation, prefixes)
             elapsed = (time.perf_counter() - started) / len(frames_list)
             return [(r, elapsed) for r in results]
         except (RuntimeError, ValueError) as exc:
@@ -175,12 +193,14 @@ class Captioner(_CaptionStage):
             half = len(frames_list) // 2 if oom else 1
             logger.warning("%s at batch %d; retrying in parts", "out of memory" if oom else type(exc).__name__,
                            len(frames_list))
+            def part(values, i):
+                return values if isinstance(values, str) else values[i : i + half]
             return [item for i in range(0, len(frames_list), half)
-                    for item in self._caption(frames_list[i : i + half])]
+                    for item in self._caption(frames_list[i : i + half], part(queries, i), part(prefixes, i))]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         good, frames = self._good_frames(batch)
-        return self._rows(batch, good, self._caption(frames) if frames else [])
+        return self._rows(batch, good, self._caption(frames, *self._asks(batch, good)) if frames else [])
 
 
 class VllmCaptioner(_CaptionStage):
@@ -209,6 +229,8 @@ class VllmCaptioner(_CaptionStage):
 
         super().__init__(model_cfg, generation, prompt, num_frames, image_size, device, quality)
         prompt_tokens = len(self.processor.tokenizer(self.rendered)["input_ids"])
+        if prompt.query_column or prompt.reply_prefix_column:  # each row's text is only known per batch
+            prompt_tokens += PER_ROW_PROMPT_TOKENS
         self.engine = VllmCaptionEngine(self.model, self.processor, generation, vllm_settings,
                                         max_prompt_tokens=prompt_tokens)
 
@@ -220,7 +242,7 @@ class VllmCaptioner(_CaptionStage):
         if frames:
             started = time.perf_counter()
             try:
-                results = await self.engine.acaption(np.stack(frames), self.query)
+                results = await self.engine.acaption(np.stack(frames), *self._asks(batch, good))
             except EngineDied:
                 logger.critical("the vLLM engine died twice; ending this actor so Ray restarts it")
                 os._exit(1)

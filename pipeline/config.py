@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, PlainSerializer, field_validator, model_validator
 
-from model.prompts import TEMPLATES
+from model.prompts import TEMPLATES, PromptText, read_prompt, read_system_prompt
 from model.settings import ENGINES, GenerationSettings, Settings, VllmSettings, load_settings
 from pipeline.frames import SamplingConfig
 from pipeline.io.masking import StorageOptions, mask_values, redact
@@ -155,6 +155,10 @@ class JobConfig(Settings):
     prompt_file: str | None = None
     system_prompt: str | None = None  # None: the project's default; "": no system prompt
     system_prompt_file: str | None = None
+    # Per-row prompts: list columns with each row's own query (blank: the job's prompt) and the text its reply
+    # is made to start with (evaluation questions; see jobs/evaluate.py).
+    prompt_column: str | None = None
+    reply_prefix_column: str | None = None
     storage_options: SecretOptions = Field(default_factory=StorageOptions)
 
     @model_validator(mode="after")
@@ -170,6 +174,12 @@ class JobConfig(Settings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def prompt_text(self) -> PromptText:
+        """What the caption stage asks (prompt and system prompt read from their files where given)."""
+        return PromptText(read_prompt(self.prompt, self.prompt_file),
+                          read_system_prompt(self.system_prompt, self.system_prompt_file),
+                          self.prompt_column, self.reply_prefix_column)
 
     def validate(self) -> "JobConfig":
         """Checked when built; kept so callers can say so."""

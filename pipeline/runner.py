@@ -16,11 +16,10 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Callable
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from model.prompts import PromptText, read_prompt, read_system_prompt
+from model.prompts import PromptText
 from pipeline import schema as S
 from model.settings import resolve_engine
 from pipeline.captioner import Captioner, VllmCaptioner, caption_identity
@@ -71,15 +70,15 @@ def plan_for(cfg: JobConfig) -> PipelinePlan:
 
 
 def build_pipeline(
-    cfg: JobConfig, prompt: PromptText, run_id: str, done_ids: pa.Array, plan: PipelinePlan, tally=None, engine: str = "hf"
+    cfg: JobConfig, prompt: PromptText, run_id: str, done_ref: ray.ObjectRef, plan: PipelinePlan, tally=None,
+    engine: str = "hf"
 ) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
-    """``VideoRef rows -> manifest rows`` (one per written file). Lazy: nothing runs until consumed."""
+    """``VideoRef rows not yet done -> manifest rows`` (one per written file). Lazy: nothing runs until consumed.
+    ``done_ref``: the finished ids (in the object store), for clip windows, whose ids exist only after the split."""
     res = cfg.resources
     keyframes = "webdataset" in cfg.output.formats and cfg.output.keyframes
 
-    def pipeline(refs: ray.data.Dataset) -> ray.data.Dataset:
-        done_ref = ray.put(done_ids)  # once: every task of both skip passes refers to it
-        todo = refs.map_batches(SkipDone(done_ref, tally), batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
+    def pipeline(todo: ray.data.Dataset) -> ray.data.Dataset:
         if cfg.source.windows:  # sources not yet finished become windows; windows already done are dropped
             todo = todo.map_batches(
                 SplitWindows(cfg.source.window_s, cfg.source.window_stride_s, cfg.source.window_scenes,
@@ -163,8 +162,7 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
             accounted for; the summary is written first, with ``complete: false``.
     """
     cfg.validate()
-    prompt = PromptText(read_prompt(cfg.prompt, cfg.prompt_file),
-                        read_system_prompt(cfg.system_prompt, cfg.system_prompt_file))
+    prompt = cfg.prompt_text()
     run_id = run_id or new_run_id()
     started = time.perf_counter()
     init_ray(cfg.resources.ray_num_cpus)
@@ -193,9 +191,12 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     logger.info("run %s: %d videos already done; decode x%d at %g CPU, captioner x%d (%s engine) on %s at %g CPU",
                 run_id, len(done_ids), plan.decode_concurrency, plan.decode_num_cpus, plan.caption_concurrency,
                 engine, plan.device, plan.caption_num_cpus)
-    refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=res.batch_size, retry=cfg.retry)
     tally = RowTally.remote()
-    manifests = build_pipeline(cfg, prompt, run_id, done_ids, plan, tally, engine)(refs)
+    done_ref = ray.put(done_ids)  # once: every reading task (and the windows' second skip) refers to it
+    # Videos already done are dropped where the list is read: a rerun makes blocks only of what is left.
+    todo = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=res.batch_size, retry=cfg.retry,
+                           keep=SkipDone(done_ref, tally))
+    manifests = build_pipeline(cfg, prompt, run_id, done_ref, plan, tally, engine)(todo)
     written, live = [], Progress()
     for row in watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster):
         written.append(json.loads(row["manifest"]))

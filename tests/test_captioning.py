@@ -32,6 +32,21 @@ def test_batch_equals_one_at_a_time_with_left_padded_prompts(loaded, frames_batc
     assert batched == single
 
 
+def test_each_video_can_open_its_reply_with_its_own_prefix(loaded, frames_batch):
+    """Per-row prompts (evaluation questions): the model continues from the prefix, in a batch as alone."""
+    model, processor = loaded
+    assert processor.render("Which?", "Best option:(").endswith(" ASSISTANT:Best option:(")
+    prompts, prefixes = ["Which one?", "Which one?", "What moves?"], ["Best option:(", "", "In the video,"]
+    batched = caption_videos(model, processor, frames_batch, prompts, SETTINGS, prefixes)
+    single = [caption_videos(model, processor, frames_batch[i : i + 1], prompts[i], SETTINGS, prefixes[i])[0]
+              for i in range(3)]
+    assert batched == single
+    plain = caption_videos(model, processor, frames_batch[:1], "Which one?", SETTINGS)
+    assert batched[0] != plain[0]  # the prefix is part of what the model continues from
+    with pytest.raises(ValueError, match="2 reply prefixes for 3 videos"):
+        caption_videos(model, processor, frames_batch, prompts, SETTINGS, prefixes[:2])
+
+
 def test_the_video_changes_the_caption(loaded, frames_batch):
     model, processor = loaded
     captions = caption_videos(model, processor, frames_batch, "Describe the video.", SETTINGS)
@@ -105,6 +120,30 @@ def test_a_video_the_model_fails_on_becomes_an_error_row_not_a_crash(tiny_dir):
     assert out.column(S.ERROR_REASON).to_pylist()[1] == "model_error"
     assert "kernel failure" in out.column(S.ERROR).to_pylist()[1]
     assert out.column(S.CAPTION).to_pylist()[0] and out.column(S.CAPTION).to_pylist()[2]
+
+
+def test_the_caption_stage_asks_each_row_its_own_question_when_told_the_columns(tiny_lora_dir, frames_batch):
+    import pyarrow as pa
+
+    from pipeline import schema as S
+    from pipeline.captioner import Captioner
+    from pipeline.config import ModelConfig
+
+    prompt = PromptText("Describe.", "Watch.", query_column="q", reply_prefix_column="start")
+    captioner = Captioner(ModelConfig(model=tiny_lora_dir, lora_alpha=4), SETTINGS, prompt, num_frames=4,
+                          image_size=336, device="cpu")
+    queries, starts = ["Which one?", None, "What moves?"], ["Best option:(", "In the video,", None]
+    batch = pa.table({S.ERROR: pa.nulls(3, pa.string()), S.ERROR_STAGE: pa.nulls(3, pa.string()),
+                      S.ERROR_REASON: pa.nulls(3, pa.string()), "q": queries, "start": starts,
+                      S.FRAMES: pa.array([f.tobytes() for f in frames_batch], pa.large_binary())})
+    out = captioner(batch).column(S.CAPTION).to_pylist()
+    captioner.processor.system_prompt = "Watch."
+    asked = caption_videos(captioner.model, captioner.processor, frames_batch, ["Which one?", "Describe.", "What moves?"],
+                           SETTINGS, ["Best option:(", "In the video,", ""])  # blanks: the job's prompt, no prefix
+    assert out == asked
+    assert out != caption_videos(captioner.model, captioner.processor, frames_batch, "Describe.", SETTINGS)
+    with pytest.raises(KeyError, match=r"needs columns \['q', 'start'\]"):
+        captioner(batch.drop_columns(["q", "start"]))
 
 
 def test_the_caption_stage_pools_a_published_checkpoint_as_the_reference(tiny_lora_dir):

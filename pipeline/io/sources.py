@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import posixpath
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -197,12 +197,27 @@ def _slices(table: pa.Table, step: int) -> list[pa.Table]:
     return [table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)]
 
 
-def _from_table(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
-    return ray.data.from_arrow(_slices(table, max(1, rows_per_block)))
+class _Prepare:
+    """What the reading tasks do to the rows they read before cutting them into blocks: normalise them into
+    VideoRef rows, then ``keep`` (the job drops rows already done there), so that the rows never pass through
+    Ray Data tasks of their own (thousands of small tasks that keep the stages after them waiting)."""
+
+    def __init__(self, normalise: "NormaliseRefs", keep=None) -> None:
+        self.normalise, self.keep = normalise, keep
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        refs = self.normalise(table)
+        return self.keep(refs) if self.keep is not None else refs
+
+
+def _blocks(table: pa.Table, rows_per_block: int, total_pieces: int = 1) -> list[pa.Table]:
+    """A piece's prepared rows in blocks of ``rows_per_block`` rows, or larger so that all ``total_pieces``
+    together make about ``MAX_LIST_BLOCKS`` at most."""
+    return _slices(table, max(1, rows_per_block, -(-table.num_rows * total_pieces // MAX_LIST_BLOCKS)))
 
 
 def _read_list(cfg: SourceConfig, fmt: str, base: str, storage_options: dict | None, rows_per_block: int,
-               retry: RetryPolicy) -> ray.data.Dataset:
+               retry: RetryPolicy, prepare: _Prepare) -> ray.data.Dataset:
     if fmt in ("txt", "csv", "jsonl", "parquet"):
         # Read in a light task with the same bounded retries as videos (through Ray Data's file readers a
         # transient store failure can end as a list of zero rows instead of an error, and its Parquet reader
@@ -212,7 +227,7 @@ def _read_list(cfg: SourceConfig, fmt: str, base: str, storage_options: dict | N
             files = _parquet_files(cfg.input, storage_options, retry) if fmt == "parquet" else [cfg.input]
             pieces = list_pieces(files, fmt, storage_options, retry)
             streams = [_read_list_blocks.options(num_cpus=READ_NUM_CPUS).remote(
-                chunk, fmt, storage_options, retry, rows_per_block, len(pieces)) for chunk in pieces]
+                chunk, fmt, storage_options, retry, rows_per_block, len(pieces), prepare) for chunk in pieces]
             return ray.data.from_arrow_refs([block for stream in streams for block in stream])
         except ReadError as exc:
             raise VideoListError(f"could not read the video list: {exc}") from exc
@@ -225,7 +240,7 @@ def _read_list(cfg: SourceConfig, fmt: str, base: str, storage_options: dict | N
         # Parsed in a task too, which also lists the videos' folder once (not three lookups per name).
         try:
             blocks = _read_annotation_blocks.options(num_cpus=READ_NUM_CPUS).remote(
-                cfg.input, cfg.name_key, base, tuple(cfg.extensions), storage_options, retry, rows_per_block)
+                cfg.input, cfg.name_key, base, tuple(cfg.extensions), storage_options, retry, rows_per_block, prepare)
             return ray.data.from_arrow_refs(list(blocks))
         except ray.exceptions.RayTaskError as exc:
             cause = exc.as_instanceof_cause()
@@ -239,7 +254,7 @@ def _read_list(cfg: SourceConfig, fmt: str, base: str, storage_options: dict | N
         uris = [u for u in list_files(cfg.input, storage_options) if u.lower().endswith(exts)]
         if not uris:
             raise FileNotFoundError(f"no videos with extensions {list(exts)} under {cfg.input}")
-        return _from_table(pa.table({"uri": pa.array(uris, pa.string())}), rows_per_block)
+        return ray.data.from_arrow(_blocks(prepare(pa.table({"uri": pa.array(uris, pa.string())})), rows_per_block))
     raise ValueError(f"unknown list format {fmt!r}")
 
 
@@ -332,15 +347,24 @@ def _read_piece(piece: dict, fmt: str, storage_options: dict | None, retry: Retr
 
 @ray.remote(num_returns="streaming")
 def _read_list_blocks(pieces: list[dict], fmt: str, storage_options: dict | None, retry: RetryPolicy,
-                      rows_per_block: int, total_pieces: int = 1):
-    """Pieces of list files (txt, csv, jsonl or Parquet), each read with bounded retries, as a stream of small
-    blocks (about ``MAX_LIST_BLOCKS`` at most over all ``total_pieces``)."""
+                      rows_per_block: int, total_pieces: int, prepare: _Prepare):
+    """Pieces of list files (txt, csv, jsonl or Parquet), each read with bounded retries and prepared, as a
+    stream of small blocks (about ``MAX_LIST_BLOCKS`` at most over all ``total_pieces``). Rows that
+    ``prepare`` drops make no block; a task whose rows were all dropped yields one empty block (the columns)."""
+    empty = None
     for piece in pieces:
         table = _read_piece(piece, fmt, storage_options, retry)
         if table is None:
             continue
-        for block in _slices(table, max(1, rows_per_block, -(-table.num_rows * total_pieces // MAX_LIST_BLOCKS))):
+        table = prepare(table)
+        if table.num_rows == 0:
+            empty = table
+            continue
+        for block in _blocks(table, rows_per_block, total_pieces):
             yield block  # not `yield from`: Ray's streaming generators need a plain yield
+        empty = False
+    if empty is not None and empty is not False:
+        yield empty
 
 
 _RESOLVED_URI, _RESOLVE_REASON, _RESOLVE_ERROR = "_resolved_uri", "_resolve_reason", "_resolve_error"
@@ -348,9 +372,9 @@ _RESOLVED_URI, _RESOLVE_REASON, _RESOLVE_ERROR = "_resolved_uri", "_resolve_reas
 
 @ray.remote(num_returns="streaming")
 def _read_annotation_blocks(uri: str, name_key: str, base: str, extensions: tuple[str, ...],
-                            storage_options: dict | None, retry: RetryPolicy, rows_per_block: int):
+                            storage_options: dict | None, retry: RetryPolicy, rows_per_block: int, prepare: _Prepare):
     """An Inter4K-style ``annotations.json`` (one JSON array), parsed here rather than in the driver, each
-    name resolved to its video (:func:`resolve_names`), as a stream of small blocks."""
+    name resolved to its video (:func:`resolve_names`), prepared, as a stream of small blocks."""
     items = json.loads(read_bytes(uri, storage_options, retry))
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise ValueError(f"{public_uri(uri)}: expected a JSON list of objects like {{\"{name_key}\": \"973\"}}")
@@ -364,7 +388,7 @@ def _read_annotation_blocks(uri: str, name_key: str, base: str, extensions: tupl
                               storage_options, retry)
         for index, column in enumerate((_RESOLVED_URI, _RESOLVE_REASON, _RESOLVE_ERROR)):
             table = table.append_column(column, pa.array([f[index] for f in found], pa.string()))
-    for block in _slices(table, max(1, rows_per_block, -(-table.num_rows // MAX_LIST_BLOCKS))):
+    for block in _blocks(prepare(table), rows_per_block):
         yield block
 
 
@@ -425,9 +449,13 @@ def _scalar_fields(item: dict[str, Any]) -> dict[str, Any]:
 
 def read_video_refs(
     cfg: SourceConfig, storage_options: dict | None = None, rows_per_block: int = 64,
-    retry: RetryPolicy = RetryPolicy(),
+    retry: RetryPolicy = RetryPolicy(), keep: Callable[[pa.Table], pa.Table] | None = None,
 ) -> ray.data.Dataset:
-    """A lazy dataset of VideoRef rows in many small blocks, so decoding spreads over the actors.
+    """A dataset of VideoRef rows in many small blocks, so decoding spreads over the actors.
+
+    ``keep`` filters the rows where they are read, before they are cut into blocks (the job drops the videos
+    already done: a rerun makes blocks only of what is left). With ``cfg.limit`` the first ``limit`` videos
+    of the list are taken first and ``keep`` applies to them (a Ray Data stage after the limit).
 
     Raises:
         FileNotFoundError: the list file (or every video of a prefix) is missing.
@@ -445,9 +473,9 @@ def read_video_refs(
     base = cfg.videos_prefix or (_parent(cfg.input) if fmt != "prefix" else cfg.input)
     if is_local(base) and not base.startswith("/") and "://" not in base:
         base = posixpath.abspath(base)
-    ds = _read_list(cfg, fmt, base, storage_options, rows_per_block, retry)
-    # An instance (not the class): stateless tasks.
-    ds = ds.map_batches(NormaliseRefs(cfg, fmt, base, storage_options, retry), batch_format="pyarrow",
-                        num_cpus=READ_NUM_CPUS)
+    normalise = NormaliseRefs(cfg, fmt, base, storage_options, retry)
+    if not cfg.limit:
+        return _read_list(cfg, fmt, base, storage_options, rows_per_block, retry, _Prepare(normalise, keep))
     # After normalisation: comments and blank lines are not videos, so --limit counts videos.
-    return ds.limit(cfg.limit) if cfg.limit else ds
+    ds = _read_list(cfg, fmt, base, storage_options, rows_per_block, retry, _Prepare(normalise)).limit(cfg.limit)
+    return ds.map_batches(keep, batch_format="pyarrow", num_cpus=READ_NUM_CPUS) if keep is not None else ds

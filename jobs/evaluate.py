@@ -1,0 +1,119 @@
+"""Evaluate a captioner on a benchmark (before and after fine-tuning): multiple choice, MVBench, Video-MME,
+reference captions, or open questions graded by an LLM judge. Runs on the recaption pipeline, resumable.
+
+    python jobs/evaluate.py --benchmark mvbench --data /data/MVBench --model /models/pllava-7b --lora-alpha 4 \
+        --output runs/mvbench-base
+    python jobs/evaluate.py --benchmark mvbench --data /data/MVBench --model /models/pllava-7b --lora-alpha 4 \
+        --weights-dir runs/lora/weights --output runs/mvbench-lora --compare runs/mvbench-base
+    python jobs/evaluate.py --benchmark vcg --data vcg/generic_qa.json --video-root vcg/videos \
+        --judge-url http://judge-host:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct --output runs/vcg
+
+Writes OUT/predictions/predictions.parquet (one row per question: reply, score or error) and OUT/metrics.json
+(per task and overall, counts, errors, model fingerprint, prompt_id); OUT/parquet/ holds the raw answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from jobs.flags import add_prompt_arguments, add_resize_argument, flags_layer, yaml_layer  # noqa: E402
+
+FLAG_KEYS: dict[str, tuple[str, ...]] = {
+    "model": ("model", "model"), "weights_dir": ("model", "weights_dir"), "lora_alpha": ("model", "lora_alpha"),
+    "engine": ("model", "engine"), "template": ("model", "template"), "num_frames": ("sampling", "num_frames"),
+    "resize": ("sampling", "resize"), "batch_size": ("resources", "batch_size"),
+    "max_new_tokens": ("generation", "max_new_tokens"), "retry_errors": ("output", "retry_errors"),
+    "prompt": ("prompt",), "prompt_file": ("prompt_file",), "system_prompt": ("system_prompt",),
+    "system_prompt_file": ("system_prompt_file",),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.evaluation.benchmarks import BENCHMARKS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS,
+                        help="mcq (JSON/JSONL of MVBench-style items), mvbench (its folder), videomme (its "
+                             "Parquet), captions (reference captions: JSON or CSV), vcg (open questions, judged)")
+    parser.add_argument("--data", required=True, help="the benchmark file (the MVBench folder for mvbench)")
+    parser.add_argument("--video-root", help="where the benchmark's video names point (default: the data's folder)")
+    parser.add_argument("--output", required=True, help="output folder or object-store prefix")
+    parser.add_argument("--config", help="YAML with the recaption job's sections (sampling, model, generation, "
+                                         "vllm, resources, storage_options, ...); flags override it")
+    parser.add_argument("--model", help="model folder, or 'tiny' for the offline tiny model")
+    parser.add_argument("--weights-dir", help="LoRA + projector weights on top of --model (a fine-tune)")
+    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (published PLLaVA checkpoints: 4)")
+    parser.add_argument("--engine", choices=("auto", "hf", "vllm"), help="language-model engine (default auto)")
+    parser.add_argument("--num-frames", type=int, help="frames sampled per video (default 16)")
+    add_resize_argument(parser)
+    parser.add_argument("--batch-size", type=int, help="videos per decode batch and per hf generate call")
+    parser.add_argument("--max-new-tokens", type=int, help="default: 100 for questions, 400 for captions")
+    add_prompt_arguments(parser)
+    parser.add_argument("--limit", type=int, help="only the first N questions (a quick check)")
+    parser.add_argument("--retry-errors", action="store_true", help="ask again questions whose video failed before")
+    parser.add_argument("--judge-url", help="vcg: the judge's OpenAI-compatible API base (e.g. http://host:8000/v1)")
+    parser.add_argument("--judge-model", help="vcg: the judge model's name at that endpoint")
+    parser.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
+                        help="environment variable with the judge's API key (default OPENAI_API_KEY; unset: none)")
+    parser.add_argument("--compare", metavar="OTHER_OUT", help="print per-task deltas against another evaluation")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the metrics")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also Ray Data's progress reports")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipeline.config import JobConfig
+    from pipeline.evaluation import run as E
+    from pipeline.evaluation.benchmarks import load_benchmark
+    from pipeline.evaluation.judge import JudgeConfig
+    from pipeline.io.masking import mask_text
+
+    if args.benchmark == "vcg" and not (args.judge_url and args.judge_model):
+        print("error: --benchmark vcg needs --judge-url and --judge-model", file=sys.stderr)
+        return 2
+    try:
+        user = yaml_layer(args.config)
+        storage_options = user.get("storage_options") or {}
+        bench = load_benchmark(args.benchmark, args.data, args.video_root, storage_options)
+        if args.limit:
+            bench = E.limited(bench, args.limit)
+        defaults, fixed = E.job_layers(bench, args.output)
+        cfg = JobConfig.from_dict(defaults, user, flags_layer(args, FLAG_KEYS), fixed)
+        other = E.read_metrics(args.compare, storage_options) if args.compare else None
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
+        return 2
+    judge = JudgeConfig(args.judge_url, args.judge_model, args.judge_api_key_env) if args.judge_url else None
+    from model.settings import EngineUnavailable
+    from pipeline.io.sources import VideoListError
+    from pipeline.lease import OutputBusy
+    from pipeline.resources import ResourceError
+    from pipeline.watchdog import Stalled
+
+    try:
+        result, complete = E.evaluate(bench, cfg, judge, progress=args.verbose)
+    except (FileNotFoundError, VideoListError, ResourceError, OutputBusy, EngineUnavailable) as exc:
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
+        return 2
+    except Stalled as exc:
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
+        return 1
+    print(E.format_metrics(result))
+    print(f"\npredictions: {mask_text(os.path.join(args.output, E.PREDICTIONS_FILE))}   "
+          f"metrics: {mask_text(os.path.join(args.output, E.METRICS_FILE))}")
+    if other is not None:
+        print("\ncompared with " + mask_text(args.compare) + ":\n" + "\n".join(E.compare(result, other)))
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""An LLM judge for open-ended answers (the VCG scores) over an OpenAI-compatible chat-completions endpoint.
+
+Any server that speaks that API works: a vLLM server the user runs (``vllm serve <model>``), a hosted API.
+Each answer gets one request asking for the five scores of the reference's VCG evaluation (correctness,
+detail orientation, context, temporal understanding, and, for a pair of similar questions, consistency), as
+integers from 0 to 5 in a JSON object. The wording of the prompt is this project's own.
+
+Failures are bounded: the client retries connection errors, 429 and 5xx answers ``max_retries`` times with
+backoff; a reply that is not the asked-for JSON is asked again up to ``attempts`` times; after that the row
+keeps a ``judge_error`` and no scores (counted in the metrics, never a zero that looks like a grade). The API
+key comes from an environment variable and is never logged.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+SCORES = ("correctness", "detail", "context", "temporal", "consistency")
+
+JUDGE_SYSTEM_PROMPT = (
+    "You grade answers that a video model gave to questions about videos. You do not see the video: compare "
+    "the predicted answer with the correct answer. Paraphrases and synonyms count as matches. Give each score "
+    "as a whole number from 0 (wrong or missing) to 5 (fully right)."
+)
+
+_CRITERIA = (
+    "- correctness: are the facts of the predicted answer those of the correct answer, with nothing false?\n"
+    "- detail: does it cover the main points of the correct answer with specific rather than generic details?\n"
+    "- context: does it fit the overall situation the correct answer describes, without unrelated content?\n"
+    "- temporal: does it keep the order of events that the correct answer gives?\n"
+)
+
+
+def judge_prompt(question: str, answer: str, prediction: str, pair: tuple[str, str] | None = None) -> str:
+    """The user message for one answer; with ``pair`` (the similar question and the model's answer to it) it
+    also asks whether the two answers agree."""
+    lines = [f"Question: {question}", f"Correct answer: {answer}", f"Predicted answer: {prediction}"]
+    criteria = _CRITERIA
+    keys = SCORES[:4]
+    if pair is not None:
+        lines += [f"A similar question: {pair[0]}", f"Predicted answer to it: {pair[1]}"]
+        criteria += "- consistency: do the two predicted answers agree with each other and with the correct answer?\n"
+        keys = SCORES
+    example = json.dumps({k: 3 for k in keys})
+    return ("\n".join(lines) + "\n\nScore the predicted answer:\n" + criteria +
+            f"Reply with only a JSON object with the keys {', '.join(keys)}, for example {example}.")
+
+
+class JudgeReplyError(ValueError):
+    """The judge's reply is not the JSON object of scores asked for."""
+
+
+def parse_scores(reply: str, with_consistency: bool) -> dict[str, int | None]:
+    """The scores in a judge reply: the first ``{...}`` in it, JSON or a Python dict literal.
+
+    Raises:
+        JudgeReplyError: no such object, a missing key, or a score that is not a number from 0 to 5.
+    """
+    match = re.search(r"\{.*?\}", reply or "", re.S)
+    if not match:
+        raise JudgeReplyError(f"no JSON object in the judge's reply: {reply[:200]!r}")
+    try:
+        data = json.loads(match.group(0))
+    except json.JSONDecodeError:
+        try:
+            data = ast.literal_eval(match.group(0))
+        except (ValueError, SyntaxError):
+            raise JudgeReplyError(f"the judge's reply is not valid JSON: {match.group(0)[:200]!r}") from None
+    if not isinstance(data, dict):
+        raise JudgeReplyError(f"the judge's reply is not an object: {match.group(0)[:200]!r}")
+    keys = SCORES if with_consistency else SCORES[:4]
+    scores: dict[str, int | None] = {k: None for k in SCORES}
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 5:
+            raise JudgeReplyError(f"the judge's {key} score is {value!r}, not a number from 0 to 5")
+        scores[key] = int(round(value))
+    return scores
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Where the judge is: ``url`` (the API base, e.g. ``http://host:8000/v1``), ``model`` (its name there),
+    the environment variable holding the API key (unset: no key, as a local vLLM server needs none)."""
+
+    url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    max_retries: int = 3  # transport errors, 429 and 5xx, with backoff (the client's)
+    attempts: int = 3  # replies that are not the JSON asked for
+    timeout_s: float = 120.0
+    concurrency: int = 8
+    max_tokens: int = 200
+
+
+@dataclass(frozen=True)
+class Verdict:
+    scores: dict[str, int | None]
+    error: str | None = None  # why there are no scores
+
+
+class Judge:
+    """Scores answers with the configured endpoint (``temperature`` 0, one request per answer)."""
+
+    def __init__(self, cfg: JudgeConfig) -> None:
+        try:
+            from openai import OpenAI
+        except ImportError as exc:
+            raise ImportError("the judge needs the openai client: pip install -e '.[eval]'") from exc
+
+        self.cfg = cfg
+        self.client = OpenAI(base_url=cfg.url, api_key=os.environ.get(cfg.api_key_env) or "no-key",
+                             max_retries=cfg.max_retries, timeout=cfg.timeout_s)
+
+    def score(self, question: str, answer: str, prediction: str, pair: tuple[str, str] | None = None) -> Verdict:
+        """One answer's verdict; never raises for a failing judge (the verdict carries the error)."""
+        from openai import OpenAIError
+
+        if not prediction.strip():
+            return Verdict({k: None for k in SCORES}, "no prediction to judge")
+        messages = [{"role": "system", "content": JUDGE_SYSTEM_PROMPT},
+                    {"role": "user", "content": judge_prompt(question, answer, prediction, pair)}]
+        problem = ""
+        for _ in range(self.cfg.attempts):
+            try:
+                reply = self.client.chat.completions.create(model=self.cfg.model, messages=messages, temperature=0,
+                                                            max_tokens=self.cfg.max_tokens)
+                return Verdict(parse_scores(reply.choices[0].message.content or "", pair is not None))
+            except JudgeReplyError as exc:
+                problem = str(exc)
+            except OpenAIError as exc:  # retried by the client already: give up on this row
+                return Verdict({k: None for k in SCORES}, f"judge request failed: {type(exc).__name__}: "
+                                                          f"{str(exc)[:200]}")
+        return Verdict({k: None for k in SCORES}, f"after {self.cfg.attempts} replies: {problem}")
+
+    def score_all(self, items: list[dict]) -> list[Verdict]:
+        """``items``: dicts with ``question``, ``answer``, ``prediction`` and optional ``pair``; in order."""
+        with ThreadPoolExecutor(self.cfg.concurrency) as pool:
+            return list(pool.map(lambda item: self.score(item["question"], item["answer"], item["prediction"],
+                                                         item.get("pair")), items))

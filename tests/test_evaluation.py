@@ -1,0 +1,317 @@
+"""Evaluation: benchmark files become question lists, replies are scored as the reference scores them, an LLM
+judge is spoken to over HTTP, and a whole evaluation gives one prediction row per question with metrics that
+follow from those rows."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from model.prompts import PromptText, get_template, prompt_id
+from pipeline import schema as S
+from pipeline.evaluation import benchmarks as B
+from pipeline.evaluation import run as E
+from pipeline.evaluation.judge import JudgeConfig, parse_scores, JudgeReplyError
+from pipeline.evaluation.scoring import caption_metrics, check_option, predicted_letter
+
+
+# -- multiple-choice scoring ----------------------------------------------------------------------------
+@pytest.mark.parametrize("reply, correct, followed", [
+    ("(B) a dog", True, True),
+    ("(b) A DOG", True, True),
+    ("(B.", True, True),  # dots dropped: "(b" is inside "(b)"
+    ("(B)a dog", True, True),  # no space: the answer's token "(b)" is inside the reply's
+    ("(C) a cat", False, True),
+    ("(Bed", False, True),  # a token with letters that is not the option
+    ("(", False, False),  # nothing after the reply start
+    ("(1) one", False, False),  # no option letter at all
+    ("(hm, not sure", False, False),  # none of the letters a-g
+])
+def test_a_reply_is_right_when_its_first_token_is_the_answers_option(reply, correct, followed):
+    verdict = check_option(reply, "(B) a dog")
+    assert (verdict.correct, verdict.followed) == (correct, followed)
+
+
+def test_the_predicted_letter_is_read_from_the_option_token():
+    assert predicted_letter("(c)") == "C" and predicted_letter("(") is None
+
+
+# -- caption metrics ------------------------------------------------------------------------------------
+def test_caption_metrics_on_crafted_pairs():
+    same = "a man rides a brown horse along the beach"
+    scores, each = caption_metrics({"v1": same}, {"v1": [same]})
+    assert scores["bleu4"] == pytest.approx(1.0, abs=1e-6) and scores["rouge_l"] == pytest.approx(1.0)
+    # ROUGE-L by hand: the longest common subsequence of "a man rides a horse" and "a man rides a brown horse" is
+    # 5 words: precision 5/5, recall 5/6, F with beta 1.2 = (1 + 1.44) P R / (R + 1.44 P).
+    scores, _ = caption_metrics({"v1": "A man rides a horse."}, {"v1": ["a man rides a brown horse"]})
+    p, r = 1.0, 5 / 6
+    assert scores["rouge_l"] == pytest.approx((1 + 1.44) * p * r / (r + 1.44 * p), abs=1e-6)
+    scores, each = caption_metrics({"v1": "snow falls on red roofs", "v2": same},
+                                   {"v1": ["a man rides a horse"], "v2": [same, "a rider on a horse at the sea"]})
+    assert each["v1"]["rouge_l"] == 0.0 and each["v2"]["rouge_l"] == pytest.approx(1.0)
+    assert scores["scored"] == 2 and scores["cider"] > 0
+    assert caption_metrics({"v1": "  "}, {"v1": ["x"]})[0]["scored"] == 0  # an empty caption is not scored
+
+
+# -- benchmark files ------------------------------------------------------------------------------------
+def _mcq_items(video_a: str, video_b: str) -> list[dict]:
+    return [
+        {"video": video_a, "question": "What moves?", "candidates": ["a dog", "a car", "nothing"], "answer": "a car",
+         "task": "Moving Things"},
+        {"video": video_b, "question": "Which colour?", "candidates": ["red", "blue"], "answer": "red",
+         "task": "Colour", "start": 0.2, "end": 1.0},
+        {"video": "missing.mp4", "question": "Is it day?", "candidates": ["yes", "no"], "answer": "no", "task": "Colour"},
+        {"video": video_a, "question": "How many?", "candidates": ["one", "two"], "answer": "two",
+         "task": "Moving Things"},
+    ]
+
+
+def test_mcq_questions_are_lettered_and_laid_out_like_the_reference(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(json.dumps(i) for i in _mcq_items("a.mp4", "/abs/b.mp4")))
+    bench = B.load_benchmark("mcq", str(path))
+    rows = bench.questions.to_pylist()
+    assert [r[B.TASK] for r in rows] == ["Moving Things", "Colour", "Colour", "Moving Things"]
+    assert rows[0][B.PROMPT] == f"Question: What moves?\nOptions:\n(A) a dog\n(B) a car\n(C) nothing\n{B.MCQ_INSTRUCTION}"
+    assert rows[0][B.ANSWER] == "(B) a car" and rows[1][B.ANSWER] == "(A) red"
+    assert rows[0][S.URI] == str(tmp_path / "a.mp4") and rows[1][S.URI] == "/abs/b.mp4"
+    assert (rows[1][S.START_S], rows[1][S.END_S]) == (0.2, 1.0) and rows[0][S.START_S] is None
+    assert len({r[S.VIDEO_ID] for r in rows}) == 4 and rows[0][S.VIDEO_ID].startswith("moving_things/00000-")
+    # The reference's MVBench conversation: the video in its own user turn, then the question, then the
+    # assistant's reply opened with the answer prefix.
+    prompt = PromptText(query=rows[0][B.PROMPT], system="Watch.")
+    rendered = get_template("vicuna").render(prompt.query, prompt.system, reply_prefix=rows[0][B.REPLY_PREFIX])
+    assert rendered == ("Watch. USER: <image>\n USER: " + rows[0][B.PROMPT] + " ASSISTANT:Best option:(")
+    # The same file as a JSON array gives the same questions; an edited question gets a new id.
+    path.with_suffix(".json").write_text(json.dumps(_mcq_items("a.mp4", "/abs/b.mp4")))
+    assert B.load_benchmark("mcq", str(path.with_suffix(".json"))).questions.equals(bench.questions)
+    edited = _mcq_items("a.mp4", "/abs/b.mp4")
+    edited[0]["question"] = "What moves fast?"
+    path.write_text("\n".join(json.dumps(i) for i in edited))
+    ids = B.load_benchmark("mcq", str(path)).questions.column(S.VIDEO_ID).to_pylist()
+    assert ids[0] != rows[0][S.VIDEO_ID] and ids[1:] == [r[S.VIDEO_ID] for r in rows[1:]]
+
+
+@pytest.mark.parametrize("item, message", [
+    ({"video": "a.mp4", "question": "q", "candidates": ["x", "y"], "answer": "z"}, "is not one of the candidates"),
+    ({"video": "a.mp4", "question": "q", "candidates": [], "answer": "z"}, "candidates must be a list"),
+    ({"video": "a.mp4", "candidates": ["x"], "answer": "x"}, "missing ['question']"),
+])
+def test_a_malformed_question_is_a_clear_error_naming_it(tmp_path, item, message):
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps([_mcq_items("a", "b")[0], item]))
+    with pytest.raises(ValueError, match=r"q.json: item 1: .*" + message.replace("[", r"\[").replace("]", r"\]")):
+        B.load_benchmark("mcq", str(path))
+
+
+def test_mvbench_folder_maps_tasks_to_video_folders_bounds_and_frame_tasks(tmp_path):
+    (tmp_path / "json").mkdir()
+    item = {"video": "x.mp4", "question": "q", "candidates": ["a", "b"], "answer": "b", "start": 1.0, "end": 2.0}
+    for name in ("action_sequence.json", "action_antonym.json", "episodic_reasoning.json"):
+        (tmp_path / "json" / name).write_text(json.dumps([item]))
+    rows = {r[B.TASK]: r for r in B.load_benchmark("mvbench", str(tmp_path)).questions.to_pylist()}
+    assert set(rows) == {"Action Sequence", "Action Antonym", "Episodic Reasoning"}
+    assert rows["Action Sequence"][S.URI] == str(tmp_path / "video/star/Charades_v1_480/x.mp4")
+    assert rows["Action Sequence"][S.START_S] == 1.0 and rows["Action Antonym"][S.START_S] is None  # bounds per task
+    assert rows["Episodic Reasoning"][B.UNSUPPORTED] and rows["Action Sequence"][B.UNSUPPORTED] is None
+    with pytest.raises(FileNotFoundError, match="no MVBench task files"):
+        B.load_benchmark("mvbench", str(tmp_path / "nothing"))
+
+
+def test_videomme_parquet_gives_questions_per_duration_class(tmp_path):
+    pq.write_table(pa.table({
+        "question_id": ["001-1", "002-1"], "videoID": ["abc", "def"], "duration": ["short", "long"],
+        "question": ["What is shown?", "Who speaks?"],
+        "options": [["A. a cat", "B. a dog", "C. a bird", "D. a fish"], ["A. she", "B. he", "C. no one", "D. both"]],
+        "answer": ["C", "A"]}), tmp_path / "test.parquet")
+    rows = B.load_benchmark("videomme", str(tmp_path / "test.parquet"), str(tmp_path / "videos")).questions.to_pylist()
+    assert [r[B.TASK] for r in rows] == ["short", "long"]
+    assert rows[0][B.ANSWER] == "(C) a bird" and "(A) a cat\n(B) a dog" in rows[0][B.PROMPT]
+    assert rows[1][S.URI] == str(tmp_path / "videos" / "def.mp4")
+
+
+def test_reference_captions_from_json_or_csv(tmp_path):
+    (tmp_path / "refs.json").write_text(json.dumps({"a.mp4": "a cat sleeps", "b.mp4": ["a dog", "a dog runs"]}))
+    (tmp_path / "refs.csv").write_text("video,caption\na.mp4,a cat sleeps\nb.mp4,a dog\nb.mp4,a dog runs\n")
+    for name in ("refs.json", "refs.csv"):
+        bench = B.load_benchmark("captions", str(tmp_path / name))
+        answers = {r[S.VIDEO_ID].rsplit("-", 1)[0]: json.loads(r[B.ANSWER]) for r in bench.questions.to_pylist()}
+        assert answers == {"a.mp4": ["a cat sleeps"], "b.mp4": ["a dog", "a dog runs"]}
+        assert B.PROMPT not in bench.questions.column_names  # captioned with the job's prompt
+
+
+# -- the judge ------------------------------------------------------------------------------------------
+class _JudgeServer:
+    """A chat-completions endpoint on loopback: answers with the scripted replies in turn (an int is an HTTP
+    error status), recording every request."""
+
+    def __init__(self, replies: list):
+        self.replies, self.requests = list(replies), []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the http.server API
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                reply = outer.replies.pop(0) if outer.replies else '{"correctness": 1}'
+                if isinstance(reply, int):
+                    self.send_response(reply)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"error": {"message": "busy"}}')
+                    return
+                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                   "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": reply}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_judge_replies_are_parsed_strictly():
+    assert parse_scores('Sure: {"correctness": 4, "detail": 3, "context": 5, "temporal": 2}', False) == {
+        "correctness": 4, "detail": 3, "context": 5, "temporal": 2, "consistency": None}
+    assert parse_scores("{'correctness': 4.0, 'detail': 3, 'context': 5, 'temporal': 2, 'consistency': 1}",
+                        True)["consistency"] == 1
+    for bad in ("no scores", '{"correctness": 9, "detail": 3, "context": 5, "temporal": 2}',
+                '{"correctness": "4", "detail": 3, "context": 5, "temporal": 2}', '{"correctness": 4}'):
+        with pytest.raises(JudgeReplyError):
+            parse_scores(bad, False)
+
+
+def test_vcg_answers_are_judged_over_http_with_bounded_retries(tmp_path, monkeypatch):
+    items = [{"video_name": "v1", "Q": "What happens?", "A": "A man walks a dog."},
+             {"video_name": "v2", "Q1": "Who is there?", "Q2": "Who appears?", "A": "Two children."},
+             {"video_name": "v3", "Q": "Where?", "A": "In a park."}]
+    (tmp_path / "vcg.json").write_text(json.dumps(items))
+    bench = B.load_benchmark("vcg", str(tmp_path / "vcg.json"))
+    ids = bench.questions.column(S.VIDEO_ID).to_pylist()
+    answers = {qid: {S.CAPTION: reply, S.ERROR: None, S.MODEL: "tiny@x", S.PROMPT_ID: "p"}
+               for qid, reply in zip(ids, ["A man and a dog.", "Two kids.", "Two children.", "A park."])}
+    good = '{"correctness": 4, "detail": 3, "context": 4, "temporal": 5}'
+    pair = '{"correctness": 5, "detail": 4, "context": 5, "temporal": 4, "consistency": 5}'
+    # First answer: a 503, then a reply that is not JSON, then scores. The pair: scores with consistency. The
+    # last: three unusable replies, so it keeps an error and no scores.
+    server = _JudgeServer([503, "I would say four.", good, pair, pair, "??", "??", "??"])
+    monkeypatch.setenv("JUDGE_TEST_KEY", "secret-key-123")
+    judge = JudgeConfig(server.url, "judge-model", api_key_env="JUDGE_TEST_KEY", max_retries=2, attempts=3,
+                        concurrency=1)
+    try:
+        rows = E.score(bench, answers, judge)
+    finally:
+        server.close()
+    assert len(server.requests) == 8
+    first = server.requests[0]
+    assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer secret-key-123"
+    assert first["body"]["model"] == "judge-model" and first["body"]["temperature"] == 0
+    user = first["body"]["messages"][-1]["content"]
+    assert "Question: What happens?" in user and "Correct answer: A man walks a dog." in user
+    assert "Predicted answer: A man and a dog." in user and "consistency" not in user
+    pair_request = server.requests[3]["body"]["messages"][-1]["content"]
+    assert "A similar question: Who appears?" in pair_request and "Predicted answer to it: Two children." in pair_request
+    assert rows[0]["score_correctness"] == 4 and rows[0]["score_consistency"] is None and rows[0]["judge_error"] is None
+    assert rows[1]["score_consistency"] == 5 and rows[2]["score_consistency"] == 5
+    assert rows[3]["judge_error"].startswith("after 3 replies") and rows[3]["score_correctness"] is None
+    result = E.metrics(bench, rows)
+    assert result["overall"]["correctness"] == {"score": round((4 + 5 + 5) / 3, 4), "acc": round(100 * 3 / 3, 2),
+                                                "judged": 3}
+    assert result["overall"]["judge_errors"] == 1 and result["overall"]["consistency"]["judged"] == 2
+    assert "secret-key-123" not in json.dumps(result) + json.dumps(rows, default=str)
+
+
+# -- end to end -----------------------------------------------------------------------------------------
+def test_an_mcq_evaluation_gives_one_row_per_question_and_metrics_from_those_rows(ray_local, video_dir, tmp_path,
+                                                                                    capsys):
+    import yaml
+
+    from jobs.evaluate import main
+
+    data = tmp_path / "questions.jsonl"
+    data.write_text("\n".join(json.dumps(i) for i in _mcq_items(f"{video_dir}/a.mp4", f"{video_dir}/b.mp4")))
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump({"resources": {
+        "batch_size": 2, "rows_per_file": 2, "decode_concurrency": 1, "decode_num_cpus": 0.5, "caption_num_cpus": 0.5}}))
+    common = ["--benchmark", "mcq", "--data", str(data), "--model", "tiny", "--num-frames", "4",
+              "--max-new-tokens", "4", "--config", str(tmp_path / "small.yaml"), "-q"]
+    assert main(common + ["--output", str(tmp_path / "base")]) == 0
+    out = tmp_path / "base"
+    rows = pq.read_table(out / E.PREDICTIONS_FILE).to_pylist()
+    result = json.loads((out / E.METRICS_FILE).read_text())
+    assert len(rows) == 4 and len({r["question_id"] for r in rows}) == 4
+    missing = [r for r in rows if r[S.ERROR]]
+    assert [r["answer"] for r in missing] == ["(B) no"] and missing[0][S.ERROR_REASON] == "not_found"
+    assert missing[0]["correct"] is False and missing[0]["reply"] is None
+    for row in rows:  # the scores follow from the stored replies
+        if row["reply"] is not None:
+            assert row["correct"] == check_option(row["reply"], row["answer"]).correct
+            assert row["reply"].startswith("(")
+    by_task: dict = {}
+    for row in rows:
+        by_task.setdefault(row["task"], []).append(row)
+    for task, group in by_task.items():
+        assert result["tasks"][task]["correct"] == sum(r["correct"] for r in group)
+        assert result["tasks"][task]["accuracy"] == round(100 * sum(r["correct"] for r in group) / len(group), 2)
+    assert result["overall"]["questions"] == 4 and result["overall"]["errors"] == 1
+    assert result["errors_by_reason"] == {f"{missing[0][S.ERROR_STAGE]}/not_found": 1}
+    assert result["model"][0].startswith("tiny@") and len(result["prompt_id"]) == 1
+    # Each question was its row's own prompt: the id is that of the layout with the question column in it.
+    template = get_template("vicuna")
+    layout = PromptText(system=B.MCQ_SYSTEM_PROMPT, query_column=B.PROMPT, reply_prefix_column=B.REPLY_PREFIX)
+    assert result["prompt_id"] == [prompt_id(template, layout.layout(template))]
+    answers = pq.read_table(next((out / "parquet").glob("*.parquet"))).column_names
+    assert B.PROMPT in answers and B.ANSWER in answers  # the raw answers keep their questions
+    printed = capsys.readouterr().out
+    assert "overall: accuracy" in printed and "Colour" in printed
+
+    # Resumed: nothing is asked again, the same metrics come out; compared with itself, every delta is zero.
+    assert main(common + ["--output", str(out), "--compare", str(out)]) == 0
+    again = json.loads((out / E.METRICS_FILE).read_text())
+    assert again["run"]["videos"] == 0 and again["overall"] == result["overall"]
+    assert "(+0)" in capsys.readouterr().out
+
+
+def test_a_caption_evaluation_scores_against_reference_captions(ray_local, video_dir, tmp_path):
+    from pipeline.config import JobConfig
+
+    (tmp_path / "refs.json").write_text(json.dumps({f"{video_dir}/a.mp4": "a video", f"{video_dir}/c.mkv": "a clip",
+                                                    f"{video_dir}/gone.mp4": "nothing"}))
+    bench = B.load_benchmark("captions", str(tmp_path / "refs.json"))
+    defaults, fixed = E.job_layers(bench, str(tmp_path / "out"))
+    cfg = JobConfig.from_dict(defaults, {"model": {"model": "tiny"}, "sampling": {"num_frames": 4},
+                                         "generation": {"max_new_tokens": 6},
+                                         "resources": {"batch_size": 2, "decode_concurrency": 1,
+                                                       "decode_num_cpus": 0.5, "caption_num_cpus": 0.5}}, fixed)
+    result, complete = E.evaluate(bench, cfg)
+    rows = pq.read_table(tmp_path / "out" / E.PREDICTIONS_FILE).to_pylist()
+    assert complete and len(rows) == 3 and sum(r[S.ERROR] is not None for r in rows) == 1
+    scored = {r["question_id"]: r["reply"] for r in rows if r["reply"] is not None}
+    references = {r["question_id"]: json.loads(r["answer"]) for r in rows}
+    expected, _ = caption_metrics(scored, references)
+    assert {k: result["overall"][k] for k in expected} == expected
+    assert set(result["overall"]["flagged"]) == set(S.FLAGS) and result["not_computed"]["meteor"] == "needs Java"
+
+
+def test_every_evaluate_flag_sets_a_job_config_key():
+    from jobs.evaluate import FLAG_KEYS, build_parser
+    from jobs.flags import paths_of
+    from pipeline.config import JobConfig
+
+    assert set(FLAG_KEYS.values()) <= paths_of(JobConfig)
+    dests = {a.dest for a in build_parser()._actions}
+    assert set(FLAG_KEYS) <= dests
