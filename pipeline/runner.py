@@ -196,9 +196,18 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     # Videos already done are dropped where the list is read: a rerun makes blocks only of what is left.
     todo = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=res.batch_size, retry=cfg.retry,
                            keep=SkipDone(done_ref, tally))
-    manifests = build_pipeline(cfg, prompt, run_id, done_ref, plan, tally, engine)(todo)
     written, live = [], Progress()
-    for row in watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster):
+    read = ray.get(tally.totals.remote())
+    if not cfg.source.limit and read.get("read", 0) == read.get("done", 0):
+        # Without a limit the list is read (and filtered) when read_video_refs returns: nothing is left, so no
+        # actor pool starts (a rerun of a finished job takes seconds).
+        logger.info("run %s: all %d videos of the list are already done; nothing to decode or caption", run_id,
+                    read.get("read", 0))
+        rows = iter(())
+    else:
+        manifests = build_pipeline(cfg, prompt, run_id, done_ref, plan, tally, engine)(todo)
+        rows = watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster)
+    for row in rows:
         written.append(json.loads(row["manifest"]))
         live.add(written[-1])
         record_manifest(run_id, written[-1])

@@ -315,3 +315,36 @@ def test_every_evaluate_flag_sets_a_job_config_key():
     assert set(FLAG_KEYS.values()) <= paths_of(JobConfig)
     dests = {a.dest for a in build_parser()._actions}
     assert set(FLAG_KEYS) <= dests
+
+
+def test_a_vcg_evaluation_judges_the_pipelines_answers(ray_local, video_dir, tmp_path, monkeypatch, capsys):
+    from jobs.evaluate import main
+
+    items = [{"video_name": "a", "Q": "What happens?", "A": "Shapes move."},
+             {"video_name": "b", "Q1": "What is shown?", "Q2": "What can be seen?", "A": "Colours."},
+             {"video_name": "gone", "Q": "Where?", "A": "Nowhere."}]
+    (tmp_path / "vcg.json").write_text(json.dumps(items))
+    scores = '{"correctness": 2, "detail": 3, "context": 4, "temporal": 1, "consistency": 5}'
+    server = _JudgeServer([scores] * 10)
+    monkeypatch.setenv("MY_JUDGE_KEY", "judge-secret-987")
+    try:
+        code = main(["--benchmark", "vcg", "--data", str(tmp_path / "vcg.json"), "--video-root", video_dir,
+                     "--model", "tiny", "--num-frames", "4", "--max-new-tokens", "4", "--batch-size", "2",
+                     "--judge-url", server.url, "--judge-model", "judge-1", "--judge-api-key-env", "MY_JUDGE_KEY",
+                     "--output", str(tmp_path / "out")])
+    finally:
+        server.close()
+    assert code == 0
+    rows = pq.read_table(tmp_path / "out" / E.PREDICTIONS_FILE).to_pylist()
+    assert len(rows) == 4 and [r[S.ERROR] is not None for r in rows] == [False, False, False, True]
+    assert rows[0][S.URI].endswith("a.mp4") and rows[1][S.URI].endswith("b.mp4")  # the extension that exists
+    assert len(server.requests) == 3 and all(r["auth"] == "Bearer judge-secret-987" for r in server.requests)
+    pair = [r["body"]["messages"][-1]["content"] for r in server.requests if "similar question" in
+            r["body"]["messages"][-1]["content"]]
+    assert len(pair) == 2  # both questions of the pair see the other's answer
+    result = json.loads((tmp_path / "out" / E.METRICS_FILE).read_text())
+    judged = [r for r in rows if r["score_correctness"] is not None]
+    assert result["overall"]["correctness"]["judged"] == len(judged) == 3
+    assert result["overall"]["consistency"] == {"score": 5.0, "acc": 100.0, "judged": 2}
+    assert result["tasks"]["generic"]["questions"] == 2 and result["tasks"]["consistency"]["questions"] == 2
+    assert "judge-secret-987" not in capsys.readouterr().out + json.dumps(result)

@@ -141,9 +141,16 @@ def test_recaption_changed_captions_again_what_another_prompt_wrote(ray_local, t
     assert first["this_run"]["ok"] == 3
     old = {r[S.VIDEO_ID]: r for r in read_rows(out)}
 
-    # Without the mode a new prompt captions nothing: every video already has a row.
+    # Without the mode a new prompt captions nothing: every video already has a row, so no actor pool starts.
+    from ray._private.state import actors
+
+    def caption_actors() -> int:  # every caption actor this cluster ever had (dead ones stay listed)
+        return sum("Captioner" in (a.get("ActorClassName") or "") for a in actors().values())
+
+    started = caption_actors()
     plain = run_job(job_config(str(listing), out, prompt="What moves in the clip?"))
     assert plain["this_run"]["videos"] == 0 and plain["this_run"]["skipped_already_done"] == 3
+    assert plain["complete"] and caption_actors() == started > 0
 
     changed = job_config(str(listing), out, prompt="What moves in the clip?", output={"recaption_changed": True})
     second = run_job(changed)

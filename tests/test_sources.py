@@ -167,6 +167,26 @@ def test_limit_counts_videos_not_comment_lines(ray_local, files):
     assert sorted(os.path.basename(r[S.URI]) for r in rows) == ["a.mp4", "b.mkv"]
 
 
+def test_videos_already_done_are_dropped_where_the_list_is_read(ray_local, files):
+    import ray
+
+    from pipeline.skip import RowTally, SkipDone
+
+    (files / "long.txt").write_text("# a comment\n" + "".join(f"v{i:03d}.mp4\n" for i in range(100)))
+    cfg = SourceConfig(input=str(files / "long.txt"))
+    everything = read_video_refs(cfg, rows_per_block=8).take_all()
+    done = pa.array(sorted(r[S.VIDEO_ID] for r in everything if r[S.URI] < str(files / "v090.mp4")), pa.string())
+    tally = RowTally.remote()
+    left = read_video_refs(cfg, rows_per_block=8, keep=SkipDone(done, tally))
+    # Read (and counted) when the call returns; the blocks hold only what is left: 10 rows, not 13 blocks' worth.
+    assert ray.get(tally.totals.remote()) == {"read": 100, "done": 90}
+    assert sorted(os.path.basename(r[S.URI]) for r in left.take_all()) == [f"v{i:03d}.mp4" for i in range(90, 100)]
+    assert sum(1 for _ in left.iter_internal_ref_bundles()) == 2
+    # With a limit the first videos of the list are taken, then the done ones dropped (as without `keep`).
+    limited = read_video_refs(SourceConfig(input=str(files / "long.txt"), limit=95), keep=SkipDone(done))
+    assert sorted(os.path.basename(r[S.URI]) for r in limited.take_all()) == [f"v{i:03d}.mp4" for i in range(90, 95)]
+
+
 def test_video_ids_do_not_hold_or_depend_on_uri_credentials():
     assert stable_video_id("s3://KEY:SECRET@bucket/v.mp4") == stable_video_id("s3://bucket/v.mp4")
     assert stable_video_id("https://h/v.mp4?X-Amz-Signature=one") == stable_video_id("https://h/v.mp4?X-Amz-Signature=two")

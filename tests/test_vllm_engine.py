@@ -73,6 +73,15 @@ def test_greedy_captions_equal_the_hf_engine(engine, stopping_tiny, six_videos):
     assert len({r.text for r in got}) == len(got)  # different videos and prompts, different captions
 
 
+def test_reply_prefixes_continue_as_on_the_hf_engine(engine, stopping_tiny, six_videos):
+    """Per-row prompts (evaluation questions): each reply opened with its own prefix, as hf generates it."""
+    model, processor = load_pllava(stopping_tiny, lora_alpha=LORA_ALPHA, device="cpu")
+    prefixes = ["Best option:(", "", "In the video,", "Best option:(", "", "("]
+    expected = generate_captions(model, processor, torch.from_numpy(six_videos), PROMPTS, SETTINGS, prefixes)
+    assert engine.caption(six_videos, PROMPTS, prefixes) == expected
+    assert expected[0] != generate_captions(model, processor, torch.from_numpy(six_videos[:1]), PROMPTS[0], SETTINGS)[0]
+
+
 def test_many_batches_in_flight_give_the_same_captions(engine, six_videos):
     import asyncio
 

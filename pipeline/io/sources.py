@@ -351,20 +351,18 @@ def _read_list_blocks(pieces: list[dict], fmt: str, storage_options: dict | None
     """Pieces of list files (txt, csv, jsonl or Parquet), each read with bounded retries and prepared, as a
     stream of small blocks (about ``MAX_LIST_BLOCKS`` at most over all ``total_pieces``). Rows that
     ``prepare`` drops make no block; a task whose rows were all dropped yields one empty block (the columns)."""
-    empty = None
+    prepared, yielded = None, False
     for piece in pieces:
         table = _read_piece(piece, fmt, storage_options, retry)
         if table is None:
             continue
-        table = prepare(table)
-        if table.num_rows == 0:
-            empty = table
-            continue
-        for block in _blocks(table, rows_per_block, total_pieces):
-            yield block  # not `yield from`: Ray's streaming generators need a plain yield
-        empty = False
-    if empty is not None and empty is not False:
-        yield empty
+        prepared = prepare(table)
+        if prepared.num_rows:
+            for block in _blocks(prepared, rows_per_block, total_pieces):
+                yield block  # not `yield from`: Ray's streaming generators need a plain yield
+            yielded = True
+    if not yielded and prepared is not None:
+        yield prepared  # every row was dropped: one empty block, so the dataset still has its columns
 
 
 _RESOLVED_URI, _RESOLVE_REASON, _RESOLVE_ERROR = "_resolved_uri", "_resolve_reason", "_resolve_error"
@@ -454,8 +452,9 @@ def read_video_refs(
     """A dataset of VideoRef rows in many small blocks, so decoding spreads over the actors.
 
     ``keep`` filters the rows where they are read, before they are cut into blocks (the job drops the videos
-    already done: a rerun makes blocks only of what is left). With ``cfg.limit`` the first ``limit`` videos
-    of the list are taken first and ``keep`` applies to them (a Ray Data stage after the limit).
+    already done: a rerun makes blocks only of what is left). Without ``cfg.limit`` the list has been read, and
+    ``keep`` applied to every row, when this returns (the dataset holds the blocks' references). With it, the
+    first ``limit`` videos of the list are taken first and ``keep`` applies to them (a lazy stage after the limit).
 
     Raises:
         FileNotFoundError: the list file (or every video of a prefix) is missing.
