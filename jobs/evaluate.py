@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = JobConfig.from_dict(defaults, user, flags_layer(args, FLAG_KEYS), fixed)
         other = E.read_metrics(args.compare, storage_options) if args.compare else None
     except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
+        missing = isinstance(exc, FileNotFoundError) and exc.filename
+        print(f"error: {mask_text(f'no such file: {exc.filename}' if missing else str(exc))}", file=sys.stderr)
         return 2
     judge = JudgeConfig(args.judge_url, args.judge_model, args.judge_api_key_env) if args.judge_url else None
     from model.settings import EngineUnavailable

@@ -145,6 +145,19 @@ def test_reference_captions_from_json_or_csv(tmp_path):
         assert B.PROMPT not in bench.questions.column_names  # captioned with the job's prompt
 
 
+def test_an_answer_by_another_model_is_not_scored_as_this_runs(tmp_path):
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps(_mcq_items("a.mp4", "b.mp4")[:2]))
+    bench = B.load_benchmark("mcq", str(path))
+    first, second = bench.questions.column(S.VIDEO_ID).to_pylist()
+    answers = {first: {S.CAPTION: "B) a car", S.ERROR: None, S.MODEL: "tiny@new", S.PROMPT_ID: "p"},
+               second: {S.CAPTION: "A) red", S.ERROR: None, S.MODEL: "tiny@old", S.PROMPT_ID: "p"}}
+    rows = E.score(bench, answers, identity=("tiny@new", "p"))
+    assert rows[0]["correct"] and rows[0][S.ERROR] is None
+    assert rows[1]["correct"] is False and rows[1][S.ERROR_REASON] == "stale" and "tiny@old" in rows[1][S.ERROR]
+    assert E.metrics(bench, rows)["model"] == ["tiny@new"]
+
+
 # -- the judge ------------------------------------------------------------------------------------------
 class _JudgeServer:
     """A chat-completions endpoint on loopback: answers with the scripted replies in turn (an int is an HTTP

@@ -70,6 +70,7 @@ def evaluate(bench: B.Benchmark, cfg, judge: JudgeConfig | None = None, progress
     Raises:
         what :func:`pipeline.runner.run_job` raises for a job that cannot start (busy output, resources, ...).
     """
+    from pipeline.captioner import caption_identity
     from pipeline.runner import RunIncomplete, run_job
 
     out, storage_options = cfg.output.output, cfg.storage_options
@@ -82,7 +83,8 @@ def evaluate(bench: B.Benchmark, cfg, judge: JudgeConfig | None = None, progress
         except RunIncomplete as exc:
             logger.error("%s", exc)
             complete = False
-    rows = score(bench, read_answers(out, storage_options), judge, out, storage_options)
+    identity = caption_identity(cfg.model, cfg.prompt_text())
+    rows = score(bench, read_answers(out, storage_options), judge, out, storage_options, identity)
     result = metrics(bench, rows, summary)
     write_results(out, rows, result, storage_options)
     return result, complete
@@ -122,12 +124,18 @@ def _previous_judgements(out: str, storage_options: dict | None, judge_model: st
 
 
 def score(bench: B.Benchmark, answers: dict[str, dict], judge: JudgeConfig | None = None, out: str | None = None,
-          storage_options: dict | None = None) -> list[dict]:
+          storage_options: dict | None = None, identity: tuple[str, str] | None = None) -> list[dict]:
     """One prediction row per question, in the benchmark's order: the model's reply and its score, or the
-    error that kept the question from being answered."""
+    error that kept the question from being answered. With ``identity`` (this run's model and prompt_id), an
+    answer another model or prompt wrote does not count: the output keeps an older caption when the new model's
+    attempt failed, and that caption is not this model's answer."""
     rows = []
     for q in bench.questions.to_pylist():
         answer = answers.get(q[S.VIDEO_ID])
+        if answer is not None and identity is not None and (answer[S.MODEL], answer[S.PROMPT_ID]) != identity:
+            answer = {S.ERROR: f"the output holds another model's or prompt's answer ({answer[S.MODEL]}), not this "
+                               "run's: its attempt failed or has not run; rerun (--retry-errors for a failed video)",
+                      S.ERROR_STAGE: S.STAGE_CAPTION, S.ERROR_REASON: "stale"}
         row = {"question_id": q[S.VIDEO_ID], "task": q[B.TASK], S.URI: q[S.URI], S.START_S: q.get(S.START_S),
                S.END_S: q.get(S.END_S), "question": q.get(B.QUESTION), "answer": q.get(B.ANSWER)}
         row.update({name: (answer or {}).get(name) for name in _ANSWER_COLUMNS})
@@ -174,7 +182,8 @@ def _judge_rows(rows: list[dict], bench: B.Benchmark, judge: JudgeConfig | None,
             row.update({f"score_{k}": old[f"score_{k}"] for k in SCORES}, judge_error=None)
         else:
             partner = by_id.get(pairs.get(row["question_id"]) or "")
-            pair = (partner["question"], partner["reply"] or "") if partner else None
+            # Consistency needs both answers: without the partner's, this one is judged alone.
+            pair = (partner["question"], partner["reply"]) if partner and partner["reply"] is not None else None
             todo.append(row)
             items.append({"question": row["question"], "answer": row["answer"], "prediction": row["reply"],
                           "pair": pair})
