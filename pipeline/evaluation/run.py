@@ -294,7 +294,9 @@ def format_metrics(result: dict) -> str:
     def line(name: str, group: dict) -> str:
         numbers = ", ".join(f"{k} {v}" for k, v in _headline(kind, group).items())
         extra = f", {group['no_option']} without an option letter" if kind == "mcq" else ""
-        return (f"  {name}: {numbers} ({group['questions']} questions, {group['errors']} errors{extra})")
+        counts = f"{group['questions']} question{'s' * (group['questions'] != 1)}, {group['errors']} error" + \
+            "s" * (group["errors"] != 1)
+        return f"  {name}: {numbers} ({counts}{extra})"
 
     lines = [f"{result['benchmark']} with {', '.join(result['model']) or 'no model output'}:",
              line("overall", result["overall"])]
