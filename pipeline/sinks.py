@@ -73,7 +73,7 @@ class ShardWriter:
         def count_write_retry() -> None:
             write_retries[0] += 1
 
-        name = batch_name(table.column(S.VIDEO_ID).to_pylist())
+        name = batch_name(table.column(S.VIDEO_ID).to_pylist(), self.run_id)
         shard, wds_rows = None, 0
         if "webdataset" in self.out.formats:
             keyframes = (batch.column(S.KEYFRAME_JPEG).to_pylist() if S.KEYFRAME_JPEG in batch.column_names

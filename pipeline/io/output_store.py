@@ -7,7 +7,9 @@ Layout under the output URI::
     _runs/<run_id>.json          run summaries
     _lease.json                  the running job's lease (:mod:`pipeline.lease`)
 
-``<h>`` names a batch (a hash of its video ids, so a batch that is redone gets the same name). A batch's
+``<h>`` names a batch: a hash of the run id and the batch's video ids, so a batch that its run redoes (a retried
+task) gets the same name, and a later run never overwrites an earlier run's file (a ``--recaption-changed`` or
+``--retry-errors`` run whose video now fails must not replace the caption that file holds). A batch's
 shard is written before its Parquet file: a Parquet file present means its batch is complete, and a shard
 without its Parquet file is an orphan that :mod:`pipeline.resume` removes. Every other module asks this
 one for names, so a pattern changed here changes everywhere (reconcile included).
@@ -39,9 +41,9 @@ _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 MAX_KEY_CHARS = 200  # "{key}.json" stays under the 255-byte file-name limit where a shard is unpacked
 
 
-def batch_name(video_ids: list[str]) -> str:
-    """The name of the batch holding these videos (order does not matter)."""
-    return hashlib.sha1("\n".join(sorted(video_ids)).encode()).hexdigest()[:16]
+def batch_name(video_ids: list[str], run_id: str = "") -> str:
+    """The name of this run's batch holding these videos (their order does not matter)."""
+    return hashlib.sha1("\n".join([run_id, *sorted(video_ids)]).encode()).hexdigest()[:16]
 
 
 def sample_key(video_id: str) -> str:
