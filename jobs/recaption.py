@@ -114,13 +114,13 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
     from pipeline.lease import OutputBusy
     from pipeline.io.masking import mask_text
     from pipeline.resources import ResourceError
-    from pipeline.runner import RunIncomplete, format_summary, run_job
+    from pipeline.runner import IdConflict, RunIncomplete, format_summary, run_job
     from pipeline.io.sources import VideoListError
     from pipeline.watchdog import Stalled
 
     try:
         summary = run_job(cfg, progress=args.verbose)
-    except (FileNotFoundError, VideoListError, ResourceError, OutputBusy, EngineUnavailable) as exc:
+    except (FileNotFoundError, VideoListError, IdConflict, ResourceError, OutputBusy, EngineUnavailable) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 2
     except (RunIncomplete, Stalled) as exc:

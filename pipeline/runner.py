@@ -16,6 +16,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Callable
 
+import numpy as np
 import pyarrow.compute as pc
 import ray
 
@@ -27,7 +28,7 @@ from pipeline.cluster import init_ray
 from pipeline.config import JobConfig
 from pipeline.lease import OutputLease
 from pipeline.metrics import record_manifest
-from pipeline.io.masking import mask_values
+from pipeline.io.masking import mask_text, mask_values, public_uri
 from pipeline.resources import (LIGHT_NUM_CPUS, SKIP_NUM_CPUS, PipelinePlan, cluster_nodes, cluster_totals,
                                  plan_pipeline)
 from pipeline.resume import OutputState, reconcile_and_scan
@@ -35,7 +36,7 @@ from pipeline.sampler import FrameSampler
 from pipeline.io.output_store import OutputStore
 from pipeline.progress import Progress
 from pipeline.sinks import ShardWriter
-from pipeline.skip import MarkRepeats, RowTally, SkipDone
+from pipeline.skip import CheckIds, IdRegistry, MarkRepeats, OnlyIds, RowTally, SkipDone
 from pipeline.io.sources import read_video_refs
 from pipeline.watchdog import describe_cluster, watched
 from pipeline.windows import SplitWindows
@@ -49,6 +50,13 @@ CAPTION_MAX_RESTARTS = 8
 
 class RunIncomplete(RuntimeError):
     """The run read no list rows (and an empty list was not allowed), or rows read were not all accounted for."""
+
+
+class IdConflict(ValueError):
+    """The list gives one ``video_id`` to different videos (or clips): refused before anything runs."""
+
+
+MAX_CONFLICTS_NAMED = 10
 
 
 def plan_for(cfg: JobConfig) -> PipelinePlan:
@@ -158,6 +166,7 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
         OutputBusy: another live job is writing this output (its lease names it).
         FileNotFoundError: the video list does not exist.
         Stalled: no output for ``resources.stall_fail_s`` (when set); the message says what the cluster waits on.
+        IdConflict: the list gives one video_id to different videos (nothing is run; the message names them).
         RunIncomplete: the list yielded no rows (unless ``source.allow_empty``), or not every row read was
             accounted for; the summary is written first, with ``complete: false``.
     """
@@ -191,11 +200,14 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     logger.info("run %s: %d videos already done; decode x%d at %g CPU, captioner x%d (%s engine) on %s at %g CPU",
                 run_id, len(done_ids), plan.decode_concurrency, plan.decode_num_cpus, plan.caption_concurrency,
                 engine, plan.device, plan.caption_num_cpus)
-    tally = RowTally.remote()
+    tally, registry = RowTally.remote(), IdRegistry.remote()
     done_ref = ray.put(done_ids)  # once: every reading task (and the windows' second skip) refers to it
     # Videos already done are dropped where the list is read: a rerun makes blocks only of what is left.
     todo = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=res.batch_size, retry=cfg.retry,
-                           keep=SkipDone(done_ref, tally))
+                           keep=CheckIds(registry, SkipDone(done_ref, tally)))
+    if cfg.source.limit:
+        todo = todo.materialize()  # the first `limit` rows, read and checked before any pool starts
+    check_list_ids(cfg, ray.get(registry.conflicting_ids.remote()))
     written, live = [], Progress()
     read = ray.get(tally.totals.remote())
     if not cfg.source.limit and read.get("read", 0) == read.get("done", 0):
@@ -226,6 +238,34 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     summary = mask_values(summary)  # URIs with user info or signatures, in paths, errors and the config
     OutputStore(out.output, cfg.storage_options).write_summary(run_id, summary)
     return summary
+
+
+def check_list_ids(cfg: JobConfig, conflicting: np.ndarray) -> None:
+    """Refuse a list that gives one id to different inputs, naming the rows (a second, filtered read of the list:
+    a rare path, so the first read keeps only 16 bytes a row).
+
+    Raises:
+        IdConflict: the ids, each with the inputs the list gives it (URIs without credentials).
+    """
+    if not len(conflicting):
+        return
+    named = conflicting[:MAX_CONFLICTS_NAMED]
+    rows = read_video_refs(cfg.source, cfg.storage_options, retry=cfg.retry, keep=OnlyIds(named)).take_all()
+    inputs: dict[str, list[str]] = {}
+    for row in rows:
+        bounds = (f" [{row[S.START_S]}, {row[S.END_S]}] s" if row[S.START_S] is not None or row[S.END_S] is not None
+                  else "")
+        described = mask_text(public_uri(row[S.URI] or "")) + bounds
+        if described not in inputs.setdefault(row[S.VIDEO_ID], []):
+            inputs[row[S.VIDEO_ID]].append(described)
+    lines = [f"  {video_id!r}: " + "; ".join(uris[:5]) + (f"; ... ({len(uris)} in all)" if len(uris) > 5 else "")
+             for video_id, uris in sorted(inputs.items())]
+    more = f"\n  ... and {len(conflicting) - len(named)} more ids" if len(conflicting) > len(named) else ""
+    raise IdConflict(
+        f"the video list {mask_text(cfg.source.input)} gives {len(conflicting)} video_id(s) to more than one "
+        "video: the output keeps one row per video_id, so all but one of them would never be captioned. "
+        "Give each video its own id (or leave the id column out: ids are then derived from the URIs). Nothing "
+        "was run.\n" + "\n".join(lines) + more)
 
 
 def incompleteness(summary: dict, allow_empty: bool) -> str | None:

@@ -39,3 +39,29 @@ def test_a_recaption_changed_run_that_fails_never_replaces_the_old_captions(ray_
         assert row["caption"], f"{video_id} lost its caption: {row['error']}"
     # The video that could be read again got the new prompt's caption; the other two kept their old ones.
     assert sorted(r["prompt_id"] == before[i]["prompt_id"] for i, r in after.items()) == [False, True, True]
+
+
+def test_a_list_giving_one_id_to_two_videos_is_refused_naming_both(ray_local, tmp_path):
+    """Before: the second video was counted as a "repeated row" and never captioned. Now the list is refused
+    before anything runs (exit 2 from the job script), naming the id and both videos; the same video listed
+    twice under one id is still just a repeat."""
+    from pipeline.runner import IdConflict, run_job
+
+    a = write_video(str(tmp_path / "a.mp4"), 160, 120, 12, 12, seed=1)
+    b = write_video(str(tmp_path / "b.mp4"), 160, 120, 12, 12, seed=2)
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"video_id,uri\nsame,{a}\nother,{b}\nsame,{a}\nsame,{b}\n")
+    out = tmp_path / "out"
+    with pytest.raises(IdConflict) as caught:
+        run_job(job_config(str(listing), str(out)))
+    message = str(caught.value)
+    assert "'same'" in message and a in message and b in message and "other" not in message.split("Nothing")[1]
+    assert not (out / "parquet").exists()  # nothing was written
+    # Clips: one id for two windows of the same file is two inputs too; with --limit the check still runs first.
+    listing.write_text(f"video_id,uri,start_s,end_s\nclip,{a},0,0.2\nclip,{a},0.2,0.4\n")
+    with pytest.raises(IdConflict, match=r"'clip'.*\[0\.0, 0\.2\] s.*\[0\.2, 0\.4\] s"):
+        run_job(job_config(str(listing), str(out), source={"limit": 2}))
+    # One video listed twice under one id is the same input: captioned once.
+    listing.write_text(f"video_id,uri\nsame,{a}\nsame,{a}\nother,{b}\n")
+    summary = run_job(job_config(str(listing), str(out)))
+    assert summary["this_run"]["duplicates_skipped"] == 1 and set(rows_by_id(str(out))) == {"same", "other"}
