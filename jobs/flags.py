@@ -45,12 +45,97 @@ def flags_layer(args: argparse.Namespace, keys: dict[str, tuple[str, ...]]) -> d
     return layer
 
 
+# A config is a few hundred values. These bounds refuse what only an attack or an accident makes: a huge file,
+# aliases that expand exponentially ("billion laughs": a few lines, 10**9 values once walked), a document
+# that refers to itself, or nesting deep enough to exhaust the stack.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 100
+
+
+def _expanded_size(node: yaml.Node, name: str) -> int:
+    """How many values ``node`` stands for once its aliases are expanded, counted without expanding them (an
+    alias is the same node object again, so each node is counted once and its count reused).
+
+    Raises:
+        ValueError: nesting deeper than :data:`MAX_YAML_DEPTH`, or a node inside itself.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if depth > MAX_YAML_DEPTH:
+            raise ValueError(f"{name}: nested deeper than {MAX_YAML_DEPTH} levels")
+        if id(node) in open_nodes:
+            raise ValueError(f"{name}: an alias refers to a node that contains it (a YAML document without end)")
+        open_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_YAML_VALUES:  # stop counting: the answer is already "too many"
+                break
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return size(node, 0)
+
+
+def load_yaml(text: str, name: str) -> Any:
+    """One YAML document as plain data, refused when it would expand past :data:`MAX_YAML_VALUES` values or
+    nest deeper than :data:`MAX_YAML_DEPTH` (checked on the parsed node graph, before any value is built).
+
+    Raises:
+        ValueError: naming ``name`` and what is wrong (invalid YAML included, with its line).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, name) > MAX_YAML_VALUES:
+            raise ValueError(f"{name}: expands to more than {MAX_YAML_VALUES} values (aliases that repeat "
+                             "aliases?); a config holds far fewer")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{name}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{name}: nested deeper than {MAX_YAML_DEPTH} levels") from None
+    finally:
+        loader.dispose()
+
+
 def yaml_layer(path: str | None) -> dict[str, Any]:
-    """The config layer a YAML file sets (empty without one)."""
+    """The config layer a YAML file sets (empty without one).
+
+    Raises:
+        ValueError: the file is missing, over :data:`MAX_YAML_BYTES`, not UTF-8, not YAML within the bounds of
+            :func:`load_yaml`, or not a mapping.
+    """
     if not path:
         return {}
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} not found") from None
+    except OSError as exc:
+        raise ValueError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MiB; a config file is a few kilobytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    data = load_yaml(text, path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file holds sections (a YAML mapping), got {type(data).__name__}")
     return data
@@ -78,6 +163,7 @@ def load_preset(name: str, **values: str) -> dict[str, Any]:
     Raises:
         KeyError: a placeholder without a value.
     """
-    with open(os.path.join(PRESETS_DIR, f"{name}.yaml"), encoding="utf-8") as f:
+    path = os.path.join(PRESETS_DIR, f"{name}.yaml")
+    with open(path, encoding="utf-8") as f:
         text = string.Template(f.read()).substitute(values)
-    return yaml.safe_load(text) or {}
+    return load_yaml(text, path) or {}

@@ -13,13 +13,24 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENGINES = ("auto", "hf", "vllm")
+# Upper bounds shared by several sections: far above any real use, low enough that nothing overflows or
+# tries to allocate the value.
+MAX_TOKENS = 1 << 20  # a sequence length (max_new_tokens, max_model_len, max_text_tokens)
+MAX_SEED = 2**32 - 1  # what numpy's and torch's generators take everywhere
+MAX_BATCH = 4096  # videos per batch
+MAX_WORKERS = 10_000  # actors, workers, Ray CPUs
+MAX_WAIT_S = 7 * 86400.0  # any timeout or period: a week
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16")
 
 
 class Settings(BaseModel):
-    """A configuration section: unknown keys are refused, values are checked as they are set."""
+    """A configuration section: unknown keys are refused, values are checked as they are set.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    NaN and infinity are refused in every float; every number of every section has explicit bounds (a test
+    walks them all), so an absurd value stops the job here, with its key path, not after Ray has started.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class FrozenSettings(Settings):
@@ -65,9 +76,17 @@ def problems_of(exc: ValidationError, cls: type[BaseModel]) -> list[str]:
             message = error["msg"].removeprefix("Value error, ")
             value = error.get("input")
             shown = ("" if error["type"] == "value_error" or isinstance(value, (dict, list, tuple)) or value is None
-                     else f" (got {value!r})")
+                     else f" (got {_short(value)})")
             out.append(f"{where}: {message}{shown}")
     return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a 10**100 or a megabyte string stays one readable line."""
+    if isinstance(value, int) and abs(value) >= 10**limit:  # str() of a huge int is slow, past 4300 digits refused
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def section_defaults(cls: type[BaseModel]) -> dict[str, Any]:
@@ -98,14 +117,14 @@ def load_settings(cls: type[BaseModel], *layers: dict[str, Any] | None, label: s
 class GenerationSettings(FrozenSettings):
     """Decoding settings. Greedy with 400 new tokens is the recaption default of the reference."""
 
-    max_new_tokens: int = Field(400, ge=1)
-    min_new_tokens: int = Field(0, ge=0)  # > 0 forces that many tokens (benchmarks)
+    max_new_tokens: int = Field(400, ge=1, le=MAX_TOKENS)
+    min_new_tokens: int = Field(0, ge=0, le=MAX_TOKENS)  # > 0 forces that many tokens (benchmarks)
     do_sample: bool = False
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, le=100)
     top_p: float = Field(1.0, gt=0, le=1)
-    num_beams: int = Field(1, ge=1)
-    repetition_penalty: float = Field(1.0, gt=0)
-    seed: int | None = None
+    num_beams: int = Field(1, ge=1, le=64)
+    repetition_penalty: float = Field(1.0, gt=0, le=100)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _min_within_max(self) -> "GenerationSettings":
@@ -138,18 +157,19 @@ class VllmSettings(Settings):
     + ``max_new_tokens``) or vLLM's own default.
     """
 
-    batch_size: int = Field(64, ge=1)  # videos per Ray Data batch handed to one caption actor
-    max_concurrent_batches: int = Field(4, ge=1)  # batches in flight per actor, so one batch's longest caption
-    # never idles the GPU
-    vision_batch_size: int = Field(8, ge=1)  # videos per vision-tower forward (bounds the activation memory)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)  # videos per Ray Data batch handed to one caption actor
+    max_concurrent_batches: int = Field(4, ge=1, le=64)  # batches in flight per actor, so one batch's longest
+    # caption never idles the GPU
+    vision_batch_size: int = Field(8, ge=1, le=MAX_BATCH)  # videos per vision-tower forward (bounds the
+    # activation memory)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)  # share of GPU memory for vLLM's weights + KV cache
     # (the vision path lives beside it in the actor)
-    kv_cache_memory_gb: float | None = Field(None, gt=0)  # an explicit KV cache size instead (required in effect
-    # on CPU; derived there when unset)
-    max_num_seqs: int | None = Field(None, ge=1)  # sequences decoded at once (vLLM's default when unset)
-    max_model_len: int | None = Field(None, ge=1)  # derived when unset
+    kv_cache_memory_gb: float | None = Field(None, gt=0, le=4096)  # an explicit KV cache size instead (required
+    # in effect on CPU; derived there when unset)
+    max_num_seqs: int | None = Field(None, ge=1, le=65536)  # sequences decoded at once (vLLM's default when unset)
+    max_model_len: int | None = Field(None, ge=1, le=MAX_TOKENS)  # derived when unset
     kv_cache_dtype: Literal[KV_CACHE_DTYPES] = "auto"  # "fp8" halves KV memory on GPUs that support it
-    tensor_parallel_size: int = Field(1, ge=1)  # > 1: one caption actor owns that many GPUs (34B)
+    tensor_parallel_size: int = Field(1, ge=1, le=64)  # > 1: one caption actor owns that many GPUs (34B)
     enforce_eager: bool = False  # True: no CUDA graphs / torch.compile (faster start, slower decode)
     enable_prefix_caching: bool | None = None  # the system prompt before the video is a shared prefix
     cache_dir: str | None = None  # where the merged language model is written once per checkpoint

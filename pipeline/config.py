@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, PlainSerializer, field_validator, model_validator
 
 from model.prompts import TEMPLATES, PromptText, read_prompt, read_system_prompt
-from model.settings import ENGINES, GenerationSettings, Settings, VllmSettings, load_settings
+from model.settings import (ENGINES, MAX_BATCH, MAX_WAIT_S, MAX_WORKERS, GenerationSettings, Settings, VllmSettings,
+                            load_settings)
 from pipeline.frames import SamplingConfig
 from pipeline.io.masking import StorageOptions, mask_values, redact
 from pipeline.io.storage import RetryPolicy
@@ -22,6 +23,11 @@ SecretOptions = Annotated[dict[str, Any], AfterValidator(StorageOptions), PlainS
 LIST_FORMATS = ("auto", "txt", "csv", "jsonl", "parquet", "annotations", "prefix")
 OUTPUT_FORMATS = ("parquet", "webdataset")
 VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "mov", "avi", "m4v", "gif")
+# Clip windows shorter than this are refused: a few frames each, and a tiny value (1e-300) would make a
+# practically endless number of them. The longest window or stride: a week (a video shorter than a window
+# is one row).
+MIN_WINDOW_S = 0.5
+MAX_WINDOW_S = MAX_WAIT_S
 
 
 class SourceConfig(Settings):
@@ -40,18 +46,24 @@ class SourceConfig(Settings):
     uri_column: str | None = None
     id_column: str = "video_id"
     name_key: str = "video_name"
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, le=10**12)
     allow_empty: bool = False  # an empty list is a finished run, not an error
     # Clip windows (pipeline.windows): each video becomes rows of window_s seconds every window_stride_s
-    # (default: back to back); window_scenes also cuts at scene changes (PySceneDetect).
-    window_s: float | None = Field(None, gt=0)
-    window_stride_s: float | None = Field(None, gt=0)
+    # (default: back to back, at most window_s: windows never leave gaps); window_scenes also cuts at scene
+    # changes (PySceneDetect).
+    window_s: float | None = Field(None, ge=MIN_WINDOW_S, le=MAX_WINDOW_S)
+    window_stride_s: float | None = Field(None, ge=MIN_WINDOW_S, le=MAX_WINDOW_S)
     window_scenes: bool = False
 
     @model_validator(mode="after")
     def _windows_consistent(self) -> "SourceConfig":
         if self.window_stride_s is not None and self.window_s is None:
             raise ValueError("window_stride_s needs window_s")
+        if self.window_stride_s is not None and self.window_stride_s > self.window_s:
+            # The seconds between one window's end and the next start would never be captioned, and the last
+            # window would stretch to the end of the video: refused rather than done silently.
+            raise ValueError(f"window_stride_s ({self.window_stride_s:g}) must not exceed window_s "
+                             f"({self.window_s:g}): the seconds between windows would never be captioned")
         if self.window_scenes:
             import importlib.util
 
@@ -64,6 +76,9 @@ class SourceConfig(Settings):
         return self.window_s is not None or self.window_scenes
 
 
+PoolingSize = Annotated[int, Field(ge=1, le=1024)]
+
+
 class ModelConfig(Settings):
     """``model`` is a model folder or ``tiny`` (an offline random model built on the spot).
 
@@ -73,8 +88,8 @@ class ModelConfig(Settings):
 
     model: str = Field("tiny", min_length=1)
     weights_dir: str | None = None
-    lora_alpha: float | None = None
-    pooling_shape: tuple[int, int, int] | None = None
+    lora_alpha: float | None = Field(None, ge=0, le=10_000)
+    pooling_shape: tuple[PoolingSize, PoolingSize, PoolingSize] | None = None
     template: str | None = None
     dtype: Literal["bfloat16", "float16", "float32"] | None = None
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
@@ -101,20 +116,23 @@ class ResourceConfig(Settings):
     actors on the CPUs that are left. Explicit values that the cluster cannot hold stop the job at once.
     """
 
-    batch_size: int = Field(8, ge=1)
-    decode_concurrency: int | None = Field(None, ge=1)
-    decode_num_cpus: float | None = Field(None, ge=0)
-    decode_io_threads: int = Field(4, ge=1)
-    decode_max_in_memory_mb: float = 64  # larger objects are streamed to a local file before decoding
-    decode_timeout_s: float | None = Field(600.0, gt=0)  # one video's decode past this: decode/timeout (None: none)
-    caption_concurrency: int | None = Field(None, ge=1)
-    caption_num_gpus: float | None = Field(None, ge=0)
-    caption_num_cpus: float | None = Field(None, ge=0)
-    rows_per_file: int = Field(256, ge=1)
-    ray_num_cpus: int | None = Field(None, ge=1)
-    stall_warn_s: float = Field(300.0, gt=0)  # no output for this long: log what the cluster waits on (again
-    # each period)
-    stall_fail_s: float | None = Field(None, gt=0)  # no output for this long: stop the job with that diagnosis
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH)
+    decode_concurrency: int | None = Field(None, ge=1, le=MAX_WORKERS)
+    decode_num_cpus: float | None = Field(None, ge=0, le=1024)
+    decode_io_threads: int = Field(4, ge=1, le=256)
+    # Larger objects are streamed to a local file before decoding (0: always).
+    decode_max_in_memory_mb: float = Field(64, ge=0, le=65536)
+    # One video's decode past this: decode/timeout (None: none).
+    decode_timeout_s: float | None = Field(600.0, gt=0, le=MAX_WAIT_S)
+    caption_concurrency: int | None = Field(None, ge=1, le=MAX_WORKERS)
+    caption_num_gpus: float | None = Field(None, ge=0, le=64)
+    caption_num_cpus: float | None = Field(None, ge=0, le=1024)
+    rows_per_file: int = Field(256, ge=1, le=1_000_000)
+    ray_num_cpus: int | None = Field(None, ge=1, le=MAX_WORKERS)
+    stall_warn_s: float = Field(300.0, gt=0, le=MAX_WAIT_S)  # no output for this long: log what the cluster
+    # waits on (again each period)
+    stall_fail_s: float | None = Field(None, gt=0, le=MAX_WAIT_S)  # no output for this long: stop the job with
+    # that diagnosis
     # An autoscaling cluster grows when actors wait: skip the fit checks (the stall watchdog still reports waits).
     autoscaling: bool = False
 

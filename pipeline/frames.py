@@ -56,17 +56,17 @@ class SamplingConfig(FrozenSettings):
     Measured gaps and speeds are in ``bench/frame_sampling.py``.
     """
 
-    num_frames: int = Field(16, ge=1)
-    image_size: int = Field(336, ge=1)
+    num_frames: int = Field(16, ge=1, le=1024)
+    image_size: int = Field(336, ge=1, le=8192)
     mode: Literal[SAMPLING_MODES] = "middle"
     decoder: Literal[DECODERS] = "decord"
-    decode_threads: int = Field(1, ge=0)
+    decode_threads: int = Field(1, ge=0, le=256)
     resize: Literal[RESIZE_MODES] = "fast"
     # Hostile or broken headers: a frame larger than this is refused (``too_large``) before anything is
     # decoded (8K UHD is 33.2 M pixels); a header claiming more frames than this is not trusted to size
     # decord's index, and a file that really holds more is refused.
-    max_pixels: int = Field(40_000_000, ge=1)
-    max_frames: int = Field(20_000_000, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1, le=1_000_000_000)
+    max_frames: int = Field(20_000_000, ge=1, le=1_000_000_000)
 
 
 @dataclass(frozen=True)

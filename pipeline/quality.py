@@ -28,10 +28,10 @@ class QualityThresholds(FrozenSettings):
     ``echo_ngram`` consecutive words shared with the prompt (or any role tag) flag an echo; fewer than
     ``min_words`` words flag a very short caption."""
 
-    repeat_ngram: int = Field(4, ge=1)
+    repeat_ngram: int = Field(4, ge=1, le=1000)
     max_repeat_ratio: float = Field(0.3, gt=0, le=1)
-    echo_ngram: int = Field(8, ge=1)
-    min_words: int = Field(8, ge=0)
+    echo_ngram: int = Field(8, ge=1, le=1000)
+    min_words: int = Field(8, ge=0, le=100_000)
 
 
 def words(text: str) -> list[str]:

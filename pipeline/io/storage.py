@@ -34,9 +34,9 @@ _BAD_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EINVAL
 class RetryPolicy(FrozenSettings):
     """Bounded exponential backoff with jitter for transient object-store errors."""
 
-    attempts: int = Field(4, ge=1)
-    backoff_s: float = Field(0.5, ge=0)
-    max_backoff_s: float = Field(8.0, ge=0)
+    attempts: int = Field(4, ge=1, le=100)
+    backoff_s: float = Field(0.5, ge=0, le=3600)
+    max_backoff_s: float = Field(8.0, ge=0, le=3600)
 
     def delay_s(self, attempt: int) -> float:
         return min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
