@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Collection
+from typing import Callable, Collection
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -128,24 +128,30 @@ def reconcile(output: str, storage_options: dict | None = None) -> dict[str, int
 
 
 def reconcile_and_scan(output: str, storage_options: dict | None = None, previous: OutputState | None = None,
-                       written: Collection[str] = ()) -> tuple[dict[str, int], OutputState]:
+                       written: Collection[str] = (), check: Callable[[], None] | None = None
+                       ) -> tuple[dict[str, int], OutputState]:
     """:func:`reconcile`, also returning the repaired output's state, so callers need not scan it again.
 
     ``previous`` and ``written``: the state before a run and the names (or URIs) of the Parquet files the
     run wrote; then only those and files not seen before are read (see :func:`scan_output`), so a job scans
-    its output once, not twice. Files rewritten to drop duplicates are read again, alone.
+    its output once, not twice. Files rewritten to drop duplicates are read again, alone. ``check`` is called
+    before each removal or rewrite (a job's lease check: it raises when the job no longer holds the output).
     """
     store = OutputStore(output, storage_options)
     stats = {"temporaries": 0, "orphan_tars": 0, "duplicate_rows": 0}
+    check = check or (lambda: None)
     for uri in store.temporaries():
+        check()
         store.remove(uri)
         stats["temporaries"] += 1
     state = scan_output(output, storage_options, previous=previous, changed={_file_name(w) for w in written})
     for uri in store.orphan_shards(state.files):
+        check()
         store.remove(uri)
         stats["orphan_tars"] += 1
     rewritten = set()
     for uri, ids in sorted(_losing_rows(state).items()):
+        check()
         stats["duplicate_rows"] += _rewrite_without(store, uri, ids)
         rewritten.add(_file_name(uri))
     if rewritten:

@@ -26,7 +26,7 @@ from model.settings import resolve_engine
 from pipeline.captioner import Captioner, VllmCaptioner, caption_identity
 from pipeline.cluster import init_ray
 from pipeline.config import JobConfig
-from pipeline.lease import OutputLease
+from pipeline.lease import LeaseGuard, LeaseLost, OutputLease
 from pipeline.metrics import record_manifest
 from pipeline.io.masking import mask_text, mask_values, public_uri
 from pipeline.resources import (LIGHT_NUM_CPUS, SKIP_NUM_CPUS, PipelinePlan, cluster_nodes, cluster_totals,
@@ -79,7 +79,7 @@ def plan_for(cfg: JobConfig) -> PipelinePlan:
 
 def build_pipeline(
     cfg: JobConfig, prompt: PromptText, run_id: str, done_ref: ray.ObjectRef, plan: PipelinePlan, tally=None,
-    engine: str = "hf"
+    engine: str = "hf", guard: LeaseGuard | None = None,
 ) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
     """``VideoRef rows not yet done -> manifest rows`` (one per written file). Lazy: nothing runs until consumed.
     ``done_ref``: the finished ids (in the object store), for clip windows, whose ids exist only after the split."""
@@ -136,13 +136,28 @@ def build_pipeline(
             **concurrency_args,
         )
         return captioned.map_batches(
-            ShardWriter(cfg.output, run_id, cfg.storage_options),
+            ShardWriter(cfg.output, run_id, cfg.storage_options, guard),
             batch_size=res.rows_per_file,
             batch_format="pyarrow",
             num_cpus=LIGHT_NUM_CPUS,
         )
 
     return pipeline
+
+
+def _lease_lost_in(exc: BaseException) -> LeaseLost | None:
+    """The LeaseLost behind an error, also when a Ray task raised it (Ray and Ray Data wrap task errors)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, LeaseLost):
+            return error
+        todo += [error.__cause__, error.__context__, getattr(error, "cause", None)]
+    return None
 
 
 def crash_journal_dir(run_id: str) -> str:
@@ -164,6 +179,8 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
         ValueError: invalid configuration (every problem listed).
         ResourceError: the pools asked for do not fit the cluster.
         OutputBusy: another live job is writing this output (its lease names it).
+        LeaseLost: this job stalled past the lease's time to live and another job took the output over; it
+            stopped without writing more.
         FileNotFoundError: the video list does not exist.
         Stalled: no output for ``resources.stall_fail_s`` (when set); the message says what the cluster waits on.
         IdConflict: the list gives one video_id to different videos (nothing is run; the message names them).
@@ -177,8 +194,16 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
     init_ray(cfg.resources.ray_num_cpus)
     plan = plan_for(cfg)  # before any work: a job that cannot be scheduled stops here, saying why
     engine = resolve_engine(cfg.model.engine, plan.device)  # and so does one whose engine is not installed
-    with OutputLease(cfg.output.output, run_id, cfg.storage_options):
-        summary = _run_holding_the_output(cfg, prompt, run_id, plan, engine, started, progress)
+    with OutputLease(cfg.output.output, run_id, cfg.storage_options, ttl_s=cfg.output.lease_ttl_s) as lease:
+        try:
+            summary = _run_holding_the_output(cfg, prompt, run_id, plan, engine, started, progress, lease)
+        except Exception as exc:
+            lost = _lease_lost_in(exc)
+            if lost is not None and lost is not exc:
+                raise LeaseLost(lost.args[0] if lost.args else str(lost)) from exc  # a writer task refused
+            if lost is None:
+                lease.check()  # a failure while the lease was lost says so
+            raise
     problem = incompleteness(summary, cfg.source.allow_empty)
     if problem:
         raise RunIncomplete(problem)
@@ -186,10 +211,11 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
 
 
 def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, plan: PipelinePlan, engine: str,
-                            started: float, progress: bool) -> dict:
-    """Repair, run the pipeline, repair again and write the summary (the caller holds the output's lease)."""
+                            started: float, progress: bool, lease: OutputLease) -> dict:
+    """Repair, run the pipeline, repair again and write the summary (the caller holds the output's lease, and
+    every write, here or in the writer tasks, checks first that it still does)."""
     out, res = cfg.output, cfg.resources
-    repaired, before = reconcile_and_scan(out.output, cfg.storage_options)
+    repaired, before = reconcile_and_scan(out.output, cfg.storage_options, check=lease.check)
     same_as = caption_identity(cfg.model, prompt) if out.recaption_changed else None
     if same_as:
         logger.info("re-captioning what changed: rows count as done only with model %s and prompt_id %s", *same_as)
@@ -217,9 +243,11 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
                     read.get("read", 0))
         rows = iter(())
     else:
-        manifests = build_pipeline(cfg, prompt, run_id, done_ref, plan, tally, engine)(todo)
+        manifests = build_pipeline(cfg, prompt, run_id, done_ref, plan, tally, engine, lease.guard)(todo)
         rows = watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster)
     for row in rows:
+        if lease.lost:
+            lease.check()  # raises LeaseLost: the heartbeat found another job holding the output
         written.append(json.loads(row["manifest"]))
         live.add(written[-1])
         record_manifest(run_id, written[-1])
@@ -230,12 +258,13 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     wall_s = time.perf_counter() - started
     # The output as it is now, from the first scan plus the files this run wrote: no second full scan.
     repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options, previous=before,
-                                               written=[m["file"] for m in written if m["file"]])
+                                               written=[m["file"] for m in written if m["file"]], check=lease.check)
     counts = ray.get(tally.totals.remote())
     summary = summarise(cfg, run_id, written, wall_s, counts, repaired, repaired_after, after,
                         gpus=plan.caption_concurrency * plan.caption_num_gpus)
     summary["engine"] = engine
     summary = mask_values(summary)  # URIs with user info or signatures, in paths, errors and the config
+    lease.check()
     OutputStore(out.output, cfg.storage_options).write_summary(run_id, summary)
     return summary
 

@@ -57,10 +57,11 @@ def _webdataset_tar(table: pa.Table, keyframes: list[bytes | None]) -> tuple[byt
 class ShardWriter:
     """Writes one batch of finished rows and returns a one-row manifest (counts and stage times)."""
 
-    def __init__(self, out: OutputConfig, run_id: str, storage_options: dict | None = None) -> None:
+    def __init__(self, out: OutputConfig, run_id: str, storage_options: dict | None = None, guard=None) -> None:
         self.out = out
         self.run_id = run_id
         self.store = OutputStore(out.output, storage_options)
+        self.guard = guard  # pipeline.lease.LeaseGuard: checked before each write (one writer per output)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         S.require_columns(batch.column_names, [S.VIDEO_ID, S.URI, S.ERROR], "ShardWriter")
@@ -79,6 +80,8 @@ class ShardWriter:
             keyframes = (batch.column(S.KEYFRAME_JPEG).to_pylist() if S.KEYFRAME_JPEG in batch.column_names
                          and self.out.keyframes else [None] * batch.num_rows)
             shard, wds_rows = _webdataset_tar(table, keyframes)
+        if self.guard is not None:
+            self.guard.check()  # raises LeaseLost: another job has taken the output over
         parquet_uri = self.store.write_batch(name, table, shard, on_retry=count_write_retry)
         manifest = _manifest(table, mask_text(parquet_uri), wds_rows, duplicates)
         manifest["read_retries"] = _column_sum(batch, S.READ_RETRIES)

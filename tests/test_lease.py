@@ -74,3 +74,119 @@ def test_a_second_job_on_a_busy_output_stops_saying_who_holds_it(tmp_path):
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+
+
+def test_a_paused_holder_cannot_take_its_lease_back(output):
+    """A holder that stalls past its time to live is taken over; when it wakes, its heartbeat is refused by the
+    store (a conditional write), its writers' check fails, and releasing leaves the new holder's lease alone."""
+    from pipeline.lease import LeaseLost
+
+    paused = OutputLease(output, "run-paused", ttl_s=1.0, beat_s=3600)  # its heartbeat thread never beats
+    paused.acquire()
+    paused.check()  # fresh: writing is allowed
+    time.sleep(0.6)
+    with pytest.raises(LeaseLost, match="did not refresh the lease"):  # half its ttl: writers stop already
+        paused.guard.check()
+    time.sleep(0.6)
+    taker = OutputLease(output, "run-taker", ttl_s=60)
+    taker.acquire()
+    with pytest.raises(LeaseLost, match="held by run run-taker"):
+        paused.check()
+    # Its next heartbeat (what the thread does when the process wakes) is refused and marks the lease lost.
+    paused.beat_s = 0.05
+    paused._stop.clear()
+    paused._beat()
+    assert paused.lost
+    with pytest.raises(LeaseLost, match="lost the lease .* to run run-taker"):
+        paused.check()
+    paused.release()
+    assert taker.read().run_id == "run-taker"
+    taker.check()
+    taker.release()
+    assert taker.read() is None
+
+
+def test_jobs_racing_for_a_free_output_get_exactly_one_lease(output):
+    """Eight would-be writers at once: the store's conditional create (S3) or the folder lock (local) lets
+    exactly one in."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def take(i):
+        lease = OutputLease(output, f"run-{i}", ttl_s=60, beat_s=3600)
+        try:
+            lease.acquire()
+            return lease
+        except OutputBusy:
+            return None
+
+    with ThreadPoolExecutor(8) as pool:
+        leases = list(pool.map(take, range(8)))
+    winners = [lease for lease in leases if lease is not None]
+    assert len(winners) == 1
+    assert OutputLease(output, "x").read().run_id == winners[0].run_id
+    winners[0].release()
+
+
+def test_a_stale_token_never_overwrites_the_lease_object(output):
+    from pipeline.io.lease_object import LeaseConflict, LeaseObject
+    from pipeline.io.storage import join
+
+    obj = LeaseObject(join(output, "_lease.json"))
+    first = obj.write(b"one", None)
+    with pytest.raises(LeaseConflict):
+        obj.write(b"again", None)  # create when it exists
+    second = obj.write(b"two", first)
+    with pytest.raises(LeaseConflict):
+        obj.write(b"three", first)  # replace from an old version
+    with pytest.raises(LeaseConflict):
+        obj.delete(first)
+    assert obj.read() == (b"two", second)
+    obj.delete(second)
+    assert obj.read() == (None, None)
+
+
+@pytest.mark.slow
+def test_a_job_paused_past_its_lease_stops_when_it_wakes_and_the_taker_finishes(tmp_path):
+    """The reviewer's repro: SIGSTOP a job's driver past the lease's time to live, run a second job on the same
+    output, SIGCONT the first. The first must stop non-zero saying it lost the lease; the output ends with exactly
+    one captioned row per video and shards that match."""
+    import pyarrow.dataset as pads
+    import yaml
+
+    args = slow_job_command(tmp_path, num_videos=4, tokens=150)
+    settings = yaml.safe_load((tmp_path / "slow.yaml").read_text())
+    settings["output"] = {"lease_ttl_s": 4}
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump(settings))
+    args += ["--format", "both"]
+    out = tmp_path / "out"
+    first = subprocess.Popen(args, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not list((out / "parquet").glob("*.parquet")) if (out / "parquet").exists() else True:
+            assert first.poll() is None and time.time() < deadline, "the first job never wrote a file"
+            time.sleep(0.2)
+        os.kill(first.pid, signal.SIGSTOP)  # the driver only: its Ray workers go on
+        time.sleep(5)
+        second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert "taking over the stale lease of run" in second.stderr
+        os.kill(first.pid, signal.SIGCONT)
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 2, err[-3000:]
+        assert "lost the lease" in err
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    table = pads.dataset(str(out / "parquet"), format="parquet").to_table()
+    ids = table.column("video_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 4 and all(table.column("caption").to_pylist())
+    import tarfile
+
+    keys = []
+    for shard in (out / "webdataset").glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            keys += [m.name.split(".")[0] for m in tar.getmembers() if m.name.endswith(".json")]
+    assert sorted(keys) == sorted(ids)
+    assert not (out / "_lease.json").exists()
