@@ -148,6 +148,9 @@ class OutputConfig(Settings):
     # A video counts as done only when its row was written with this run's model and prompt_id: rerunning into
     # the same output with a new checkpoint, LoRA, template or prompt captions it again (newest row kept).
     recaption_changed: bool = False
+    # The output's lease (pipeline.lease): a job whose heartbeat is older than this is taken over; writers stop
+    # writing once their own heartbeat is half this old.
+    lease_ttl_s: float = Field(120.0, ge=1.0, le=86400.0)
 
     @field_validator("formats")
     @classmethod
