@@ -80,6 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark == "vcg" and not (args.judge_url and args.judge_model):
         print("error: --benchmark vcg needs --judge-url and --judge-model", file=sys.stderr)
         return 2
+    if args.limit is not None and args.limit < 1:
+        print(f"error: --limit must be at least 1, got {args.limit}", file=sys.stderr)
+        return 2
+    try:
+        # Checked before the questions are asked: a judge that cannot be used fails now, not after the run.
+        judge = (JudgeConfig(args.judge_url, args.judge_model, args.judge_api_key_env)
+                 if args.benchmark == "vcg" else None)
+        if judge is not None:
+            import openai  # noqa: F401
+    except ImportError:
+        print("error: the vcg judge needs the openai client: pip install -e '.[eval]'", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
+        return 2
     try:
         user = yaml_layer(args.config)
         storage_options = user.get("storage_options") or {}
@@ -89,11 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         defaults, fixed = E.job_layers(bench, args.output)
         cfg = JobConfig.from_dict(defaults, user, flags_layer(args, FLAG_KEYS), fixed)
         other = E.read_metrics(args.compare, storage_options) if args.compare else None
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        missing = isinstance(exc, FileNotFoundError) and exc.filename
-        print(f"error: {mask_text(f'no such file: {exc.filename}' if missing else str(exc))}", file=sys.stderr)
+        if other is not None and (other["benchmark"], other["kind"]) != (bench.name, bench.kind):
+            raise ValueError(f"--compare {args.compare} is a {other['benchmark']} evaluation, not {bench.name}")
+    except (ValueError, OSError, KeyError) as exc:
+        if isinstance(exc, FileNotFoundError) and exc.filename:
+            text = f"no such file: {exc.filename}"
+        elif isinstance(exc, OSError) and exc.strerror:  # a folder where a file is expected, no permission
+            text = f"cannot read {exc.filename or args.data}: {exc.strerror}"
+        else:
+            text = str(exc)
+        print(f"error: {mask_text(text)}", file=sys.stderr)
         return 2
-    judge = JudgeConfig(args.judge_url, args.judge_model, args.judge_api_key_env) if args.judge_url else None
     from model.settings import EngineUnavailable
     from pipeline.io.sources import VideoListError
     from pipeline.lease import OutputBusy
@@ -113,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
           f"metrics: {mask_text(os.path.join(args.output, E.METRICS_FILE))}")
     if other is not None:
         print("\ncompared with " + mask_text(args.compare) + ":\n" + "\n".join(E.compare(result, other)))
+    failed = E.failure(result)
+    if failed:  # every question an error: not a result, whatever the accuracy line says
+        where = mask_text(os.path.join(args.output, E.PREDICTIONS_FILE))
+        print(f"error: {failed}; each question's error is in {where}", file=sys.stderr)
+        return 1
     return 0 if complete else 1
 
 

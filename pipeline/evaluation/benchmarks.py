@@ -23,6 +23,8 @@ import csv
 import hashlib
 import io
 import json
+import math
+import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -74,9 +76,23 @@ class Benchmark:
 
 
 # -- reading -------------------------------------------------------------------------------------------
+def brief(value, items: int = 5, chars: int = 80) -> str:
+    """``value`` as an error message may quote it: a list as its length and first ``items`` entries, text cut to
+    ``chars`` characters (a 10,000-option item must not make a 79 KB message)."""
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(brief(v, items, 40) for v in value[:items])
+        more = f", ... ({len(value)} in all)" if len(value) > items else ""
+        return f"[{shown}{more}]"
+    text = repr(value)
+    return text if len(text) <= chars else text[:chars] + f"... ({len(text)} characters)"
+
+
 def _read_text(uri: str, storage_options: dict | None) -> str:
-    with fsspec.open(uri, "r", encoding="utf-8", **(storage_options or {})) as f:
-        return f.read()
+    try:
+        with fsspec.open(uri, "r", encoding="utf-8", **(storage_options or {})) as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{uri}: not UTF-8 text (byte {exc.start})") from None
 
 
 def read_items(uri: str, storage_options: dict | None = None) -> list[dict]:
@@ -86,7 +102,15 @@ def read_items(uri: str, storage_options: dict | None = None) -> list[dict]:
         ValueError: naming the file and the line or item that is not an object.
     """
     text = _read_text(uri, storage_options)
-    items = json.loads(text) if text.lstrip().startswith("[") else _jsonl(uri, text)
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{uri}: not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+        except RecursionError:
+            raise ValueError(f"{uri}: not JSON this reader can take (nested too deep)") from None
+    else:
+        items = _jsonl(uri, text)
     for k, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValueError(f"{uri}: item {k} is {type(item).__name__}, not an object")
@@ -101,6 +125,8 @@ def _jsonl(uri: str, text: str) -> list:
                 items.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{uri}, line {number}: not JSON ({exc.msg})") from None
+            except RecursionError:
+                raise ValueError(f"{uri}, line {number}: nested too deep") from None
     return items
 
 
@@ -130,10 +156,10 @@ def _content_ids(rows: list[dict]) -> None:
             row[PAIR] = new[row[PAIR]]
 
 
-def _table(rows: list[dict]) -> pa.Table:
+def _table(rows: list[dict], uri: str = "the benchmark") -> pa.Table:
     """Question rows -> a table with fixed column types (every column present even when all null); ids made
     unique per content (:func:`_content_ids`)."""
-    _unique_ids(rows, "the benchmark")
+    _unique_ids(rows, uri)
     _content_ids(rows)
     floats = (S.START_S, S.END_S)
     names = list(dict.fromkeys(name for row in rows for name in row)) or [S.VIDEO_ID, S.URI]
@@ -160,21 +186,41 @@ def mcq_prompt(question: str, candidates: list[str]) -> str:
     return f"Question: {question.strip()}\nOptions:\n{options}\n{MCQ_INSTRUCTION}"
 
 
+def _seconds(item: dict, key: str, where: str) -> float:
+    value = item[key]
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {key} must be a number of seconds, got {brief(value)}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{where}: {key} must be a finite number of seconds >= 0, got {brief(value)}")
+    return seconds
+
+
 def _mcq_row(item: dict, where: str, task: str, qid: str, video_root: str, bounds: bool) -> dict:
     missing = [k for k in ("video", "question", "candidates", "answer") if k not in item]
     if missing:
         raise ValueError(f"{where}: missing {missing}")
+    if not isinstance(item["video"], str) or not item["video"].strip():
+        raise ValueError(f"{where}: video must be a file name or path, got {brief(item['video'])}")
     candidates = [str(c) for c in item["candidates"]] if isinstance(item["candidates"], list) else None
     if not candidates or len(candidates) > 26:
-        raise ValueError(f"{where}: candidates must be a list of 1 to 26 options, got {item['candidates']!r}")
+        count = f"{len(item['candidates'])} options: " if isinstance(item["candidates"], list) else ""
+        raise ValueError(f"{where}: candidates must be a list of 1 to 26 options, got {count}"
+                         f"{brief(item['candidates'])}")
     answer = str(item["answer"])
     if answer not in candidates:
-        raise ValueError(f"{where}: the answer {answer!r} is not one of the candidates {candidates}")
+        raise ValueError(f"{where}: the answer {brief(answer)} is not one of the {len(candidates)} candidates "
+                         f"{brief(candidates)}")
     row = {S.VIDEO_ID: qid, S.URI: _resolve(video_root, str(item["video"])), TASK: task,
            PROMPT: mcq_prompt(str(item["question"]), candidates), REPLY_PREFIX: MCQ_REPLY_PREFIX,
            ANSWER: f"({letter(candidates.index(answer))}) {answer}", QUESTION: str(item["question"])}
     if bounds and item.get("start") is not None and item.get("end") is not None:
-        row[S.START_S], row[S.END_S] = float(item["start"]), float(item["end"])
+        row[S.START_S], row[S.END_S] = _seconds(item, "start", where), _seconds(item, "end", where)
+        if row[S.END_S] <= row[S.START_S]:
+            raise ValueError(f"{where}: end ({row[S.END_S]}) must be after start ({row[S.START_S]})")
     return row
 
 
@@ -188,7 +234,7 @@ def mcq_benchmark(uri: str, video_root: str, storage_options: dict | None = None
         task = str(item.get("task") or default_task)
         number = counters[task] = counters.get(task, -1) + 1
         rows.append(_mcq_row(item, f"{uri}: item {k}", task, f"{_slug(task)}/{number:05d}", video_root, True))
-    return Benchmark("mcq", "mcq", _table(rows), MCQ_SYSTEM_PROMPT, 100, MCQ_REPLY_START)
+    return Benchmark("mcq", "mcq", _table(rows, uri), MCQ_SYSTEM_PROMPT, 100, MCQ_REPLY_START)
 
 
 # task: (json file, video folder under the MVBench root, storage kind, clip bounds apply) as the reference has it
@@ -222,21 +268,22 @@ def mvbench_benchmark(root: str, video_root: str | None = None, storage_options:
     (default: ``root``) in the task's folder. Episodic Reasoning is stored as frame folders, which this
     pipeline does not decode: its questions become error rows (``source/unsupported``)."""
     video_root = video_root or root
-    rows = []
+    rows, found = [], False
     for task, (file_name, folder, kind, bounds) in MVBENCH_TASKS.items():
         uri = join(root, "json", file_name)
         if not _exists(uri, storage_options):
             continue
+        found = True
         for k, item in enumerate(read_items(uri, storage_options)):
             row = _mcq_row(item, f"{uri}: item {k}", task, f"{_slug(task)}/{k:05d}", join(video_root, folder), bounds)
             if kind == "frame":
                 row[UNSUPPORTED] = (f"source: {task} is stored as folders of JPEG frames, which this pipeline does "
                                     "not decode (video files only)")
             rows.append(row)
-    if not rows:
+    if not rows and not found:
         raise FileNotFoundError(f"no MVBench task files under {join(root, 'json')} (expected e.g. "
                                 f"{MVBENCH_TASKS['Action Sequence'][0]})")
-    return Benchmark("mvbench", "mcq", _table(rows), MCQ_SYSTEM_PROMPT, 100, MCQ_REPLY_START)
+    return Benchmark("mvbench", "mcq", _table(rows, root), MCQ_SYSTEM_PROMPT, 100, MCQ_REPLY_START)
 
 
 _OPTION_LABEL = re.compile(r"^\s*\(?([A-Za-z])[.):]\s*")
@@ -248,23 +295,30 @@ def videomme_benchmark(uri: str, video_root: str, storage_options: dict | None =
     such as ``"A. ..."``, ``answer`` letter, ``videoID``, ``duration`` class); the task is the duration class
     (short / medium / long), the video ``video_root/<videoID>.<extension>``."""
     with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-        table = pq.read_table(f)
-    S.require_columns(table.column_names, ["question", "options", "answer", "videoID", "duration"], "videomme")
+        try:
+            table = pq.read_table(f)
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(f"{uri}: not a readable Parquet file ({str(exc)[:200]})") from None
+    missing = [c for c in ("question", "options", "answer", "videoID", "duration") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{uri}: Video-MME needs the columns {missing}; the file has {brief(table.column_names)}")
     rows = []
     for k, item in enumerate(table.to_pylist()):
+        if not isinstance(item["options"], list):
+            raise ValueError(f"{uri}: row {k}: options must be a list, got {brief(item['options'])}")
         # Options are stored labelled ("A. a cat"); they are shown lettered in order, as (A) a cat.
-        options = [_OPTION_LABEL.sub("", str(o), count=1) for o in item["options"] or []]
+        options = [_OPTION_LABEL.sub("", str(o), count=1) for o in item["options"]]
         answer = str(item["answer"]).strip().upper()
         index = ord(answer) - ord("A") if len(answer) == 1 else -1
         if not 0 <= index < len(options):
-            raise ValueError(f"{uri}: row {k}: the answer {item['answer']!r} is not the letter of one of its "
+            raise ValueError(f"{uri}: row {k}: the answer {brief(item['answer'])} is not the letter of one of its "
                              f"{len(options)} options")
         qid = str(item.get("question_id") or f"{item['videoID']}-{k}")
         rows.append({S.VIDEO_ID: qid, S.URI: _resolve(video_root, f"{item['videoID']}.{extension}"),
                      TASK: str(item["duration"]), PROMPT: mcq_prompt(str(item["question"]), options),
                      REPLY_PREFIX: MCQ_REPLY_PREFIX, QUESTION: str(item["question"]),
                      ANSWER: f"({answer}) {options[index]}"})
-    return Benchmark("videomme", "mcq", _table(rows), MCQ_SYSTEM_PROMPT, 100, MCQ_REPLY_START)
+    return Benchmark("videomme", "mcq", _table(rows, uri), MCQ_SYSTEM_PROMPT, 100, MCQ_REPLY_START)
 
 
 # -- captions and open questions -------------------------------------------------------------------------
@@ -272,15 +326,18 @@ def read_reference_captions(uri: str, storage_options: dict | None = None) -> di
     """Video -> its reference captions, from JSON (an object or a list of ``{video, caption}``), JSONL or CSV."""
     if uri.lower().endswith(".csv"):
         reader = csv.DictReader(io.StringIO(_read_text(uri, storage_options)))
-        if not reader.fieldnames or not {"video", "caption"} <= set(reader.fieldnames):
-            raise ValueError(f"{uri}: a reference-caption CSV needs the columns video and caption, got "
-                             f"{reader.fieldnames}")
-        items = list(reader)
+        try:
+            if not reader.fieldnames or not {"video", "caption"} <= set(reader.fieldnames):
+                raise ValueError(f"{uri}: a reference-caption CSV needs the columns video and caption, got "
+                                 f"{brief(reader.fieldnames)}")
+            items = list(reader)
+        except csv.Error as exc:
+            raise ValueError(f"{uri}, line {reader.line_num}: not CSV ({exc})") from None
     else:
         text = _read_text(uri, storage_options)
         try:  # one JSON object maps videos to captions; otherwise an array or JSONL of {video, caption}
             data = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             data = None
         items = ([{"video": k, "caption": v} for k, v in data.items()] if isinstance(data, dict)
                  else read_items(uri, storage_options))
@@ -300,7 +357,7 @@ def captions_benchmark(uri: str, video_root: str, storage_options: dict | None =
     """Caption every video that has reference captions, with the job's prompt (default: the recaption prompt)."""
     rows = [{S.VIDEO_ID: video, S.URI: _resolve(video_root, video), TASK: "captions", ANSWER: json.dumps(captions)}
             for video, captions in read_reference_captions(uri, storage_options).items()]
-    return Benchmark("captions", "captions", _table(rows), DEFAULT_SYSTEM_PROMPT, 400)
+    return Benchmark("captions", "captions", _table(rows, uri), DEFAULT_SYSTEM_PROMPT, 400)
 
 
 def vcg_benchmark(uri: str, video_root: str, storage_options: dict | None = None,
@@ -327,26 +384,34 @@ def vcg_benchmark(uri: str, video_root: str, storage_options: dict | None = None
         for n, (qid, question) in enumerate(zip(ids, questions)):
             rows.append({S.VIDEO_ID: qid, S.URI: path, TASK: task, PROMPT: str(question), QUESTION: str(question),
                          ANSWER: str(answer), PAIR: ids[1 - n] if pair else None})
-    return Benchmark("vcg", "vcg", _table(rows), OPEN_QA_SYSTEM_PROMPT, 100)
+    return Benchmark("vcg", "vcg", _table(rows, uri), OPEN_QA_SYSTEM_PROMPT, 100)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute against the current directory (URIs as they are): the questions are read
+    again by the pipeline from the output folder, where a relative path would point elsewhere."""
+    return path if "://" in path else os.path.abspath(path)
 
 
 def load_benchmark(name: str, data: str, video_root: str | None = None,
                    storage_options: dict | None = None) -> Benchmark:
-    """The questions of benchmark ``name`` from ``data`` (a file, or MVBench's folder).
+    """The questions of benchmark ``name`` from ``data`` (a file, or MVBench's folder). Relative local paths
+    (``data``, ``video_root``) are relative to the current directory.
 
     Raises:
-        ValueError: an unknown benchmark, or a malformed question (its file and position named).
+        ValueError: an unknown benchmark, a malformed question (its file and position named), or no questions.
         FileNotFoundError: the data is missing.
     """
-    root = video_root or (data if name == "mvbench" else posixpath.dirname(data.rstrip("/")) or ".")
-    if name == "mcq":
-        return mcq_benchmark(data, root, storage_options)
+    loaders = {"mcq": mcq_benchmark, "videomme": videomme_benchmark, "captions": captions_benchmark,
+               "vcg": vcg_benchmark}
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {list(BENCHMARKS)}")
+    data = absolute(data)
+    video_root = absolute(video_root) if video_root else None
     if name == "mvbench":
-        return mvbench_benchmark(data, video_root, storage_options)
-    if name == "videomme":
-        return videomme_benchmark(data, root, storage_options)
-    if name == "captions":
-        return captions_benchmark(data, root, storage_options)
-    if name == "vcg":
-        return vcg_benchmark(data, root, storage_options)
-    raise ValueError(f"unknown benchmark {name!r}; known: {list(BENCHMARKS)}")
+        bench = mvbench_benchmark(data, video_root, storage_options)
+    else:
+        bench = loaders[name](data, video_root or posixpath.dirname(data.rstrip("/")), storage_options)
+    if not bench.questions.num_rows:
+        raise ValueError(f"{data}: no questions in this {name} benchmark")
+    return bench

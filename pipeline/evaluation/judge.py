@@ -8,7 +8,9 @@ integers from 0 to 5 in a JSON object. The wording of the prompt is this project
 Failures are bounded: the client retries connection errors, 429 and 5xx answers ``max_retries`` times with
 backoff; a reply that is not the asked-for JSON is asked again up to ``attempts`` times; after that the row
 keeps a ``judge_error`` and no scores (counted in the metrics, never a zero that looks like a grade). The API
-key comes from an environment variable and is never logged.
+key comes from an environment variable. Neither it nor a password in the URL is ever logged or stored: user
+info is taken out of the URL the HTTP client sees (sent as the same ``Basic`` header), and every judge text
+kept (errors, the client library's own log lines) is masked, since a server may echo the credentials back.
 """
 
 from __future__ import annotations
@@ -20,8 +22,16 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from pipeline.io.masking import basic_auth_token, mask_text, masked_logs, public_uri, userinfo_secrets
 
 logger = logging.getLogger(__name__)
+
+# The loggers of the OpenAI client and the HTTP stacks it may run on: they log request URLs (user info included).
+CLIENT_LOGGERS = ("openai", "httpx", "httpx2", "httpcore", "httpcore2")
+# What a kept judge text (an error, a quoted reply) may hold, in characters.
+MAX_ERROR_CHARS = 300
 
 SCORES = ("correctness", "detail", "context", "temporal", "consistency")
 
@@ -100,11 +110,38 @@ class JudgeConfig:
     concurrency: int = 8
     max_tokens: int = 200
 
+    def __post_init__(self) -> None:
+        """Raises: ValueError naming every setting that cannot work (the URL shown without its secrets)."""
+        problems = []
+        parts = urlsplit(self.url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(f"the judge URL must be http(s)://host[:port]/path, got {public_uri(self.url or '')!r}")
+        if not (self.model or "").strip():
+            problems.append("the judge model name is empty")
+        for name in ("attempts", "concurrency", "max_tokens"):
+            if getattr(self, name) < 1:
+                problems.append(f"judge {name} must be >= 1")
+        if self.max_retries < 0 or self.timeout_s <= 0:
+            problems.append("judge max_retries must be >= 0 and timeout_s > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 @dataclass(frozen=True)
 class Verdict:
     scores: dict[str, int | None]
     error: str | None = None  # why there are no scores
+    reason: str | None = None  # the error's kind: request_failed, bad_reply, no_prediction
+
+
+def _split_userinfo(url: str) -> tuple[str, dict[str, str]]:
+    """The URL without user info, and the ``Authorization: Basic`` header the HTTP client would have made of it
+    (so the request is the same, while the URL the client logs holds no password)."""
+    token = basic_auth_token(url)
+    if token is None:
+        return url, {}
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])), {"Authorization": f"Basic {token}"}
 
 
 class Judge:
@@ -117,15 +154,29 @@ class Judge:
             raise ImportError("the judge needs the openai client: pip install -e '.[eval]'") from exc
 
         self.cfg = cfg
-        self.client = OpenAI(base_url=cfg.url, api_key=os.environ.get(cfg.api_key_env) or "no-key",
+        api_key = os.environ.get(cfg.api_key_env) or ""
+        url, headers = _split_userinfo(cfg.url)
+        # Every literal form a server or a library could quote back: the key, the URL's user info (raw and
+        # decoded), and the Basic token made of it.
+        self.secrets = [s for s in (api_key, *userinfo_secrets(cfg.url), basic_auth_token(cfg.url)) if s]
+        self.client = OpenAI(base_url=url, api_key=api_key or "no-key", default_headers=headers or None,
                              max_retries=cfg.max_retries, timeout=cfg.timeout_s)
+
+    def mask(self, text: str) -> str:
+        """``text`` without the judge's credentials, cut to :data:`MAX_ERROR_CHARS` (masked first, so a cut never
+        leaves part of a secret)."""
+        text = mask_text(text, self.secrets)
+        return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."
+
+    def _failed(self, error: str, reason: str) -> Verdict:
+        return Verdict({k: None for k in SCORES}, self.mask(error), reason)
 
     def score(self, question: str, answer: str, prediction: str, pair: tuple[str, str] | None = None) -> Verdict:
         """One answer's verdict; never raises for a failing judge (the verdict carries the error)."""
         from openai import OpenAIError
 
         if not prediction.strip():
-            return Verdict({k: None for k in SCORES}, "no prediction to judge")
+            return self._failed("no prediction to judge", "no_prediction")
         messages = [{"role": "system", "content": JUDGE_SYSTEM_PROMPT},
                     {"role": "user", "content": judge_prompt(question, answer, prediction, pair)}]
         problem = ""
@@ -133,16 +184,21 @@ class Judge:
             try:
                 reply = self.client.chat.completions.create(model=self.cfg.model, messages=messages, temperature=0,
                                                             max_tokens=self.cfg.max_tokens)
-                return Verdict(parse_scores(reply.choices[0].message.content or "", pair is not None))
+            except OpenAIError as exc:  # retried by the client already: give up on this row
+                return self._failed(f"judge request failed: {type(exc).__name__}: {exc}", "request_failed")
+            try:
+                content = reply.choices[0].message.content or ""
+            except (AttributeError, IndexError, TypeError):  # a 200 without a message: a server speaking another API
+                problem = "the judge's reply has no message (choices[0].message.content)"
+                continue
+            try:  # masked before parsing: the error quotes the reply
+                return Verdict(parse_scores(mask_text(content, self.secrets), pair is not None))
             except JudgeReplyError as exc:
                 problem = str(exc)
-            except OpenAIError as exc:  # retried by the client already: give up on this row
-                return Verdict({k: None for k in SCORES}, f"judge request failed: {type(exc).__name__}: "
-                                                          f"{str(exc)[:200]}")
-        return Verdict({k: None for k in SCORES}, f"after {self.cfg.attempts} replies: {problem}")
+        return self._failed(f"after {self.cfg.attempts} replies: {problem}", "bad_reply")
 
     def score_all(self, items: list[dict]) -> list[Verdict]:
         """``items``: dicts with ``question``, ``answer``, ``prediction`` and optional ``pair``; in order."""
-        with ThreadPoolExecutor(self.cfg.concurrency) as pool:
+        with masked_logs(CLIENT_LOGGERS, self.secrets), ThreadPoolExecutor(self.cfg.concurrency) as pool:
             return list(pool.map(lambda item: self.score(item["question"], item["answer"], item["prediction"],
                                                          item.get("pair")), items))

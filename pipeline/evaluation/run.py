@@ -21,6 +21,7 @@ from pipeline import schema as S
 from pipeline.evaluation import benchmarks as B
 from pipeline.evaluation.judge import SCORES, Judge, JudgeConfig
 from pipeline.evaluation.scoring import caption_metrics, check_option, predicted_letter
+from pipeline.io.masking import public_uri
 from pipeline.io.output_store import OutputStore, parquet_bytes
 from pipeline.io.storage import get_fs, join, write_atomic
 
@@ -136,7 +137,7 @@ def score(bench: B.Benchmark, answers: dict[str, dict], judge: JudgeConfig | Non
             answer = {S.ERROR: f"the output holds another model's or prompt's answer ({answer[S.MODEL]}), not this "
                                "run's: its attempt failed or has not run; rerun (--retry-errors for a failed video)",
                       S.ERROR_STAGE: S.STAGE_CAPTION, S.ERROR_REASON: "stale"}
-        row = {"question_id": q[S.VIDEO_ID], "task": q[B.TASK], S.URI: q[S.URI], S.START_S: q.get(S.START_S),
+        row = {"question_id": q[S.VIDEO_ID], "task": q[B.TASK], S.URI: public_uri(q[S.URI]), S.START_S: q.get(S.START_S),
                S.END_S: q.get(S.END_S), "question": q.get(B.QUESTION), "answer": q.get(B.ANSWER)}
         row.update({name: (answer or {}).get(name) for name in _ANSWER_COLUMNS})
         if q.get(B.UNSUPPORTED):
@@ -177,9 +178,9 @@ def _judge_rows(rows: list[dict], bench: B.Benchmark, judge: JudgeConfig | None,
         row["judge_model"] = judge.model
         old = previous.get((row["question_id"], row["reply"]))
         if row["reply"] is None:
-            row.update({f"score_{k}": None for k in SCORES}, judge_error=None)
+            row.update({f"score_{k}": None for k in SCORES}, judge_error=None, judge_error_reason=None)
         elif old is not None:
-            row.update({f"score_{k}": old[f"score_{k}"] for k in SCORES}, judge_error=None)
+            row.update({f"score_{k}": old[f"score_{k}"] for k in SCORES}, judge_error=None, judge_error_reason=None)
         else:
             partner = by_id.get(pairs.get(row["question_id"]) or "")
             # Consistency needs both answers: without the partner's, this one is judged alone.
@@ -188,21 +189,33 @@ def _judge_rows(rows: list[dict], bench: B.Benchmark, judge: JudgeConfig | None,
             items.append({"question": row["question"], "answer": row["answer"], "prediction": row["reply"],
                           "pair": pair})
     if items:
-        logger.info("judging %d answers with %s at %s", len(items), judge.model, judge.url)
+        logger.info("judging %d answers with %s at %s", len(items), judge.model, public_uri(judge.url))
     for row, verdict in zip(todo, Judge(judge).score_all(items) if items else []):
-        row.update({f"score_{k}": v for k, v in verdict.scores.items()}, judge_error=verdict.error)
+        row.update({f"score_{k}": v for k, v in verdict.scores.items()}, judge_error=verdict.error,
+                   judge_error_reason=verdict.reason)
 
 
 def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
+def _failure(row: dict) -> str | None:
+    """Why a question has no score (``stage/reason``), or None: its video or model failed, or the judge did (an
+    answer the judge never scored is no result either)."""
+    if row[S.ERROR]:
+        return f"{row[S.ERROR_STAGE]}/{row[S.ERROR_REASON]}"
+    if row.get("judge_error") is not None:
+        return f"judge/{row.get('judge_error_reason') or 'failed'}"
+    return None
+
+
 def _group_metrics(kind: str, rows: list[dict]) -> dict:
-    errors = [r for r in rows if r[S.ERROR]]
+    errors = [r for r in rows if _failure(r)]
     out: dict[str, Any] = {"questions": len(rows), "answered": len(rows) - len(errors), "errors": len(errors)}
     if kind == "mcq":
         correct = sum(bool(r["correct"]) for r in rows)
-        out.update(correct=correct, accuracy=round(100 * correct / len(rows), 2) if rows else None,
+        # Errors count as wrong, but with nothing answered there is no accuracy to report (not a 0.0).
+        out.update(correct=correct, accuracy=round(100 * correct / len(rows), 2) if out["answered"] else None,
                    no_option=sum(r["followed"] is False for r in rows))
     elif kind == "captions":  # corpus scores of the group (CIDEr's weights come from the group's references)
         corpus, _ = caption_metrics({r["question_id"]: r["reply"] for r in rows if r["reply"] is not None},
@@ -230,8 +243,7 @@ def metrics(bench: B.Benchmark, rows: list[dict], summary: dict | None = None) -
         "prompt_id": sorted({r[S.PROMPT_ID] for r in rows if r[S.PROMPT_ID]}),
         "overall": _group_metrics(bench.kind, rows),
         "tasks": {task: _group_metrics(bench.kind, group) for task, group in tasks.items()},
-        "errors_by_reason": dict(sorted(Counter(f"{r[S.ERROR_STAGE]}/{r[S.ERROR_REASON]}" for r in rows
-                                                if r[S.ERROR]).items())),
+        "errors_by_reason": dict(sorted(Counter(_failure(r) for r in rows if _failure(r)).items())),
     }
     if bench.kind == "mcq":
         result["accuracy_counts_errors_as_wrong"] = True
@@ -250,10 +262,38 @@ def write_results(out: str, rows: list[dict], result: dict, storage_options: dic
     write_atomic(join(out, METRICS_FILE), json.dumps(result, indent=2, default=str).encode(), storage_options)
 
 
+def failure(result: dict) -> str | None:
+    """Why a run's metrics are no result, or None: no questions, or not one question scored (every one an
+    error: a video, the model or the judge failed), with the failures by reason."""
+    overall = result["overall"]
+    if not overall["questions"]:
+        return "no questions were evaluated"
+    if overall["answered"]:
+        return None
+    reasons = ", ".join(f"{k} {v}" for k, v in result["errors_by_reason"].items())
+    return f"no question could be scored: all {overall['questions']} failed ({reasons})"
+
+
 def read_metrics(out: str, storage_options: dict | None = None) -> dict:
-    fs, path = get_fs(join(out, METRICS_FILE), storage_options)
+    """An evaluation's ``metrics.json``.
+
+    Raises:
+        FileNotFoundError: there is none. ValueError: it is not an evaluation's metrics (named).
+    """
+    uri = join(out, METRICS_FILE)
+    fs, path = get_fs(uri, storage_options)
     with fs.open(path, "r") as f:
-        return json.load(f)
+        try:
+            data = json.load(f)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"{public_uri(uri)} is not JSON: {str(exc)[:200]}") from None
+    shape = {"benchmark": str, "kind": str, "model": list, "overall": dict, "tasks": dict}
+    wrong = [k for k, t in shape.items() if not isinstance(data, dict) or not isinstance(data.get(k), t)]
+    if not wrong and not all(isinstance(g, dict) for g in data["tasks"].values()):
+        wrong = ["tasks"]
+    if wrong:
+        raise ValueError(f"{public_uri(uri)} is not an evaluation's metrics (missing or malformed: {wrong})")
+    return data
 
 
 def _headline(kind: str, group: dict) -> dict[str, float | None]:
@@ -262,7 +302,7 @@ def _headline(kind: str, group: dict) -> dict[str, float | None]:
         return {"accuracy": group.get("accuracy")}
     if kind == "captions":
         return {k: group.get(k) for k in ("bleu4", "rouge_l", "cider")}
-    return {k: (group.get(k) or {}).get("score") for k in SCORES}
+    return {k: group[k].get("score") if isinstance(group.get(k), dict) else None for k in SCORES}
 
 
 def compare(this: dict, other: dict) -> list[str]:
@@ -281,7 +321,8 @@ def compare(this: dict, other: dict) -> list[str]:
         parts = []
         for key, new in _headline(kind, b).items():
             old = _headline(kind, a).get(key)
-            delta = f"{new - old:+.4g}" if new is not None and old is not None else "n/a"
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (new, old))
+            delta = f"{new - old:+.4g}" if numbers else "n/a"
             parts.append(f"{key} {old} -> {new} ({delta})")
         lines.append(f"  {name}: " + "; ".join(parts))
     return lines

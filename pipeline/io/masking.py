@@ -9,8 +9,11 @@ the literal secrets it may quote.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import logging
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 from urllib.parse import unquote
 
 MASK = "***"
@@ -36,6 +39,16 @@ def userinfo_secrets(uri: str) -> list[str]:
     parts = {info, *info.split(":", 1)}
     parts |= {unquote(p) for p in parts}
     return sorted((p for p in parts if p), key=len, reverse=True)
+
+
+def basic_auth_token(uri: str) -> str | None:
+    """The ``Authorization: Basic`` token an HTTP client sends for a URI's user info (None without one): a
+    server that echoes the header quotes this form, not the password."""
+    match = _USERINFO.search(uri)
+    if not match:
+        return None
+    user, _, password = match.group(2).partition(":")
+    return base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
 
 
 def public_uri(uri: str) -> str:
@@ -89,3 +102,38 @@ class StorageOptions(dict):
         return repr(redact(dict(self)))
 
     __str__ = __repr__
+
+
+class MaskingFilter(logging.Filter):
+    """A logging filter that rewrites each record's message through :func:`mask_text` with the given literal
+    secrets (the record is kept; only its text changes)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_text(message, self.secrets)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+@contextlib.contextmanager
+def masked_logs(prefixes: Iterable[str], secrets: Iterable[str] = ()) -> Iterator[None]:
+    """Mask the records of the loggers named ``prefixes`` and of every existing logger under them while the
+    block runs. A logger's own filters see only its own records (not its children's), so each is filtered:
+    third-party HTTP clients log request URLs, user info included, on loggers of their own."""
+    masking = MaskingFilter(secrets)
+    prefixes = tuple(prefixes)
+    names = set(prefixes) | {name for name in logging.root.manager.loggerDict
+                             if name.startswith(tuple(p + "." for p in prefixes))}
+    loggers = [logging.getLogger(name) for name in sorted(names)]
+    for each in loggers:
+        each.addFilter(masking)
+    try:
+        yield
+    finally:
+        for each in loggers:
+            each.removeFilter(masking)
