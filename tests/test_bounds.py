@@ -99,16 +99,20 @@ def test_negative_and_nested_numbers_are_refused():
         JobConfig.from_dict(BASE, {"resources": {"decode_max_in_memory_mb": -5}})
 
 
-def test_the_recaption_command_refuses_a_huge_batch_before_ray_starts(tmp_path, capsys):
-    import ray
+def test_the_recaption_command_refuses_a_huge_batch_before_ray_starts(tmp_path):
+    import json
+    import subprocess
+    import sys
 
-    from jobs import recaption
+    from helpers import ROOT
 
-    assert not ray.is_initialized()
-    code = recaption.main(["--input", str(tmp_path / "list.txt"), "--output", str(tmp_path / "out"),
-                           "--batch-size", "1" + "0" * 100])
-    assert code == 2 and not ray.is_initialized()
-    assert "resources.batch_size: Input should be less than or equal to 4096" in capsys.readouterr().err
+    # In a process of its own: the test session may have started Ray already.
+    code = ("import json, sys; from jobs import recaption; "
+            f"code = recaption.main(['--input', 'list.txt', '--output', 'out', '--batch-size', '1{'0' * 100}']); "
+            "ray = sys.modules.get('ray'); print(json.dumps([code, bool(ray and ray.is_initialized())]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [2, False], done.stderr[-2000:]
+    assert "resources.batch_size: Input should be less than or equal to 4096" in done.stderr
 
 
 # -- YAML -----------------------------------------------------------------------------------------------------

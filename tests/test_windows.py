@@ -4,6 +4,7 @@ per window."""
 from __future__ import annotations
 
 import importlib.util
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -162,3 +163,114 @@ def test_window_flags_set_the_source_section_and_a_stride_needs_a_window():
     assert (source.window_s, source.window_stride_s, source.windows) == (10, 5, True)
     with pytest.raises(ValueError, match="window_stride_s needs window_s"):
         config_from_args(build_parser().parse_args(["--input", "l.txt", "--output", "o", "--window-stride-s", "5"]))
+
+
+# -- bounds: lying headers, timestamp jumps, tiny windows (issue 22) ------------------------------------------
+
+def write_lying_header_mkv(path: str, claimed_s: float = 1e6) -> str:
+    """40 frames at 4 fps (10 s) whose Matroska header says ``claimed_s``: the Segment Info Duration element
+    (ID 0x4489, an 8-byte float in milliseconds) is overwritten after muxing."""
+    import struct
+
+    write_clock_video(path, 10)
+    data = bytearray(open(path, "rb").read())
+    at = data.find(b"\x44\x89\x88")  # the element ID, then its size byte (8)
+    assert at > 0, "no Segment Duration element in the muxed file"
+    data[at + 3 : at + 11] = struct.pack(">d", claimed_s * 1000)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def write_timestamp_jump_mkv(path: str, jump_s: float = 1e6) -> str:
+    """39 frames at 4 fps, then one more at ``jump_s``: the stream itself spans ``jump_s`` seconds."""
+    import av
+
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(FPS))
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for i in range(40):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = (i if i < 39 else int(jump_s * FPS)), Fraction(1, FPS)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_a_header_claiming_a_huge_duration_is_checked_against_the_stream(tmp_path):
+    import av
+
+    video = write_lying_header_mkv(str(tmp_path / "lying.mkv"))
+    with av.open(video) as container:
+        assert container.duration / 1e6 == pytest.approx(1e6)  # the header really lies
+    assert probe_duration(video) == pytest.approx(10, abs=0.3)
+    out = SplitWindows(5)(_one_row("lying", video))
+    assert out.column(S.START_S).to_pylist() == [0, 5] and out.column(S.ERROR).null_count == 2
+
+
+def test_a_video_that_would_make_too_many_windows_becomes_one_error_row(tmp_path):
+    video = write_timestamp_jump_mkv(str(tmp_path / "jump.mkv"))
+    assert probe_duration(video) == pytest.approx(1e6, rel=1e-3)  # not a lie: a frame sits at 1e6 s
+    out = SplitWindows(10)(_one_row("jump", video)).to_pylist()
+    assert len(out) == 1
+    row = out[0]
+    assert (row[S.VIDEO_ID], row[S.ERROR_STAGE], row[S.ERROR_REASON]) == ("jump", "source", "too_many_windows")
+    assert "100001 windows" in row[S.ERROR] and "cap of 10000" in row[S.ERROR]
+
+
+def test_window_counts_are_checked_before_any_window_is_made():
+    from pipeline.windows import WindowError
+
+    with pytest.raises(WindowError, match=r"too_many_windows: .* would make 5 windows, more than the cap of 4"):
+        window_bounds(0, 50, 10, max_windows=4)
+    assert len(window_bounds(0, 40, 10, max_windows=4)) == 4
+    with pytest.raises(WindowError, match=r"would make 3999999 windows"):
+        window_bounds(0, 1e6, 0.5, stride_s=0.25)  # counted, not listed: this returns at once
+    for bad in ((math.nan, 10), (0, math.inf), (20, 10)):
+        with pytest.raises(WindowError, match="bad_clip"):
+            window_bounds(*bad, 10)
+    with pytest.raises(ValueError, match="stride_s <= window_s"):
+        window_bounds(0, 60, 5, stride_s=10)
+
+
+def test_list_rows_with_nan_or_negative_bounds_do_not_hang_the_split(tmp_path):
+    video = write_clock_video(str(tmp_path / "clock.mp4"), 20)
+    row = _one_row("n", video).to_pylist()[0]
+    rows = pa.Table.from_pylist([{**row, S.START_S: math.nan}, {**row, S.VIDEO_ID: "neg", S.START_S: -1e300}],
+                                schema=_one_row("n", video).schema)
+    out = SplitWindows(10)(rows).to_pylist()
+    assert (out[0][S.ERROR_STAGE], out[0][S.ERROR_REASON]) == ("source", "bad_clip")
+    assert [(r[S.START_S], r[S.ERROR]) for r in out[1:]] == [(0, None), (10, None)]  # a negative start is 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--window-s", "1e-300"], r"source.window_s: Input should be greater than or equal to 0.5"),
+    (["--window-s", "10", "--window-stride-s", "1e-300"], r"source.window_stride_s: Input should be greater"),
+    (["--window-s", "inf"], r"source.window_s: Input should be a finite number"),
+    (["--window-s", "10", "--window-stride-s", "15"],
+     r"source: window_stride_s \(15\) must not exceed window_s \(10\): the seconds between windows would never"),
+])
+def test_tiny_windows_and_strides_past_the_window_are_refused_before_the_job_starts(flags, message):
+    from jobs.recaption import build_parser, config_from_args
+
+    with pytest.raises(ValueError, match=message):
+        config_from_args(build_parser().parse_args(["--input", "l.txt", "--output", "o", *flags]))
+
+
+@pytest.mark.slow
+def test_the_job_finishes_on_a_lying_header_and_a_timestamp_jump(ray_local, tmp_path):
+    from pipeline.runner import run_job
+
+    lying = write_lying_header_mkv(str(tmp_path / "lying.mkv"))
+    jump = write_timestamp_jump_mkv(str(tmp_path / "jump.mkv"))
+    (tmp_path / "list.txt").write_text(f"{lying}\n{jump}\n")
+    cfg = job_config(str(tmp_path / "list.txt"), str(tmp_path / "out"), source={"window_s": 5},
+                     output={"formats": ["parquet"]})
+    summary = run_job(cfg)
+    assert summary["complete"] and summary["this_run"]["videos"] == 3
+    rows = pq.read_table(str(tmp_path / "out" / "parquet")).to_pylist()
+    assert sorted((r[S.URI].rsplit("/", 1)[-1], r[S.START_S], r[S.ERROR_REASON]) for r in rows) == [
+        ("jump.mkv", None, "too_many_windows"), ("lying.mkv", 0, None), ("lying.mkv", 5, None)]
