@@ -144,3 +144,62 @@ def test_query_command_rejects_a_where_with_two_statements(mixed_output, tmp_pat
                              f"1=1; COPY (select 1) TO '{target}'"], cwd=repo, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "one SQL expression" in result.stderr
     assert not target.exists()
+
+
+# -- bounds and clear errors (issue 22) -----------------------------------------------------------------------
+
+ENDLESS = "(select sum(hash(range)) from range(100000000000)) > 0"  # minutes of work, no memory to speak of
+
+
+def test_a_where_that_runs_too_long_is_stopped(mixed_output):
+    import time
+
+    from pipeline.tools.query import QueryTimeout
+
+    q = CaptionQuery([str(mixed_output)], timeout_s=1)
+    started = time.monotonic()
+    with pytest.raises(QueryTimeout, match=r"longer than 1 s and was stopped \(--timeout-s\)"):
+        q.select(ENDLESS)
+    assert time.monotonic() - started < 30
+    assert q.select("rank = '2'").num_rows == 1  # the connection still works, no interrupt left behind
+
+
+def query_command(*args):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "jobs/query_captions.py", *map(str, args)], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_query_command_times_out_and_names_bad_sql_and_missing_outputs(mixed_output, tmp_path):
+    (empty := tmp_path / "empty" / "parquet").mkdir(parents=True)
+    slow = query_command(mixed_output, "--where", ENDLESS, "--timeout-s", "1")
+    assert slow.returncode == 1 and "longer than 1 s and was stopped" in slow.stderr, slow.stderr[-2000:]
+    problems = {
+        "bad sql": query_command(mixed_output, "--sql", "selec 1"),
+        "unknown column": query_command(mixed_output, "--where", "no_such_column = 1"),
+        "unknown view": query_command(mixed_output, "--view", "nope"),
+        "missing": query_command(tmp_path / "nowhere"),
+        "empty": query_command(empty),
+        "bad limit": query_command(mixed_output, "--limit", "-1"),
+        "bad timeout": query_command(mixed_output, "--timeout-s", "nan"),
+    }
+    for name, result in problems.items():
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+    assert "Parser Error: syntax error" in problems["bad sql"].stderr
+    assert "no_such_column" in problems["unknown column"].stderr
+    assert "unknown view 'nope'" in problems["unknown view"].stderr
+    assert "nowhere/parquet: not found" in problems["missing"].stderr
+    assert "no Parquet files in it" in problems["empty"].stderr
+    assert "--limit: must be between 1 and" in problems["bad limit"].stderr
+
+
+def test_a_listing_reads_only_the_rows_it_shows(mixed_output):
+    q = CaptionQuery([str(mixed_output)], timeout_s=5)
+    # A hundred billion rows listed in a blink: only the first three are ever produced.
+    assert q.sql("select * from range(100000000000)", max_rows=3).num_rows == 3
+    q.sql("set threads = 1")  # a statement without a result
+    shown = query_command(mixed_output, "--sql", "select * from range(100000000000)", "--limit", "2")
+    assert shown.returncode == 0 and "... more rows" in shown.stdout, shown.stderr[-2000:]

@@ -2,13 +2,15 @@
 
 Object storage is read with pyarrow datasets through fsspec (DuckDB's own httpfs extension downloads at
 run time and is unavailable offline); DuckDB then queries the Arrow table in memory. Outputs of many
-runs can be combined; the table is always called ``captions`` (and ``other`` in a comparison).
+runs can be combined; the table is always called ``captions`` (and ``other`` in a comparison). Every query
+runs under a time limit (``timeout_s``): past it DuckDB is interrupted and :class:`QueryTimeout` raised.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
@@ -19,12 +21,22 @@ import pyarrow.dataset as pds
 from model.prompts import DEFAULT_RECAPTION_QUERY, DEFAULT_SYSTEM_PROMPT, get_template
 from pipeline import schema as S
 from pipeline.quality import CaptionFlagger
+from pipeline.io.masking import mask_text
 from pipeline.io.output_store import parquet_location, webdataset_tar, write_parquet
 from pipeline.io.storage import get_fs, write_atomic
 
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("parquet", "jsonl", "webdataset")
+DEFAULT_TIMEOUT_S = 300.0  # one query; a view over a million captions takes seconds
+
+
+class QueryTimeout(Exception):
+    """A query ran past its time limit and DuckDB stopped it."""
+
+
+class NoOutput(FileNotFoundError):
+    """An output named for querying holds no Parquet files (or does not exist)."""
 
 VIEWS = {
     "status": """
@@ -82,8 +94,16 @@ def read_captions(outputs: list[str], storage_options: dict | None = None, threa
     """
     datasets = []
     for output in outputs:
-        fs, path = get_fs(parquet_location(output), storage_options)
-        datasets.append(pds.dataset(path, filesystem=fs, format="parquet"))
+        location = parquet_location(output)
+        fs, path = get_fs(location, storage_options)
+        try:
+            dataset = pds.dataset(path, filesystem=fs, format="parquet")
+        except FileNotFoundError:
+            raise NoOutput(f"{mask_text(location)}: not found (give a recaption output folder, its parquet/ "
+                           "folder, or a Parquet file)") from None
+        if not dataset.files:
+            raise NoOutput(f"{mask_text(location)}: no Parquet files in it (no batch written there yet)")
+        datasets.append(dataset)
     fragments = [fragment for dataset in datasets for fragment in dataset.get_fragments()]
     with ThreadPoolExecutor(max_workers=threads) as pool:  # footers only
         schema = unified_schema(list(pool.map(lambda fragment: fragment.physical_schema, fragments)))
@@ -122,12 +142,14 @@ class CaptionQuery:
     """A DuckDB connection with ``captions`` registered and the ready-made views created.
 
     DuckDB's own file access is off unless ``file_access`` is set: the tables are Arrow tables in memory
-    and exports are written by pyarrow, so only free SQL (``--sql``) may want to read other files.
+    and exports are written by pyarrow, so only free SQL (``--sql``) may want to read other files. Each query
+    is interrupted after ``timeout_s`` seconds (None or 0: no limit).
     """
 
     def __init__(self, outputs: list[str], storage_options: dict | None = None, limit: int = 20,
-                 file_access: bool = False) -> None:
+                 file_access: bool = False, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> None:
         self.storage_options = storage_options
+        self.timeout_s = timeout_s
         self.con = duckdb.connect()
         self.con.register("captions", read_captions(outputs, storage_options))
         for name, sql in VIEWS.items():
@@ -135,16 +157,38 @@ class CaptionQuery:
         if not file_access:
             self.con.execute("set enable_external_access = false")
 
-    def sql(self, query: str) -> pa.Table:
-        return self.con.sql(query).to_arrow_table()
+    def sql(self, query: str, max_rows: int | None = None) -> pa.Table:
+        """The result of ``query`` (an empty table for a statement that returns nothing), its first
+        ``max_rows`` rows only when given (what a listing shows: the rest is never materialised).
 
-    def view(self, name: str) -> pa.Table:
+        Raises:
+            QueryTimeout: it ran past ``timeout_s``.
+            duckdb.Error: the SQL is wrong (parser, binder, catalog errors) or cannot run.
+        """
+        # DuckDB checks for an interrupt between tasks: a timer thread asks, the query raises InterruptException.
+        timer = threading.Timer(self.timeout_s, self.con.interrupt) if self.timeout_s else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            relation = self.con.sql(query)
+            if relation is None:
+                return pa.table({})
+            return (relation if max_rows is None else relation.limit(max_rows)).to_arrow_table()
+        except duckdb.InterruptException:
+            raise QueryTimeout(f"the query ran longer than {self.timeout_s:g} s and was stopped (--timeout-s)"
+                               ) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def view(self, name: str, max_rows: int | None = None) -> pa.Table:
         if name not in VIEWS:
             raise KeyError(f"unknown view {name!r}; views: {sorted(VIEWS)}")
-        return self.sql(f"select * from {name}")
+        return self.sql(f"select * from {name}", max_rows)
 
-    def select(self, where: str | None = None) -> pa.Table:
-        return self.sql("select * from captions" + _where_clause(where))
+    def select(self, where: str | None = None, max_rows: int | None = None) -> pa.Table:
+        return self.sql("select * from captions" + _where_clause(where), max_rows)
 
     def export(self, out_uri: str, fmt: str, where: str | None = None) -> int:
         """Write the rows matching ``where`` to ``out_uri``; returns how many.
@@ -169,14 +213,15 @@ class CaptionQuery:
         write_atomic(out_uri, data, self.storage_options)
         return len(records)
 
-    def compare(self, other_outputs: list[str], where: str | None = None) -> pa.Table:
+    def compare(self, other_outputs: list[str], where: str | None = None, max_rows: int | None = None) -> pa.Table:
         """Captions of the same videos in two runs side by side (joined on ``video_id``)."""
         self.con.register("other", read_captions(other_outputs, self.storage_options))
         return self.sql(
             "select a.video_id, a.uri, a.model as model_a, b.model as model_b, a.prompt_id as prompt_a, "
             "b.prompt_id as prompt_b, a.caption as caption_a, b.caption as caption_b, "
             "a.caption is not distinct from b.caption as same "
-            "from captions a join other b using (video_id)" + _where_clause(where) + " order by a.video_id")
+            "from captions a join other b using (video_id)" + _where_clause(where) + " order by a.video_id",
+            max_rows)
 
 
 def _where_clause(where: str | None) -> str:
