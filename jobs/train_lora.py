@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     from pipeline.resources import ResourceError
+    from training.recipe import NoUsableSamples
     from training.trainer import run_training
 
     try:
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except ResourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except NoUsableSamples as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     last = result["history"][-1] if result["history"] else {}
     print(json.dumps({"weights_dir": result["weights_dir"], "steps": result["steps"], "examples": result["examples"],
                       "final_loss": last.get("loss"), "skipped_videos": last.get("skipped_videos")}, indent=2))

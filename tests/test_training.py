@@ -216,3 +216,29 @@ def test_a_section_given_in_part_keeps_the_training_defaults_for_the_rest():
                                 {"sampling": {"num_frames": 4}})
     assert (cfg.sampling.num_frames, cfg.sampling.mode) == (4, "random")
     assert (cfg.lora.r, cfg.lora.alpha, cfg.optim.lr) == (128, 32.0, 2e-5)
+
+
+@pytest.mark.slow
+def test_training_on_videos_that_all_fail_stops_with_a_clear_error(tmp_path):
+    # Before: `while not self.done` read the data again and again, never reaching a step.
+    items = []
+    for i in range(3):
+        (tmp_path / f"broken{i}.mp4").write_bytes(b"not a video at all" * (i + 1))
+        items.append({"video": f"broken{i}.mp4", "QA": [{"q": "What moves?", "a": "nothing"}]})
+    (tmp_path / "qa.json").write_text(json.dumps(items))
+    config = tmp_path / "train.yaml"
+    config.write_text(json.dumps(merge(SMALL, run={"num_workers": 1})))
+    args = [sys.executable, "jobs/train_lora.py", "--config", str(config), "--data", str(tmp_path / "qa.json"),
+            "--model", "tiny", "--output", str(tmp_path / "run"), "--max-steps", "2"]
+    run = subprocess.Popen(args, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        _, stderr = run.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.communicate()
+        pytest.fail("training on videos that all fail to decode did not end within 300 s")
+    assert run.returncode == 1, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: worker 0: a whole pass over its 3 training examples gave no sample to train on "
+                           "(3 videos could not be decoded, 0 prompts"), stderr[-3000:]

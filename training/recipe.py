@@ -35,6 +35,11 @@ STATE_FILE = "train_state.json"
 METRICS_FILE = "metrics.jsonl"
 
 
+class NoUsableSamples(RuntimeError):
+    """A whole pass over a worker's training data gave not one sample to train on (every video failed to
+    decode, or every prompt was too long): the loop would otherwise read the data again forever."""
+
+
 def lr_multiplier(step: int, total_steps: int, warmup_ratio: float, floor: float) -> float:
     """Linear warmup to 1, then cosine decay; never below ``floor`` (the reference floors warmup too)."""
     warmup = math.ceil(warmup_ratio * total_steps)
@@ -222,14 +227,31 @@ class LoraRecipe:
 
     # -- the loop --------------------------------------------------------------------------------------
     def train(self) -> None:
+        """Passes over the shard until ``total_steps`` optimiser steps have run.
+
+        Raises:
+            NoUsableSamples: a whole pass trained on nothing (it would never reach a step).
+        """
         shard = ray.train.get_dataset_shard("train")
         while not self.done:
+            rows = usable = 0
+            skipped, too_long = self.window.skipped, self.window.too_long
             for batch in shard.iter_batches(batch_size=self.cfg.optim.batch_size, batch_format="pyarrow"):
-                if not self.train_step(batch) or self.window.micro_batches % self.cfg.optim.grad_accum_steps:
+                rows += batch.num_rows
+                if not self.train_step(batch):
+                    continue
+                usable += 1
+                if self.window.micro_batches % self.cfg.optim.grad_accum_steps:
                     continue  # gradients accumulate until grad_accum_steps micro-batches have run
                 self.optimizer_step()
                 if self.done:
                     break
+            if not usable and not self.done:
+                raise NoUsableSamples(
+                    f"worker {self.rank}: a whole pass over its {rows} training examples gave no sample to train "
+                    f"on ({self.window.skipped - skipped} videos could not be decoded, "
+                    f"{self.window.too_long - too_long} prompts left no room for the answer in "
+                    f"data.max_text_tokens={self.cfg.data.max_text_tokens}); check the videos and their paths")
 
 
 def train_func(raw_config: dict) -> None:

@@ -9,7 +9,7 @@ import os
 import re
 import tempfile
 
-from ray.train import RunConfig, ScalingConfig
+from ray.train import RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file
 
@@ -20,7 +20,7 @@ from pipeline.cluster import init_ray
 from pipeline.io.storage import get_fs, is_local, join, local_path
 from training.config import TrainConfig
 from training.data import build_train_dataset
-from training.recipe import METRICS_FILE, TRAINABLE_FILE, train_func
+from training.recipe import METRICS_FILE, TRAINABLE_FILE, NoUsableSamples, train_func
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,22 @@ CHECKPOINTS_DIR = "checkpoints"
 TRAIN_DECODE_NUM_CPUS = 0.5  # the one decode actor that feeds the workers
 WEIGHTS_DIR = "weights"
 _PEFT_LORA = re.compile(r"^language_model\.base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.default\.weight$")
+
+
+def _cause_of_type(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of ``kind`` in ``exc``, its workers' failures (Ray Train collects them per rank) or
+    their chains (Ray wraps a worker's error in its own)."""
+    pending, seen = [exc], set()
+    while pending:
+        exc = pending.pop(0)
+        if exc is None or id(exc) in seen:
+            continue
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        pending += [exc.__cause__, exc.__context__, getattr(exc, "controller_failure", None),
+                    *getattr(exc, "worker_failures", {}).values()]
+    return None
 
 
 def total_steps(cfg: TrainConfig, num_examples: int) -> int:
@@ -92,7 +108,13 @@ def run_training(cfg: TrainConfig) -> dict:
         run_config=checkpoint_storage(cfg),
         datasets={"train": dataset},
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:
+        cause = _cause_of_type(exc, NoUsableSamples)
+        if cause is None:
+            raise
+        raise NoUsableSamples(cause.args[0] if cause.args else str(cause)) from None
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     weights_uri = join(cfg.run.output, WEIGHTS_DIR)
