@@ -142,3 +142,17 @@ def test_a_video_with_more_frames_than_allowed_is_too_large(tmp_path):
     path = write_video(str(tmp_path / "long.mkv"), 96, 64, 12, 12, seed=5)
     rows = FrameSampler(SAMPLING.model_copy(update={"max_frames": 5}))(refs([path])).to_pylist()
     assert outcome(rows) == [("decode", "too_large")]
+
+
+def test_a_video_uri_with_credentials_is_read_without_them(s3_endpoint, tmp_path):
+    """README: user info in a URI is not used for access. Left in, s3fs took ``KEY:SECRET@bucket`` for the
+    bucket's name and every such row failed read/bad_path although the stored (public) URI is readable."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.makedirs("userinfo-videos", exist_ok=True)
+    fs.put(write_video(str(tmp_path / "v.mp4"), 96, 64, 8, 8, seed=6), "userinfo-videos/v.mp4")
+    uris = ["s3://AKIAUSER:uri-secret-Tk41@userinfo-videos/v.mp4", "s3://AKIAUSER:uri-secret-Tk41@userinfo-videos/gone.mp4"]
+    rows = FrameSampler(SAMPLING)(refs(uris)).to_pylist()
+    assert outcome(rows) == [(None, None), ("read", "not_found")]
+    assert rows[0][S.FRAME_COUNT] == 8 and "uri-secret-Tk41" not in rows[1][S.ERROR]

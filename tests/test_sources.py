@@ -190,3 +190,62 @@ def test_videos_already_done_are_dropped_where_the_list_is_read(ray_local, files
 def test_video_ids_do_not_hold_or_depend_on_uri_credentials():
     assert stable_video_id("s3://KEY:SECRET@bucket/v.mp4") == stable_video_id("s3://bucket/v.mp4")
     assert stable_video_id("https://h/v.mp4?X-Amz-Signature=one") == stable_video_id("https://h/v.mp4?X-Amz-Signature=two")
+
+
+def test_bad_lines_in_a_list_read_in_pieces_name_their_real_line_and_keep_their_id(ray_local, files, monkeypatch):
+    """A large list is read by several tasks from byte offsets: a bad line far into the file still names its
+    line in the file, its id is the same on a second read, and a column whose type changes between pieces
+    (a number in one, text in another) does not fail the blocks that meet downstream."""
+    import pipeline.io.sources as sources
+
+    monkeypatch.setattr(sources, "LIST_PIECE_BYTES", 700)  # several pieces, cut mid-line
+    bad_at = {7, 150, 299}  # 1-based line numbers of the bad lines
+    jsonl, csv_text = [], ["uri,tag"]
+    for line in range(1, 301):
+        tag = line if line < 200 else f"t{line}"  # a number early, text late
+        jsonl.append('{"uri": "v%d.mp4", "tag": ' % line if line in bad_at else json.dumps({"uri": f"v{line}.mp4", "tag": tag}))
+        if line > 1:  # the csv header is line 1
+            csv_text.append(f"v{line}.mp4,{tag},extra" if line in bad_at else f"v{line}.mp4,{tag}")
+    (files / "big.jsonl").write_text("\n".join(jsonl) + "\n")
+    (files / "big.csv").write_text("\n".join(csv_text) + "\n")
+    for name in ("big.jsonl", "big.csv"):
+        assert len(sources.list_pieces([str(files / name)], sources.detect_format(name), None)) > 5
+        cfg = SourceConfig(input=str(files / name))
+        rows = read_video_refs(cfg, rows_per_block=16).repartition(1).take_all()  # one block from every piece
+        bad = sorted((r for r in rows if r[S.ERROR]), key=lambda r: r[S.ERROR])
+        assert [(r[S.ERROR_STAGE], r[S.ERROR_REASON]) for r in bad] == [("source", "bad_row")] * 3, name
+        assert sorted(int(r[S.ERROR].split("line ")[1].split(" ")[0]) for r in bad) == sorted(bad_at), name
+        assert all(str(files / name) in r[S.ERROR] for r in bad)
+        good = sorted(int(os.path.basename(r[S.URI])[1:-4]) for r in rows if not r[S.ERROR])
+        assert good == [n for n in range(2 if name == "big.csv" else 1, 301) if n not in bad_at], name
+        assert all(r["tag"] == (str(n) if n < 200 else f"t{n}") for r in rows if not r[S.ERROR]
+                   for n in [int(os.path.basename(r[S.URI])[1:-4])])
+        again = read_video_refs(cfg).take_all()
+        assert sorted(r[S.VIDEO_ID] for r in again if r[S.ERROR]) == sorted(r[S.VIDEO_ID] for r in bad)
+
+
+def test_a_list_that_cannot_be_used_at_all_is_one_clear_error_not_a_task_traceback(ray_local, files):
+    from pipeline.io.sources import VideoListError
+
+    (files / "dup.csv").write_text("uri,uri\na.mp4,b.mp4\n")
+    (files / "broken.parquet").write_bytes(b"not a parquet file")
+    (files / "nouri.jsonl").write_text('{"name": "a"}\n')
+    for name, says in (("dup.csv", "names the column 'uri' twice"), ("broken.parquet", "not a readable Parquet"),
+                       ("nouri.jsonl", "set source.uri_column")):
+        with pytest.raises(VideoListError) as caught:
+            read_video_refs(SourceConfig(input=str(files / name))).take_all()
+        assert says in str(caught.value) and "Traceback" not in str(caught.value), name
+
+
+def test_uri_credentials_are_not_used_to_reach_the_list(ray_local, s3_endpoint):
+    """``s3://KEY:SECRET@bucket/list.txt`` is read as ``s3://bucket/list.txt`` with the configured credentials
+    (left in, s3fs took ``KEY:SECRET@bucket`` for the bucket's name); relative rows resolve next to it and keep
+    no credentials once stored (the sink stores public URIs)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.makedirs("userinfo-list", exist_ok=True)
+    fs.pipe("userinfo-list/list.txt", b"a.mp4\n")
+    rows = read_video_refs(SourceConfig(input="s3://AKIAUSER:not-the-secret@userinfo-list/list.txt")).take_all()
+    assert [(r[S.URI], r[S.ERROR]) for r in rows] == [("s3://AKIAUSER:not-the-secret@userinfo-list/a.mp4", None)]
+    assert rows[0][S.VIDEO_ID] == stable_video_id("s3://userinfo-list/a.mp4")

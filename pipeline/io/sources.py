@@ -10,7 +10,6 @@ listed by the driver (one LIST per 1000 objects).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -23,10 +22,11 @@ import ray
 
 from pipeline import schema as S
 from pipeline.config import VIDEO_EXTENSIONS, SourceConfig
+from pipeline.io.list_lines import BAD_ROW, BAD_ROW_DIGEST, INTERNAL_COLUMNS, parse_list
 from pipeline.io.masking import public_uri
 from pipeline.resources import LIGHT_NUM_CPUS
-from pipeline.io.storage import (ReadError, RetryPolicy, find_fresh, get_fs, is_local, join, list_files, object_info,
-                                 read_block, read_bytes, unstrip, with_retries)
+from pipeline.io.storage import (ReadError, RetryPolicy, count_newlines, find_fresh, get_fs, is_local, join,
+                                 list_files, object_info, read_block, read_bytes, unstrip, with_retries)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,24 @@ URI_CANDIDATES = ("uri", "path", "video", "url", "file", "filename")
 
 class VideoListError(OSError):
     """The video list could not be read (a transient failure that outlasted the retries, or no access)."""
+
+
+class BadVideoList(VideoListError, ValueError):
+    """The video list as a whole cannot be used (no URI column, a csv header naming a column twice, a Parquet
+    file that is not one); a bad line is an error row instead."""
+
+
+def _list_error(exc: "ray.exceptions.RayTaskError") -> Exception:
+    """What a failed list-reading task means to the caller: a read failure or an unusable list, with a one-line
+    message (not the task's traceback); any other failure as it was."""
+    cause = exc.as_instanceof_cause()
+    if isinstance(cause, ReadError):
+        return VideoListError(f"could not read the video list: {cause}")
+    if isinstance(cause, (KeyError, ValueError)):  # raised by the list code itself with a message for the user
+        original = getattr(exc, "cause", None) or cause
+        message = original.args[0] if original.args and isinstance(original.args[0], str) else str(original)
+        return BadVideoList(f"the video list cannot be used: {message.strip().splitlines()[-1]}")
+    return exc
 
 
 def detect_format(uri: str) -> str:
@@ -103,8 +121,9 @@ class NormaliseRefs:
             return [self.cfg.uri_column]
         present = [name for name in URI_CANDIDATES if name in table.column_names]
         if not present:
-            raise KeyError(f"the video list has none of the columns {URI_CANDIDATES}; columns: "
-                           f"{table.column_names} (set source.uri_column)")
+            columns = [c for c in table.column_names if c not in INTERNAL_COLUMNS]
+            raise KeyError(f"the video list has none of the columns {URI_CANDIDATES}; columns: {columns} "
+                           "(set source.uri_column)")
         return present
 
     def _resolve(self, raw: str) -> str:
@@ -112,9 +131,12 @@ class NormaliseRefs:
         return raw if _is_absolute(raw) else join(self.base, raw)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        if self.fmt == "txt":  # blank lines and '#' comments are not videos
+        bad_lines = _raw_column(table, BAD_ROW)
+        if self.fmt == "txt":  # blank lines and '#' comments are not videos (a bad line is a row: its text is null)
             text = pc.utf8_trim_whitespace(table.column("text"))
-            table = table.filter(pc.and_(pc.not_equal(text, ""), pc.invert(pc.starts_with(text, "#"))))
+            video = pc.and_(pc.not_equal(text, ""), pc.invert(pc.starts_with(text, "#")))
+            table = table.filter(pc.or_kleene(video, pc.is_valid(table.column(BAD_ROW))))
+            bad_lines = _raw_column(table, BAD_ROW)
         n = table.num_rows
         failures: list[tuple[str, str] | None] = [None] * n  # (reason, message) per row
         ids: list[str | None] = [None] * n
@@ -126,6 +148,8 @@ class NormaliseRefs:
                         zip(*(table.column(c).to_pylist() for c in (_RESOLVE_REASON, _RESOLVE_ERROR)))]
             ids = list(names)
             consumed = [self.cfg.name_key, _RESOLVED_URI, _RESOLVE_REASON, _RESOLVE_ERROR]
+        elif all(b is not None for b in bad_lines):  # only bad lines (or no rows): no URI column to look for
+            consumed, uris = [], [""] * n
         else:
             consumed = self._uri_columns(table)
             raw = _coalesce([table.column(c).to_pylist() for c in consumed])
@@ -134,6 +158,12 @@ class NormaliseRefs:
                         ("no_uri", f"source: the list row has no video URI (looked in {consumed})") for u in raw]
         start, end, bound_errors = _bounds_columns(table)
         failures = [f or b for f, b in zip(failures, bound_errors)]
+        digests = _raw_column(table, BAD_ROW_DIGEST)
+        for k, message in enumerate(bad_lines):
+            if message is not None:  # a line that is not a row: its id comes from its bytes, so reruns skip it
+                failures[k], ids[k], uris[k] = ("bad_row", f"source: {message}"), \
+                    stable_video_id(f"bad-line:{digests[k]}"), ""
+                start[k] = end[k] = None
         if self.cfg.id_column in table.column_names:
             given = table.column(self.cfg.id_column).to_pylist()
             ids = [str(g) if g not in (None, "") else i for g, i in zip(given, ids)]
@@ -155,7 +185,8 @@ class NormaliseRefs:
             S.ERROR_REASON: pa.array([f[0] if f else None for f in failures], pa.string()),
         }
         for name in table.column_names:
-            if name not in out and name not in consumed and name not in (self.cfg.id_column, S.START_S, S.END_S):
+            if name not in out and name not in consumed and name not in (self.cfg.id_column, S.START_S, S.END_S) \
+                    and name not in INTERNAL_COLUMNS:
                 out[name] = table.column(name)
         return pa.table(out)
 
@@ -188,7 +219,7 @@ def _row_id(table: pa.Table, index: int, uri: str, raw_start: Any, raw_end: Any)
     """An id for a row that names no usable video: from what the row says, so reruns find it again."""
     if uri:
         return stable_video_id(uri, f"bad:{raw_start!r}", f"bad:{raw_end!r}")
-    row = table.slice(index, 1).to_pylist()[0]
+    row = {k: v for k, v in table.slice(index, 1).to_pylist()[0].items() if k not in INTERNAL_COLUMNS}
     return stable_video_id("row:" + json.dumps(row, sort_keys=True, default=str))
 
 
@@ -232,10 +263,7 @@ def _read_list(cfg: SourceConfig, fmt: str, base: str, storage_options: dict | N
         except ReadError as exc:
             raise VideoListError(f"could not read the video list: {exc}") from exc
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
-            if isinstance(cause, ReadError):
-                raise VideoListError(f"could not read the video list: {cause}") from exc
-            raise
+            raise _list_error(exc) from exc
     if fmt == "annotations":
         # Parsed in a task too, which also lists the videos' folder once (not three lookups per name).
         try:
@@ -243,12 +271,7 @@ def _read_list(cfg: SourceConfig, fmt: str, base: str, storage_options: dict | N
                 cfg.input, cfg.name_key, base, tuple(cfg.extensions), storage_options, retry, rows_per_block, prepare)
             return ray.data.from_arrow_refs(list(blocks))
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
-            if isinstance(cause, ReadError):
-                raise VideoListError(f"could not read the video list: {cause}") from exc
-            if isinstance(cause, ValueError):
-                raise ValueError(str(cause).strip().splitlines()[-1]) from exc
-            raise
+            raise _list_error(exc) from exc
     if fmt == "prefix":
         exts = tuple(f".{e.lstrip('.')}" for e in (cfg.extensions or VIDEO_EXTENSIONS))
         uris = [u for u in list_files(cfg.input, storage_options) if u.lower().endswith(exts)]
@@ -334,15 +357,20 @@ def _read_piece(piece: dict, fmt: str, storage_options: dict | None, retry: Retr
                 return pq.ParquetFile(f).read_row_groups(piece["row_groups"])
 
         return with_retries(uri, "reading", read_groups, retry)
+    name = public_uri(uri)
     if "offset" not in piece:
-        return parse_list(read_bytes(uri, storage_options, retry), fmt)
-    data = read_block(uri, piece["offset"], piece["length"], storage_options, retry)
-    if piece["offset"] > 0 and not data.strip():
+        return parse_list(read_bytes(uri, storage_options, retry), fmt, name)
+    offset = piece["offset"]
+    data = read_block(uri, offset, piece["length"], storage_options, retry)
+    if offset == 0:
+        return parse_list(data, fmt, name)
+    if not data.strip():
         return None
-    if fmt == "csv" and piece["offset"] > 0:  # the header names the columns of every piece
-        header = read_block(uri, 0, 1, storage_options, retry).rstrip(b"\r\n") + b"\n"
-        data = header + data
-    return parse_list(data, fmt)
+    # The piece starts after the first newline at or after `offset` (fsspec's read_block): its first line is
+    # that newline's line + 1. Counted only when a line here is bad, as it reads the file up to the piece.
+    first_line = lambda: count_newlines(uri, offset, storage_options, retry) + 2  # noqa: E731
+    header = read_block(uri, 0, 1, storage_options, retry) if fmt == "csv" else None  # names every piece's columns
+    return parse_list(data, fmt, name, first_line, header)
 
 
 @ray.remote(num_returns="streaming")
@@ -420,24 +448,6 @@ def resolve_names(names: list[str], base: str, extensions: tuple[str, ...], stor
             out.append((join(base, keys[0]), "not_found", f"source: no video named {name!r} with extensions "
                                                            f"{list(extensions)} under {public_uri(base)}"))
     return out
-
-
-def parse_list(data: bytes, fmt: str) -> pa.Table:
-    """The rows of a list file's bytes: ``text`` lines (txt), or the columns of a csv, jsonl or Parquet file."""
-    import pyarrow.csv as pcsv
-    import pyarrow.json as pjson
-
-    if fmt == "txt":
-        return pa.table({"text": pa.array(data.decode("utf-8", errors="replace").splitlines(), pa.string())})
-    if fmt == "csv":
-        return pcsv.read_csv(io.BytesIO(data))
-    if fmt == "jsonl":
-        return pjson.read_json(io.BytesIO(data))  # one object per line
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(io.BytesIO(data))
-    raise ValueError(f"not a list file format: {fmt!r}")
 
 
 def _scalar_fields(item: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import random
+import re
 import time
 import uuid
 from typing import Any
@@ -21,7 +22,7 @@ from fsspec.core import url_to_fs
 from pydantic import Field
 
 from model.settings import FrozenSettings
-from pipeline.io.masking import mask_text, public_uri, userinfo_secrets
+from pipeline.io.masking import MASK, mask_text, public_uri, userinfo_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,23 @@ def local_path(uri: str) -> str:
 S3_CLIENT_RETRIES = {"max_attempts": 3, "mode": "standard"}
 
 
+# scheme://user:password@rest -> scheme://rest (the user info of a URI's authority, nothing after it).
+_URI_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*://)[^/?#@]*@")
+
+
+def without_userinfo(uri: str) -> str:
+    """``uri`` without the user info of its authority (``s3://KEY:SECRET@bucket/v.mp4`` -> ``s3://bucket/v.mp4``).
+
+    Credentials in a URI are not used for access (they come from the environment or the storage options):
+    left in, s3fs would take ``KEY:SECRET@bucket`` for the bucket's name and every such row would fail.
+    """
+    return _URI_USERINFO.sub(r"\1", uri)
+
+
 def get_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and the path inside it for ``uri`` (local paths, ``file://``, ``s3://``, ``gs://``...)."""
+    """The filesystem and the path inside it for ``uri`` (local paths, ``file://``, ``s3://``, ``gs://``...);
+    user info in ``uri`` is dropped (:func:`without_userinfo`)."""
+    uri = without_userinfo(uri)
     options = dict(storage_options or {})
     if uri.startswith(("s3://", "s3a://")):
         config = dict(options.get("config_kwargs") or {})
@@ -206,6 +222,25 @@ def read_or_spool(uri: str, spool_dir: str, max_in_memory_bytes: int, storage_op
 SPOOL_CHUNK_BYTES = 8 * 1024 * 1024
 
 
+def count_newlines(uri: str, end: int, storage_options: dict[str, Any] | None = None,
+                   retry: RetryPolicy = RetryPolicy()) -> int:
+    """How many ``\\n`` bytes the object holds before byte ``end`` (read in chunks, never held whole).
+
+    Raises:
+        ReadError: as :func:`read_bytes`.
+    """
+    def count() -> int:
+        fs, path = get_fs(uri, storage_options)
+        total, left = 0, end
+        with fs.open(path, "rb", block_size=SPOOL_CHUNK_BYTES) as f:
+            while left > 0 and (chunk := f.read(min(SPOOL_CHUNK_BYTES, left))):
+                total += chunk.count(b"\n")
+                left -= len(chunk)
+        return total
+
+    return with_retries(uri, "counting the lines of", count, retry)
+
+
 def object_info(uri: str, storage_options: dict[str, Any] | None = None,
                 retry: RetryPolicy = RetryPolicy()) -> dict[str, Any]:
     """fsspec ``info`` of an object; unlike ``fs.exists`` a transient failure is retried, not taken for absence.
@@ -319,3 +354,78 @@ def remove(uri: str, storage_options: dict[str, Any] | None = None) -> None:
     if fs.exists(path):
         fs.rm_file(path)
 
+
+
+def storage_option_problems(storage_options: dict[str, Any] | None, uris: list[str | None]) -> list[str]:
+    """What the filesystems of ``uris`` would refuse in ``storage_options``, one problem per key (its value
+    masked), found before anything is read.
+
+    s3fs and fsspec's HTTP filesystem take any option and hand the ones they do not know to their client
+    libraries (aiobotocore's session, aiohttp's requests), which fail only at the first request, with a
+    ``TypeError`` on every read. Here those keys are checked against what the libraries take.
+    """
+    options = dict(storage_options or {})
+    problems, seen = [], set()
+    for uri in uris:
+        protocol = fsspec.core.split_protocol(uri)[0] or "file" if uri else None
+        if protocol is None or protocol in seen:
+            continue
+        seen.add(protocol)
+        try:
+            fs, _ = get_fs(uri, options)
+        except ImportError:
+            continue  # a filesystem that is not installed says so when it is used
+        except (TypeError, ValueError, KeyError) as exc:
+            problems.append(f"storage_options: the {protocol}:// filesystem refuses them: "
+                            f"{mask_text(str(exc), _option_secrets(options))}")
+            continue
+        problems += [f"storage_options.{key} (value {MASK}): {why}" for key, why in _refused(fs, protocol)]
+    return problems
+
+
+def _refused(fs: fsspec.AbstractFileSystem, protocol: str) -> list[tuple[str, str]]:
+    """(key path, why) for each option ``fs`` holds that its client library would refuse."""
+    import inspect
+
+    def unknown(given: dict, takes: Any, skip: tuple[str, ...] = ("self",)) -> list[str]:
+        known = set(inspect.signature(takes).parameters) - set(skip)
+        return [k for k in given if k not in known]
+
+    refused = []
+    if type(fs).__name__ == "S3FileSystem":
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import AioSession
+        from botocore.session import Session
+
+        own = sorted(set(inspect.signature(type(fs).__init__).parameters) - {"self", "kwargs", "loop"})
+        for key in unknown(fs.kwargs, AioSession.__init__):
+            refused.append((key, f"not an option of the {protocol}:// filesystem (s3fs would hand it to "
+                                 f"aiobotocore's session, which refuses it); it takes {', '.join(own)}"))
+        for key in unknown(fs.client_kwargs, Session.create_client, ("self", "service_name", "config")):
+            refused.append((f"client_kwargs.{key}", "not an argument of botocore's create_client"))
+        try:
+            AioConfig(**fs.config_kwargs)
+        except (TypeError, ValueError) as exc:
+            named = re.search(r"argument '(\w+)'", str(exc))
+            refused.append(("config_kwargs" + (f".{named.group(1)}" if named else ""),
+                            f"botocore's Config refuses it: {exc}"))
+    elif type(fs).__name__ == "HTTPFileSystem":
+        import aiohttp
+
+        for key in unknown(fs.kwargs, aiohttp.ClientSession._request, ("self", "method", "str_or_url")):
+            refused.append((key, f"not an option of the {protocol}:// filesystem (fsspec would pass it to "
+                                 "every aiohttp request, which refuses it)"))
+        for key in unknown(fs.client_kwargs, aiohttp.ClientSession.__init__):
+            refused.append((f"client_kwargs.{key}", "not an argument of aiohttp's ClientSession"))
+    return refused
+
+
+def _option_secrets(options: dict[str, Any]) -> list[str]:
+    """The string values of the options, to scrub from a library's error text that may quote them."""
+    found = []
+    for value in options.values():
+        if isinstance(value, dict):
+            found += _option_secrets(value)
+        elif isinstance(value, str) and len(value) >= 4:
+            found.append(value)
+    return found
