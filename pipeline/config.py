@@ -14,7 +14,7 @@ from model.settings import (ENGINES, MAX_BATCH, MAX_WAIT_S, MAX_WORKERS, Generat
                             load_settings)
 from pipeline.frames import SamplingConfig
 from pipeline.io.masking import StorageOptions, mask_values, redact
-from pipeline.io.storage import RetryPolicy
+from pipeline.io.storage import RetryPolicy, storage_option_problems
 from pipeline.quality import QualityThresholds
 
 # Storage options hold credentials: typed so that showing them (repr, str, logs, a config's repr) masks them.
@@ -192,6 +192,9 @@ class JobConfig(Settings):
             problems.append("give prompt or prompt_file, not both")
         if self.system_prompt is not None and self.system_prompt_file is not None:
             problems.append("give system_prompt or system_prompt_file, not both")
+        # Options the list's or the output's filesystem would refuse (s3fs hands unknown ones to aiobotocore).
+        problems += storage_option_problems(self.storage_options, [self.source.input, self.source.videos_prefix,
+                                                                   self.output.output])
         if problems:
             raise ValueError("; ".join(problems))
         return self
