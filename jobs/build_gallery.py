@@ -23,9 +23,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-size", type=int, default=200)
     parser.add_argument("--title", default="Captions")
     args = parser.parse_args(argv)
+    if args.page_size < 1:
+        parser.error(f"--page-size must be at least 1, got {args.page_size}")
+    import pyarrow as pa
+
+    from pipeline.io.masking import mask_text
     from pipeline.tools.gallery import build_gallery
 
-    index = build_gallery(args.outputs, args.to, compare=args.compare, page_size=args.page_size, title=args.title)
+    try:
+        index = build_gallery(args.outputs, args.to, compare=args.compare, page_size=args.page_size,
+                              title=args.title)
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:  # a missing output, a file not Parquet
+        if isinstance(exc, OSError) and exc.strerror and exc.filename:
+            text = f"{exc.filename}: {exc.strerror}"
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        print(f"error: {mask_text(text)[:1000]}", file=sys.stderr)
+        return 2
     print(f"{index['rows']} videos in {index['pages']} pages: {os.path.join(args.to, 'index.html')}")
     return 0
 

@@ -167,3 +167,37 @@ def test_markup_in_title_path_ids_uris_captions_errors_and_models_stays_text(bro
         long_card = next(c for c in shown if c.get_attribute("data-id") == ids[1])
         image = long_card.find_element(By.TAG_NAME, "img")
         assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 32
+
+
+@pytest.fixture(scope="module")
+def foreign_gallery(tmp_path_factory):
+    """A gallery of a foreign Parquet file (not written by this pipeline) with markup in every column, the
+    numeric ones (width, height, duration) included, in compare mode against itself."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import schema as S
+
+    root = tmp_path_factory.mktemp("foreign_gallery")
+    out = root / "foreign"
+    (out / "parquet").mkdir(parents=True)
+    pq.write_table(pa.table({
+        S.VIDEO_ID: [f"id{XSS}", "second"], S.URI: [f"/v/{XSS}.mp4", "/v/2.mp4"],
+        S.CAPTION: [f"caption {SCRIPT_BREAK}", None], S.ERROR: [None, f"error {XSS}"],
+        S.ERROR_STAGE: [XSS, "decode"], S.MODEL: [f"model{XSS}", "m"], S.DURATION_S: [XSS, SCRIPT_BREAK],
+        S.WIDTH: [f'640"{XSS}', XSS], S.HEIGHT: [SCRIPT_BREAK, "480"],
+    }), out / "parquet" / "part-00000.parquet")
+    build_gallery([str(out)], str(root / "site"), compare=[str(out)])
+    return str(root / "site")
+
+
+def test_markup_in_a_foreign_files_numeric_columns_stays_out_of_the_page(browser, foreign_gallery):
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, os.path.join(foreign_gallery, "index.html"))
+    assert browser.execute_script("return window.pwned === undefined"), "script from the data ran"
+    shown = cards(browser)
+    assert sorted(c.get_attribute("data-id") for c in shown) == sorted([f"id{XSS}", "second"])
+    assert browser.find_elements(By.CSS_SELECTOR, ".card img, .card script") == []  # no keyframes, no markup
+    text = " ".join(c.text for c in shown)
+    assert f"caption {SCRIPT_BREAK}" in text and f"error {XSS}" in text and f"model{XSS}" in text

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 
 from pipeline import schema as S
 from pipeline.tools.query import read_captions
+from pipeline.io.masking import public_uri
 from pipeline.io.output_store import OutputStore, sample_key
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gallery_template.html")
@@ -48,16 +50,39 @@ def _write_thumbs(outputs: list[str], wanted: set[str], thumbs_dir: str, storage
     return written
 
 
+def _number(value) -> float | None:
+    """A finite number, or None: a foreign Parquet file may hold text (markup) in the numeric columns."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
+
+
 def _card(row: dict, thumb: str | None, other: dict | None) -> dict:
+    """What the page shows of a row: texts as strings, numbers as numbers or None, whatever the file held
+    (the page escapes every field too)."""
     flags = [name.removeprefix("flag_") for name in S.FLAGS if row.get(name)]
     card = {
-        "id": row[S.VIDEO_ID], "uri": row[S.URI], "caption": row[S.CAPTION], "error": row[S.ERROR],
-        "stage": row[S.ERROR_STAGE], "duration": row[S.DURATION_S], "width": row[S.WIDTH],
-        "height": row[S.HEIGHT], "flags": flags, "thumb": thumb, "model": row[S.MODEL],
+        "id": _text(row[S.VIDEO_ID]), "uri": _text(row[S.URI]), "caption": _text(row[S.CAPTION]),
+        "error": _text(row[S.ERROR]), "stage": _text(row[S.ERROR_STAGE]), "duration": _number(row[S.DURATION_S]),
+        "width": _number(row[S.WIDTH]), "height": _number(row[S.HEIGHT]), "flags": flags, "thumb": thumb,
+        "model": _text(row[S.MODEL]),
     }
     if other is not None:
-        card.update(caption_b=other.get(S.CAPTION), error_b=other.get(S.ERROR), model_b=other.get(S.MODEL))
+        card.update(caption_b=_text(other.get(S.CAPTION)), error_b=_text(other.get(S.ERROR)),
+                    model_b=_text(other.get(S.MODEL)))
     return card
+
+
+def gallery_index(title: str, rows: int, pages: int, page_size: int, outputs: list[str],
+                  compare: list[str] | None) -> dict:
+    """What ``index.html`` embeds. The sources as they may be shown: a URI's user info or signed query would
+    otherwise be written into the page."""
+    return {"title": title, "rows": rows, "pages": pages, "page_size": page_size, "compare": bool(compare),
+            "sources": [public_uri(o) for o in outputs], "compare_sources": [public_uri(o) for o in compare or []]}
 
 
 def build_gallery(
@@ -92,8 +117,7 @@ def build_gallery(
             cards.append(_card(row, thumb, others.get(row[S.VIDEO_ID]) if compare else None))
         with open(os.path.join(out_dir, "data", f"page-{number:05d}.js"), "w", encoding="utf-8") as f:
             f.write(f"window.galleryPage({number}, {script_json(cards)});\n")
-    index = {"title": title, "rows": len(rows), "pages": pages, "page_size": page_size, "compare": bool(compare),
-             "sources": outputs, "compare_sources": compare or []}
+    index = gallery_index(title, len(rows), pages, page_size, outputs, compare)
     with open(TEMPLATE, encoding="utf-8") as f:
         html = f.read().replace("__GALLERY_INDEX__", script_json(index))
     with open(os.path.join(out_dir, "index.html"), "w", encoding="utf-8") as f:
