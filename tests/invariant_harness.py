@@ -347,11 +347,19 @@ class World:
         return proc.returncode, err
 
     def op_kill(self) -> None:
+        """SIGKILL the job script at a random moment, or right after its first change to the output (where a
+        run starts with repairs, that is its reconcile at work)."""
         listing = self.random_list(f"kill-{len(self.steps)}")
-        delay = self.rng.uniform(1.0, self.full_run_s * 1.1)
-        self.note(f"kill -9 a job over {[e.kind for e in listing.entries]} after {delay:.1f} s")
+        at_first_write = self.rng.random() < 0.4
+        delay = self.rng.uniform(0.0, 0.5) if at_first_write else self.rng.uniform(1.0, self.full_run_s * 1.1)
+        when = f"{delay:.2f} s after its first write" if at_first_write else f"after {delay:.1f} s"
+        self.note(f"kill -9 a job over {[e.kind for e in listing.entries]} {when}")
         started = time.time()
+        before = self._snapshot()
         proc = self._spawn(self._job_command(listing))
+        if at_first_write:
+            while proc.poll() is None and not self._snapshot() - before - {("_lease.json", None)}:
+                time.sleep(0.02)
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -366,6 +374,22 @@ class World:
             self.check(clean=False)
         else:
             self._judge_exit(rc, err, listing)
+
+    def _snapshot(self) -> set[tuple[str, object]]:
+        """The output's files with their versions (mtime or ETag), less the lease (taken before any write)."""
+        if self.direct is not None:
+            self.direct.invalidate_cache()
+            root = self._fs_path(self.output)
+            found = self.direct.find(root, detail=True) if self.direct.exists(root) else {}
+            files = {(p.rsplit("/", 1)[-1], info.get("ETag")) for p, info in found.items()}
+        else:
+            files = set()
+            for p in Path(self.output).rglob("*"):
+                try:
+                    files.add((p.name, p.stat().st_mtime_ns))
+                except OSError:  # a temporary renamed or removed meanwhile
+                    continue
+        return {(name, None if name == "_lease.json" else version) for name, version in files}
 
     def _judge_exit(self, rc: int, err: str, listing: VideoList) -> None:
         if rc == 1 and self._excused("incomplete"):  # incomplete under store faults: said, not hidden
