@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pipeline.config import JobConfig
     from pipeline.evaluation import run as E
-    from pipeline.evaluation.benchmarks import load_benchmark
+    from pipeline.evaluation.benchmarks import absolute, load_benchmark
     from pipeline.evaluation.judge import JudgeConfig
     from pipeline.io.masking import mask_text
 
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = load_benchmark(args.benchmark, args.data, args.video_root, storage_options)
         if args.limit:
             bench = E.limited(bench, args.limit)
-        defaults, fixed = E.job_layers(bench, args.output)
+        # The output as the pipeline's workers see it: a relative folder is the current directory's.
+        defaults, fixed = E.job_layers(bench, absolute(args.output))
         cfg = JobConfig.from_dict(defaults, user, flags_layer(args, FLAG_KEYS), fixed)
         other = E.read_metrics(args.compare, storage_options) if args.compare else None
         if other is not None and (other["benchmark"], other["kind"]) != (bench.name, bench.kind):

@@ -306,7 +306,7 @@ def test_an_item_with_ten_thousand_candidates_gives_a_short_error(tmp_path):
     message = _load_error(tmp_path, [good, {**good, "candidates": many, "answer": "x"}])
     assert len(message) < 600 and "q.json: item 1" in message and "10000" in message
     message = _load_error(tmp_path, [good, {**good, "candidates": many[:20], "answer": "z" * 5000}])
-    assert len(message) < 600 and "q.json: item 1" in message and "20 candidates" in message
+    assert len(message) < 600 and "q.json: item 1" in message and "(20 in all)" in message
 
 
 @pytest.mark.parametrize("bounds, fragment", [

@@ -212,7 +212,7 @@ def _mcq_row(item: dict, where: str, task: str, qid: str, video_root: str, bound
                          f"{brief(item['candidates'])}")
     answer = str(item["answer"])
     if answer not in candidates:
-        raise ValueError(f"{where}: the answer {brief(answer)} is not one of the {len(candidates)} candidates "
+        raise ValueError(f"{where}: the answer {brief(answer)} is not one of the candidates "
                          f"{brief(candidates)}")
     row = {S.VIDEO_ID: qid, S.URI: _resolve(video_root, str(item["video"])), TASK: task,
            PROMPT: mcq_prompt(str(item["question"]), candidates), REPLY_PREFIX: MCQ_REPLY_PREFIX,
