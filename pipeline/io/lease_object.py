@@ -20,7 +20,8 @@ import os
 from typing import Any, Iterator
 
 from pipeline.io.masking import mask_text
-from pipeline.io.storage import ReadError, get_fs, is_local, local_path, read_bytes, remove, write_atomic
+from pipeline.io.storage import (ReadError, get_fs, is_local, local_path, read_bytes, remove, with_retries,
+                                 write_atomic)
 
 logger = logging.getLogger(__name__)
 
@@ -103,16 +104,7 @@ class LeaseObject:
             LeaseConflict: the object changed since.
         """
         if self.kind == "s3":
-            fs, path = get_fs(self.uri, self.storage_options)
-            bucket, key = path.split("/", 1)
-            try:
-                fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=expected)
-            except OSError as exc:
-                if _is_precondition_failure(exc):
-                    raise LeaseConflict(f"{mask_text(self.uri)} changed: not removed") from exc
-                if not isinstance(exc, FileNotFoundError):
-                    raise
-            return
+            return self._s3_delete(expected)
         with self._locked():
             self._check(expected)
             remove(self.uri, self.storage_options)
@@ -138,30 +130,66 @@ class LeaseObject:
         finally:
             os.close(fd)  # closing releases the lock
 
+    def _s3(self, action: str, call):
+        """``call(fs, bucket, key)`` with transient store failures retried (bounded, like every read and write
+        here); a failed precondition is not transient: it comes back as :class:`LeaseConflict` at once."""
+        conflict = []
+
+        def attempt():
+            fs, path = get_fs(self.uri, self.storage_options)
+            bucket, key = path.split("/", 1)
+            try:
+                return call(fs, bucket, key)
+            except LeaseConflict as exc:
+                conflict.append(exc)
+                return None
+
+        try:
+            result = with_retries(self.uri, action, attempt)
+        except ReadError as exc:
+            raise OSError(str(exc)) from exc
+        if conflict:
+            raise conflict[0]
+        return result
+
     def _s3_read(self) -> tuple[bytes | None, str | None]:
         from fsspec.asyn import sync
 
-        fs, path = get_fs(self.uri, self.storage_options)
-        bucket, key = path.split("/", 1)
+        def read(fs, bucket: str, key: str) -> tuple[bytes | None, str | None]:
+            async def get() -> tuple[bytes, str]:
+                response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+                return await response["Body"].read(), response["ETag"]
 
-        async def get() -> tuple[bytes, str]:
-            response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
-            return await response["Body"].read(), response["ETag"]
+            try:
+                return sync(fs.loop, get)  # content and ETag from one response: they belong together
+            except FileNotFoundError:
+                return None, None
 
-        try:
-            return sync(fs.loop, get)  # content and ETag from one response: they belong together
-        except FileNotFoundError:
-            return None, None
+        return self._s3("reading", read)
 
     def _s3_write(self, data: bytes, expected: str | None) -> str:
-        fs, path = get_fs(self.uri, self.storage_options)
-        bucket, key = path.split("/", 1)
         condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
-        try:
-            response = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
-        except OSError as exc:  # s3fs turns the store's 412 into FileExistsError or EINVAL, 404 into not found
-            gone = isinstance(exc, FileNotFoundError) and expected is not None  # removed since it was read
-            if gone or isinstance(exc, FileExistsError) or _is_precondition_failure(exc):
-                raise LeaseConflict(f"{mask_text(self.uri)} changed since it was read") from exc
-            raise
-        return response["ETag"]
+
+        def put(fs, bucket: str, key: str) -> str:
+            try:
+                return fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+            except OSError as exc:  # s3fs turns the store's 412 into FileExistsError or EINVAL, 404 into not found
+                gone = isinstance(exc, FileNotFoundError) and expected is not None  # removed since it was read
+                if gone or isinstance(exc, FileExistsError) or _is_precondition_failure(exc):
+                    raise LeaseConflict(f"{mask_text(self.uri)} changed since it was read") from exc
+                raise
+
+        return self._s3("writing", put)
+
+    def _s3_delete(self, expected: str) -> None:
+        def delete(fs, bucket: str, key: str) -> None:
+            try:
+                fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=expected)
+            except FileNotFoundError:
+                return  # already gone
+            except OSError as exc:
+                if _is_precondition_failure(exc):
+                    raise LeaseConflict(f"{mask_text(self.uri)} changed: not removed") from exc
+                raise
+
+        self._s3("removing", delete)
