@@ -65,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     from pipeline.resources import ResourceError
+    from training.data import TrainingDataError
     from training.recipe import NoUsableSamples
     from training.trainer import run_training
 
     try:
         result = run_training(cfg)
-    except ResourceError as exc:
+    except (ResourceError, TrainingDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NoUsableSamples as exc:

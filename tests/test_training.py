@@ -242,3 +242,34 @@ def test_training_on_videos_that_all_fail_stops_with_a_clear_error(tmp_path):
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: worker 0: a whole pass over its 3 training examples gave no sample to train on "
                            "(3 videos could not be decoded, 0 prompts"), stderr[-3000:]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", r"not a JSON list of items"),
+    ('{"video": "a.mp4"}', r"a JSON list of items is expected, got dict"),
+    ('[{"QA": [{"a": "x"}]}]', r"item 0: an object with a \"video\" path is expected"),
+    ('[{"video": "a.mp4", "QA": "what?"}]', r"item 0: \"QA\" must be a list"),
+    ('[{"video": "a.mp4", "QA": [{"a": "x"}], "start": "soon"}]', r"item 0: start: must be a number of seconds"),
+    ("[" * 100000 + "]" * 100000, r"not a JSON list of items"),
+    ("[]", r"no training examples"),
+])
+def test_malformed_training_lists_are_named_not_tracebacks(tmp_path, content, message):
+    from training.data import TrainingDataError, _videochat2_rows, build_train_dataset
+
+    (tmp_path / "qa.json").write_text(content)
+    cfg = TrainConfig.from_dict(merge(SMALL, data={"uri": str(tmp_path / "qa.json")}, run={"output": "/tmp/x"}))
+    with pytest.raises(TrainingDataError, match=message):
+        build_train_dataset(cfg) if content == "[]" else _videochat2_rows(cfg)
+
+
+def test_a_relative_training_list_resolves_its_videos_beside_it(tmp_path, monkeypatch):
+    from training.data import TrainingDataError, _videochat2_rows
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "qa.json").write_text(json.dumps([{"video": "v.mp4", "QA": [{"q": "Q?", "a": "A."}]}]))
+    monkeypatch.chdir(tmp_path)
+    table, _ = _videochat2_rows(TrainConfig.from_dict(merge(SMALL, data={"uri": "qa.json"}, run={"output": "o"})))
+    # Before: "qa.json".rsplit("/") gave the root "qa.json", so the video was looked for at qa.json/v.mp4.
+    assert table.column(S.URI).to_pylist() == [str(tmp_path / "v.mp4")]
+    with pytest.raises(TrainingDataError, match=r"nothing.json: not found"):
+        _videochat2_rows(TrainConfig.from_dict(merge(SMALL, data={"uri": "nothing.json"}, run={"output": "o"})))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,13 +26,21 @@ from model.prompts import DEFAULT_RECAPTION_QUERY, DEFAULT_SYSTEM_PROMPT, Prompt
 from pipeline import schema as S
 from pipeline.sampler import FrameSampler, frames_from_bytes
 from pipeline.io.output_store import parquet_location
-from pipeline.io.storage import get_fs, join
+from pipeline.io.masking import mask_text
+from pipeline.io.storage import get_fs, is_local, join, local_path
 from training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 TURNS = "turns"  # JSON text: {"system": str, "qa": [[question, answer], ...]}
 IGNORE_INDEX = -100
+
+
+MAX_DATA_JSON_BYTES = 2 << 30  # a VideoChat2 list is read whole: a few hundred MB for millions of questions
+
+
+class TrainingDataError(ValueError):
+    """The training data cannot be read or holds nothing to train on; the message names the file and item."""
 
 
 @dataclass
@@ -44,21 +53,58 @@ def detect_kind(uri: str) -> str:
     return "videochat2" if uri.lower().endswith(".json") else "captions"
 
 
+def _absolute(uri: str) -> str:
+    """A local path made absolute here, on the driver: Ray's decode actors need not share its working folder."""
+    return os.path.abspath(local_path(uri)) if is_local(uri) else uri
+
+
+def _read_items(uri: str, storage_options: dict) -> list:
+    fs, path = get_fs(uri, storage_options)
+    shown = mask_text(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            raw = f.read(MAX_DATA_JSON_BYTES + 1)
+    except FileNotFoundError:
+        raise TrainingDataError(f"{shown}: not found") from None
+    if len(raw) > MAX_DATA_JSON_BYTES:
+        raise TrainingDataError(f"{shown}: larger than {MAX_DATA_JSON_BYTES >> 30} GiB; split it")
+    try:
+        items = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested past the parser's stack
+        raise TrainingDataError(f"{shown}: not a JSON list of items: {str(exc)[:200]}") from None
+    if not isinstance(items, list):
+        raise TrainingDataError(f"{shown}: a JSON list of items is expected, got {type(items).__name__}")
+    return items
+
+
+def _number_or_none(value, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TrainingDataError(f"{where}: must be a number of seconds, got {value!r:.60}")
+    return float(value)
+
+
 def _videochat2_rows(cfg: TrainConfig) -> tuple[pa.Table, SourceStats]:
-    fs, path = get_fs(cfg.data.uri, cfg.storage_options)
-    with fs.open(path, "rb") as f:
-        items = json.load(f)
-    root = cfg.data.video_root or cfg.data.uri.rsplit("/", 1)[0]
+    uri = _absolute(cfg.data.uri)
+    items = _read_items(uri, cfg.storage_options)
+    root = _absolute(cfg.data.video_root) if cfg.data.video_root else uri.rsplit("/", 1)[0]
     uris, starts, ends, turns = [], [], [], []
-    for item in items:
-        qa = [(t.get("q", ""), t["a"]) for t in item.get("QA", []) if t.get("a")]
+    for number, item in enumerate(items):
+        where = f"{mask_text(cfg.data.uri)}: item {number}"
+        if not isinstance(item, dict) or not isinstance(item.get("video"), str) or not item["video"]:
+            raise TrainingDataError(f"{where}: an object with a \"video\" path is expected, got {item!r:.100}")
+        questions = item.get("QA", [])
+        if not isinstance(questions, list) or not all(isinstance(t, dict) for t in questions):
+            raise TrainingDataError(f"{where}: \"QA\" must be a list of {{\"i\", \"q\", \"a\"}} objects")
+        qa = [(str(t.get("q", "")), str(t["a"])) for t in questions if t.get("a")]
         if not qa:
             continue
-        system = next((t["i"] for t in item["QA"] if t.get("i")), DEFAULT_SYSTEM_PROMPT)
+        system = next((str(t["i"]) for t in questions if t.get("i")), DEFAULT_SYSTEM_PROMPT)
         video = item["video"]
         uris.append(video if "://" in video or video.startswith("/") else join(root, video))
-        starts.append(item.get("start"))
-        ends.append(item.get("end"))
+        starts.append(_number_or_none(item.get("start"), f"{where}: start"))
+        ends.append(_number_or_none(item.get("end"), f"{where}: end"))
         turns.append(json.dumps({"system": system, "qa": qa}))
     table = pa.table({S.URI: pa.array(uris, pa.string()), S.START_S: pa.array(starts, pa.float64()),
                       S.END_S: pa.array(ends, pa.float64()), TURNS: pa.array(turns, pa.string())})
@@ -66,9 +112,14 @@ def _videochat2_rows(cfg: TrainConfig) -> tuple[pa.Table, SourceStats]:
 
 
 def _caption_rows(cfg: TrainConfig) -> tuple[pa.Table, SourceStats]:
-    fs, path = get_fs(parquet_location(cfg.data.uri), cfg.storage_options)  # an output root, its parquet/ or a file
-    table = pds.dataset(path, filesystem=fs, format="parquet").to_table(
-        columns=[S.URI, S.START_S, S.END_S, S.CAPTION])
+    location = parquet_location(_absolute(cfg.data.uri))  # an output root, its parquet/ or a file
+    fs, path = get_fs(location, cfg.storage_options)
+    try:
+        table = pds.dataset(path, filesystem=fs, format="parquet").to_table(
+            columns=[S.URI, S.START_S, S.END_S, S.CAPTION])
+    except FileNotFoundError:
+        raise TrainingDataError(f"{mask_text(location)}: not found (give a recaption output folder, its parquet/ "
+                                "folder, a Parquet file, or a VideoChat2 .json)") from None
     has_caption = pc.is_valid(table.column(S.CAPTION))
     kept = table.filter(has_caption)
     turns = [json.dumps({"system": DEFAULT_SYSTEM_PROMPT, "qa": [[DEFAULT_RECAPTION_QUERY, c]]})
@@ -83,7 +134,7 @@ def build_train_dataset(cfg: TrainConfig, decode_concurrency: int = 1,
     kind = detect_kind(cfg.data.uri) if cfg.data.kind == "auto" else cfg.data.kind
     table, stats = _videochat2_rows(cfg) if kind == "videochat2" else _caption_rows(cfg)
     if table.num_rows == 0:
-        raise ValueError(f"{cfg.data.uri}: no training examples")
+        raise TrainingDataError(f"{mask_text(cfg.data.uri)}: no training examples")
     n = table.num_rows
     table = table.append_column(S.VIDEO_ID, pa.array([str(i) for i in range(n)], pa.string()))
     for name in (S.ERROR, S.ERROR_STAGE, S.ERROR_REASON):
