@@ -89,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
                  if args.benchmark == "vcg" else None)
         if judge is not None:
             import openai  # noqa: F401
-    except ImportError:
-        print("error: the vcg judge needs the openai client: pip install -e '.[eval]'", file=sys.stderr)
+        if args.benchmark == "captions":
+            import pycocoevalcap  # noqa: F401
+    except ImportError as exc:
+        needs = "the vcg judge needs the openai client" if judge else "caption metrics need pycocoevalcap"
+        print(f"error: {needs} ({exc.name} is not installed): pip install -e '.[eval]'", file=sys.stderr)
         return 2
     except ValueError as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)

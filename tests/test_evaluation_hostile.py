@@ -142,6 +142,38 @@ def test_judge_settings_that_cannot_work_are_refused_without_showing_the_passwor
     assert _leaks(message) == []
 
 
+def test_a_judge_config_shows_its_url_without_the_password():
+    shown = repr(JudgeConfig(f"http://{USER}:{PASSWORD}@judge:8000/v1", "m"))
+    assert "http://judge:8000/v1" in shown and _leaks(shown) == []
+
+
+def test_a_malformed_log_call_on_a_masked_logger_is_left_to_logging(caplog):
+    from pipeline.io.masking import MaskingFilter, masked_logs
+
+    bad = logging.LogRecord("openai", logging.INFO, __file__, 1, "%s and %s", ("only one",), None)
+    assert MaskingFilter([API_KEY]).filter(bad) and bad.msg == "%s and %s"  # untouched: the handler reports it
+    with masked_logs(["openai"], [API_KEY]):
+        logging.getLogger("openai").warning("key %s", API_KEY)
+    logging.getLogger("openai").warning("after the block: %s", "not masked")
+    assert API_KEY not in caplog.text and "key ***" in caplog.text and "not masked" in caplog.text
+
+
+def test_unreadable_earlier_judgements_are_judged_again_not_a_crash(tmp_path, caplog):
+    bench = _vcg(tmp_path)
+    (tmp_path / "out" / "predictions").mkdir(parents=True)
+    (tmp_path / "out" / E.PREDICTIONS_FILE).write_text("not parquet")
+    rows = E.score(bench, {}, JudgeConfig("http://127.0.0.1:9/v1", "m"), str(tmp_path / "out"))
+    assert len(rows) == 2 and "unreadable" in caplog.text
+
+
+def test_a_caption_benchmark_without_its_metrics_package_stops_before_the_run(tmp_path, monkeypatch, capsys):
+    from jobs.evaluate import main
+
+    monkeypatch.setitem(sys.modules, "pycocoevalcap", None)  # as if not installed: importing it fails
+    code = main(["--benchmark", "captions", "--data", str(tmp_path / "refs.json"), "--output", str(tmp_path / "o")])
+    assert code == 2 and "pycocoevalcap" in capsys.readouterr().err
+
+
 def test_a_judge_reply_without_a_message_is_a_row_error_not_a_crash(tmp_path):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802

@@ -110,6 +110,10 @@ class JudgeConfig:
     concurrency: int = 8
     max_tokens: int = 200
 
+    def __repr__(self) -> str:  # the URL without its user info, wherever a config is shown
+        return (f"JudgeConfig(url={public_uri(self.url or '')!r}, model={self.model!r}, "
+                f"api_key_env={self.api_key_env!r})")
+
     def __post_init__(self) -> None:
         """Raises: ValueError naming every setting that cannot work (the URL shown without its secrets)."""
         problems = []

@@ -118,10 +118,17 @@ def _previous_judgements(out: str, storage_options: dict | None, judge_model: st
         return {}
     import pyarrow.parquet as pq
 
-    with fs.open(path, "rb") as f:
-        old = pq.read_table(f).to_pylist()
+    try:
+        with fs.open(path, "rb") as f:
+            old = pq.read_table(f).to_pylist()
+    except (OSError, pa.ArrowException) as exc:  # only a saving: without it every answer is judged again
+        logger.warning("earlier judgements in %s are unreadable (%s): judging again", public_uri(path),
+                       type(exc).__name__)
+        return {}
+    keys = ("question_id", "reply", *(f"score_{k}" for k in SCORES))
     return {(r["question_id"], r["reply"]): r for r in old
-            if r.get("judge_model") == judge_model and r.get("judge_error") is None and r.get("reply") is not None}
+            if all(k in r for k in keys) and r.get("judge_model") == judge_model and r.get("judge_error") is None
+            and r["reply"] is not None}
 
 
 def score(bench: B.Benchmark, answers: dict[str, dict], judge: JudgeConfig | None = None, out: str | None = None,

@@ -113,7 +113,10 @@ class MaskingFilter(logging.Filter):
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed call: left for the handler to report, as logging does
+            return True
         masked = mask_text(message, self.secrets)
         if masked != message:
             record.msg, record.args = masked, None
