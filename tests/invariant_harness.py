@@ -77,6 +77,7 @@ class VideoList:
     fmt: str
     notes: list[str] = field(default_factory=list)
     prompt: str | None = None  # the prompt of its last run
+    window_s: float | None = None  # clip windows: its ids are the windows' sources (rows carry source_video)
 
     def expected_ids(self) -> set[str]:
         return {e.video_id for e in self.entries if e.video_id is not None}
@@ -149,6 +150,8 @@ class World:
             self.direct = None
         self.expected: set[str] = set()  # I1: ids of lists that a job finished
         self.maybe: set[str] = set()  # ids of lists whose job did not finish (killed, refused, failed)
+        self.expected_sources: set[str] = set()  # the same for windowed lists: each source has its windows' rows
+        self.maybe_sources: set[str] = set()  # (or a row of its own: an error, or a whole-video row done before)
         self.captioned: set[str] = set()  # I2
         self.lists: list[VideoList] = []  # lists run so far (a rerun takes one of them again)
         self.listed: dict[str, Entry] = {}  # every good-or-bad video input listed so far, for the final sweep
@@ -224,13 +227,16 @@ class World:
         if rng.random() < 0.2:
             text = BOM + text
             notes.append("a BOM")
+        window_s = rng.choice([0.5, 0.6]) if rng.random() < 0.15 else None
+        if window_s:
+            notes.append(f"{window_s:g} s windows")
         path.write_text(text, encoding="utf-8")
-        return VideoList(path, entries, fmt, notes)
+        return VideoList(path, entries, fmt, notes, window_s=window_s)
 
     def config(self, listing: VideoList, **output) -> dict:
         """The job's settings as a dict (the in-process job and the job script's YAML alike)."""
         raw = {
-            "source": {"input": str(listing.path)},
+            "source": {"input": str(listing.path), "window_s": listing.window_s},
             "output": {"output": self.output, "formats": ["parquet", "webdataset"], **output},
             "model": {"model": "tiny"},
             "sampling": {"num_frames": 4},
@@ -244,14 +250,20 @@ class World:
 
     def _finished(self, listing: VideoList, summary: dict, what: str) -> None:
         """A job exited 0 over ``listing``: I5 and then the full check."""
-        self.expected |= listing.expected_ids()
+        if listing.window_s:
+            self.expected_sources |= listing.expected_ids()
+        else:
+            self.expected |= listing.expected_ids()
         for e in listing.entries:
             if e.video_id is not None:
                 self.listed[e.video_id] = e
         self.check(clean=True, finished=listing, what=what)
 
     def _unfinished(self, listing: VideoList) -> None:
-        self.maybe |= listing.expected_ids()
+        if listing.window_s:
+            self.maybe_sources |= listing.expected_ids()
+        else:
+            self.maybe |= listing.expected_ids()
 
     # -- operations --------------------------------------------------------------------------------------
     def op_run(self, listing: VideoList | None = None) -> None:
@@ -537,9 +549,10 @@ class World:
         self.check_secrets()
         if not clean:
             return
+        sources = {r.get("source_video") for rows in by_id.values() for r in rows} - {None}
         # I5: the job that exited 0 accounted for every input of its list.
         if finished is not None:
-            missing = finished.expected_ids() - by_id.keys()
+            missing = finished.expected_ids() - by_id.keys() - (sources if finished.window_s else set())
             if missing:
                 kinds = [e.kind for e in finished.entries if e.video_id in missing]
                 self.fail(f"I5: {what} exited 0 but inputs have no row: {sorted(missing)} ({kinds})")
@@ -550,10 +563,11 @@ class World:
         repeated = {i: len(rows) for i, rows in by_id.items() if len(rows) > 1}
         if repeated:
             self.fail(f"I1: ids with more than one row after a clean finish: {repeated}")
-        absent = self.expected - by_id.keys()
+        absent = (self.expected - by_id.keys()) | (self.expected_sources - by_id.keys() - sources)
         if absent:
             self.fail(f"I1: inputs of finished jobs with no row: {sorted(absent)}")
-        phantom = {i for i, rows in by_id.items() if i not in self.expected | self.maybe
+        asked = self.expected | self.maybe | self.expected_sources | self.maybe_sources
+        phantom = {i for i, rows in by_id.items() if i not in asked and rows[0].get("source_video") not in asked
                    and rows[0]["error_stage"] != "source"}
         if phantom:
             self.fail(f"I1: rows no list asked for: {sorted(phantom)}")
