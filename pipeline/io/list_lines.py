@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from typing import Any, Callable
 
 import pyarrow as pa
@@ -72,17 +73,12 @@ def _table(columns: list[str], rows: list[tuple[int, dict[str, str | None] | _Ba
     any_bad = any(isinstance(r, tuple) for _, r in rows)
     base = (first_line() if callable(first_line) else first_line) if any_bad else 0
     keys = list(dict.fromkeys([*columns, *(k for _, r in rows if isinstance(r, dict) for k in r)]))
-    values: dict[str, list] = {k: [] for k in keys}
-    messages, digests = [], []
-    for index, row in rows:
-        good = isinstance(row, dict)
-        for k in keys:
-            values[k].append(row.get(k) if good else None)
-        messages.append(None if good else f"line {base + index} of {name} {row[0]}")
-        digests.append(None if good else hashlib.sha1(row[1]).hexdigest())
-    out = {k: pa.array(v, pa.string()) for k, v in values.items()}
-    out[BAD_ROW] = pa.array(messages, pa.string())
-    out[BAD_ROW_DIGEST] = pa.array(digests, pa.string())
+    good = [r if isinstance(r, dict) else {} for _, r in rows]
+    out = {k: pa.array([r.get(k) for r in good], pa.string()) for k in keys}
+    out[BAD_ROW] = pa.array([None if isinstance(r, dict) else f"line {base + index} of {name} {r[0]}"
+                             for index, r in rows], pa.string())
+    out[BAD_ROW_DIGEST] = pa.array([None if isinstance(r, dict) else hashlib.sha1(r[1]).hexdigest()
+                                    for _, r in rows], pa.string())
     return pa.table(out)
 
 
@@ -112,8 +108,13 @@ def _txt_rows(lines: list[bytes]) -> list[tuple[int, dict[str, str | None] | _Ba
 
 def _json_text(value: Any) -> str | None:
     """A JSON value as a list cell: strings as they are, null as null, anything else as its JSON text."""
-    if value is None or isinstance(value, str):
+    kind = type(value)
+    if value is None or kind is str:
         return value
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int or kind is float and math.isfinite(value):
+        return repr(value)  # what json.dumps writes, without its pure-Python encoder (most of a parse's time)
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -142,7 +143,7 @@ def _jsonl_rows(lines: list[bytes]) -> list[tuple[int, dict[str, str | None] | _
             kind = _JSON_KINDS.get(type(item), type(item).__name__)
             rows.append((index, (f"is {kind}, not a JSON object: {_snippet(raw)}", raw)))
             continue
-        rows.append((index, {str(k): _json_text(v) for k, v in item.items()}))
+        rows.append((index, {k: _json_text(v) for k, v in item.items()}))
     return rows
 
 
