@@ -39,7 +39,8 @@ class EchoJudge:
                 headers = "; ".join(f"{k}={v}" for k, v in self.headers.items())
                 echo = f"you sent Authorization: {self.headers.get('Authorization')}; all headers: {headers}"
                 if status == 401:
-                    body = {"error": {"message": f"invalid credentials. {echo}", "type": "auth", "raw": dict(self.headers)}}
+                    body = {"error": {"message": f"invalid credentials. {echo}", "type": "auth",
+                                      "raw": dict(self.headers)}}
                 else:
                     body = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
                             "choices": [{"index": 0, "finish_reason": "stop",

@@ -4,7 +4,6 @@ and the page's own card renderer run by Node on hostile cards, its HTML parsed (
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -122,4 +121,3 @@ def test_the_gallery_command_names_a_missing_output_without_a_traceback(tmp_path
     assert err.startswith("error: ") and "Traceback" not in err
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--to", str(tmp_path / "site"), "--page-size", "0"])
-    assert os.path.exists(TEMPLATE)

@@ -144,8 +144,9 @@ def score(bench: B.Benchmark, answers: dict[str, dict], judge: JudgeConfig | Non
             answer = {S.ERROR: f"the output holds another model's or prompt's answer ({answer[S.MODEL]}), not this "
                                "run's: its attempt failed or has not run; rerun (--retry-errors for a failed video)",
                       S.ERROR_STAGE: S.STAGE_CAPTION, S.ERROR_REASON: "stale"}
-        row = {"question_id": q[S.VIDEO_ID], "task": q[B.TASK], S.URI: public_uri(q[S.URI]), S.START_S: q.get(S.START_S),
-               S.END_S: q.get(S.END_S), "question": q.get(B.QUESTION), "answer": q.get(B.ANSWER)}
+        row = {"question_id": q[S.VIDEO_ID], "task": q[B.TASK], S.URI: public_uri(q[S.URI]),
+               S.START_S: q.get(S.START_S), S.END_S: q.get(S.END_S), "question": q.get(B.QUESTION),
+               "answer": q.get(B.ANSWER)}
         row.update({name: (answer or {}).get(name) for name in _ANSWER_COLUMNS})
         if q.get(B.UNSUPPORTED):
             row.update({S.ERROR: q[B.UNSUPPORTED], S.ERROR_STAGE: S.STAGE_SOURCE, S.ERROR_REASON: "unsupported"})
