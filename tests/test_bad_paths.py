@@ -156,3 +156,13 @@ def test_a_video_uri_with_credentials_is_read_without_them(s3_endpoint, tmp_path
     rows = FrameSampler(SAMPLING)(refs(uris)).to_pylist()
     assert outcome(rows) == [(None, None), ("read", "not_found")]
     assert rows[0][S.FRAME_COUNT] == 8 and "uri-secret-Tk41" not in rows[1][S.ERROR]
+
+
+def test_an_object_store_prefix_or_bucket_is_not_a_file_like_a_local_folder(s3_endpoint, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.makedirs("prefix-videos", exist_ok=True)
+    fs.put(write_video(str(tmp_path / "v.mp4"), 96, 64, 8, 8, seed=7), "prefix-videos/folder.mp4/v.mp4")
+    uris = ["s3://prefix-videos/folder.mp4", "s3://prefix-videos/folder.mp4/", "s3://prefix-videos"]
+    assert outcome(FrameSampler(SAMPLING)(refs(uris)).to_pylist()) == [("read", "not_a_file")] * 3

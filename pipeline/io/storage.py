@@ -202,7 +202,10 @@ def read_or_spool(uri: str, spool_dir: str, max_in_memory_bytes: int, storage_op
     """
     def fetch() -> bytes | str:
         fs, path = get_fs(uri, storage_options)
-        size = fs.info(path).get("size")
+        info = fs.info(path)
+        if info.get("type") == "directory":  # an object-store prefix, or a bucket: not_a_file, as a local folder
+            raise IsADirectoryError(errno.EISDIR, "a folder (prefix), not a file", public_uri(uri))
+        size = info.get("size")
         if size is not None and size <= max_in_memory_bytes:
             return fs.cat_file(path)
         local = os.path.join(spool_dir, f"{uuid.uuid4().hex}-{os.path.basename(path)[-80:]}")
