@@ -123,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.io.sources import VideoListError
     from pipeline.lease import OutputBusy
     from pipeline.resources import ResourceError
+    from pipeline.runner import IdConflict
     from pipeline.watchdog import Stalled
 
     try:
         result, complete = E.evaluate(bench, cfg, judge, progress=args.verbose)
-    except (FileNotFoundError, VideoListError, ResourceError, OutputBusy, EngineUnavailable) as exc:
+    except (FileNotFoundError, VideoListError, IdConflict, ResourceError, OutputBusy, EngineUnavailable) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 2
     except Stalled as exc:

@@ -65,3 +65,18 @@ def test_a_list_giving_one_id_to_two_videos_is_refused_naming_both(ray_local, tm
     listing.write_text(f"video_id,uri\nsame,{a}\nsame,{a}\nother,{b}\n")
     summary = run_job(job_config(str(listing), str(out)))
     assert summary["this_run"]["duplicates_skipped"] == 1 and set(rows_by_id(str(out))) == {"same", "other"}
+
+
+def test_the_question_list_an_evaluation_writes_holds_no_user_info(tmp_path):
+    """questions.parquet sits in the evaluation's output folder: a benchmark's s3://KEY:SECRET@... URIs lose their
+    user info there (never used for access), while a signed URL keeps the query it is read with."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.evaluation.run import write_questions
+
+    uris = ["s3://AKIAQ:question-secret@bucket/v.mp4", "https://host/v.mp4?X-Amz-Signature=sig", None]
+    written = write_questions(pa.table({"video_id": ["a", "b", "c"], "uri": uris}), str(tmp_path))
+    assert pq.read_table(written).column("uri").to_pylist() == [
+        "s3://bucket/v.mp4", "https://host/v.mp4?X-Amz-Signature=sig", None]
+    assert b"question-secret" not in open(written, "rb").read()

@@ -23,7 +23,7 @@ from pipeline.evaluation.judge import SCORES, Judge, JudgeConfig
 from pipeline.evaluation.scoring import caption_metrics, check_option, predicted_letter
 from pipeline.io.masking import public_uri
 from pipeline.io.output_store import OutputStore, parquet_bytes
-from pipeline.io.storage import get_fs, join, write_atomic
+from pipeline.io.storage import get_fs, join, without_userinfo, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,13 @@ def evaluate(bench: B.Benchmark, cfg, judge: JudgeConfig | None = None, progress
 
 
 def write_questions(questions: pa.Table, out: str, storage_options: dict | None = None) -> str:
+    """The question list the pipeline reads, in the output folder: URIs keep what access needs (a signed URL's
+    query) but not user info, which is never used for access (:func:`pipeline.io.storage.without_userinfo`)."""
     uri = join(out, QUESTIONS_FILE)
+    if S.URI in questions.column_names:
+        index = questions.column_names.index(S.URI)
+        uris = [without_userinfo(u) if u is not None else None for u in questions.column(S.URI).to_pylist()]
+        questions = questions.set_column(index, S.URI, pa.array(uris, pa.string()))
     write_atomic(uri, parquet_bytes(questions), storage_options)
     return uri
 
