@@ -14,7 +14,8 @@ from model.settings import (ENGINES, MAX_BATCH, MAX_WAIT_S, MAX_WORKERS, Generat
                             load_settings)
 from pipeline.frames import SamplingConfig
 from pipeline.io.masking import StorageOptions, mask_values, redact
-from pipeline.io.storage import RetryPolicy, storage_option_problems
+from pipeline.io.storage import RetryPolicy
+from pipeline.io.storage_options import storage_option_problems
 from pipeline.quality import QualityThresholds
 
 # Storage options hold credentials: typed so that showing them (repr, str, logs, a config's repr) masks them.

@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from helpers import ROOT, job_config
-from pipeline.io.storage import read_bytes, storage_option_problems
+from pipeline.io.storage import read_bytes
+from pipeline.io.storage_options import storage_option_problems
 
 SECRET = "Bearer header-secret-Pq93"
 
