@@ -80,3 +80,18 @@ def test_the_question_list_an_evaluation_writes_holds_no_user_info(tmp_path):
     assert pq.read_table(written).column("uri").to_pylist() == [
         "s3://bucket/v.mp4", "https://host/v.mp4?X-Amz-Signature=sig", None]
     assert b"question-secret" not in open(written, "rb").read()
+
+
+@pytest.mark.parametrize("uri, public", [
+    ("s3://AKIAX:ab/cd+ef@bucket/v.mp4", "s3://bucket/v.mp4"),  # an AWS secret with an unencoded "/"
+    ("s3://AKIAX:plain@bucket/v.mp4", "s3://bucket/v.mp4"),
+    ("http://host:8080/path@x.mp4", "http://host:8080/path@x.mp4"),  # a port, then an "@" in the path
+    ("s3://bucket/dir:x/y@z.mp4", "s3://bucket/dir:x/y@z.mp4"),  # ":" and "@" in a key
+])
+def test_user_info_is_dropped_and_masked_even_with_a_slash_in_the_secret(uri, public):
+    from pipeline.io.masking import mask_text, public_uri
+    from pipeline.io.storage import without_userinfo
+
+    assert public_uri(uri) == without_userinfo(uri) == public
+    if public != uri:
+        assert "cd+ef" not in mask_text(f"failed to read {uri}: denied") and "plain" not in mask_text(uri)

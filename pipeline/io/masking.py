@@ -20,8 +20,10 @@ MASK = "***"
 # Option keys whose values are credentials (matched as substrings of the lower-cased key).
 SECRET_KEY_MARKERS = ("key", "secret", "token", "password", "passwd", "passphrase", "credential", "session",
                       "auth", "cookie", "sas", "signature", "private")
-# scheme://user:password@host -> the user info part.
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s@?#]+)@")
+# scheme://user:password@host -> the user info part. A password may hold an unencoded "/" (AWS secret keys
+# often do): after "user:" everything up to the "@" is taken, unless it starts like a port ("host:8080/...").
+USERINFO_PATTERN = r"(?:[^/\s@?#:]+:(?!\d{1,5}(?:[/?#\s]|$))[^\s@?#]*|[^/\s@?#]+)"
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)(" + USERINFO_PATTERN + ")@")
 # ?X-Amz-Signature=...&sig=...&token=... -> the value.
 _SECRET_QUERY = re.compile(r"(?i)([?&;][^=&#\s]*(?:sig|key|secret|token|password|credential|auth)[^=&#\s]*=)[^&#\s]+")
 # Authorization header values quoted in text.

@@ -22,7 +22,7 @@ from fsspec.core import url_to_fs
 from pydantic import Field
 
 from model.settings import FrozenSettings
-from pipeline.io.masking import mask_text, public_uri, userinfo_secrets
+from pipeline.io.masking import USERINFO_PATTERN, mask_text, public_uri, userinfo_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ S3_CLIENT_RETRIES = {"max_attempts": 3, "mode": "standard"}
 
 
 # scheme://user:password@rest -> scheme://rest (the user info of a URI's authority, nothing after it).
-_URI_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*://)[^/?#@]*@")
+_URI_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*://)" + USERINFO_PATTERN + "@")
 
 
 def without_userinfo(uri: str) -> str:
