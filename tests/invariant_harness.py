@@ -114,7 +114,7 @@ class World:
         self.steps: list[str] = []
         self.weights = weights or {"run": 4, "rerun": 3, "conflict": 0.7, "mutate": 2.5, "kill": 1.5,
                                    "concurrent": 0.7, "pause": 0.4}
-        self.secrets = [f"planted-userinfo-secret-{seed}", f"planted-signature-{seed}",
+        self.secrets = [f"planted/userinfo+secret-{seed}", f"planted-signature-{seed}",
                         f"planted-storage-secret-{seed}"]
         (self.root / "videos").mkdir(parents=True, exist_ok=True)
         (self.root / "lists").mkdir(exist_ok=True)
