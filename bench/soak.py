@@ -17,39 +17,25 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_s3() -> tuple[subprocess.Popen, str]:
     """moto's S3 server on loopback, set as the endpoint for every S3 client here and in Ray's workers."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="soak-key-id", AWS_SECRET_ACCESS_KEY="soak-secret",
-                      AWS_DEFAULT_REGION="us-east-1")
-    return proc, url
+    from helpers import free_port, start_moto
+
+    port = free_port()
+    proc = start_moto(port)
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="soak-key-id",
+                      AWS_SECRET_ACCESS_KEY="soak-secret", AWS_DEFAULT_REGION="us-east-1")
+    return proc, os.environ["AWS_ENDPOINT_URL"]
 
 
 def main(argv: list[str] | None = None) -> int:

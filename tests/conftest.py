@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from model.tiny import TinySpec, save_tiny_pllava  # noqa: E402
 from pipeline.generated_videos import write_video  # noqa: E402
-from helpers import LORA_RANK, free_port, job_config  # noqa: E402,F401 - fixtures below use them
+from helpers import LORA_RANK, free_port, job_config, start_moto  # noqa: E402,F401 - fixtures below use them
 
 
 
@@ -70,23 +70,7 @@ def s3_environment():
 @pytest.fixture(scope="session")
 def s3_endpoint(s3_environment):
     """A real S3 API over HTTP on loopback (moto's server, as s3fs tests itself) at ``s3_environment``."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    port = int(s3_environment.rsplit(":", 1)[1])
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(s3_environment + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("moto server did not start")
+    proc = start_moto(int(s3_environment.rsplit(":", 1)[1]))
     yield s3_environment
     proc.kill()
 

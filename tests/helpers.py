@@ -16,6 +16,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_moto(port: int):
+    """moto's S3 server on 127.0.0.1:``port`` (a real S3 API over HTTP, as s3fs tests itself), once it answers.
+
+    Raises:
+        RuntimeError: it did not start within 10 s.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto server did not start")
+
+
 def job_config(input_uri: str, output_uri: str, **sections):
     """A small, fast job: tiny model, 4 frames, short captions, tiny batches and files."""
     from pipeline.config import JobConfig

@@ -32,8 +32,6 @@ in CI. A failure raises :class:`InvariantViolation` with the seed and the steps 
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import io
 import json
 import logging
@@ -43,13 +41,14 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
+
+from fault_proxy import FAULTS, FaultProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ("Describe the video in detail.", "Say what moves in the clip.")
@@ -136,9 +135,8 @@ class World:
             self.output = f"s3://{bucket}/out"
             endpoint = s3["endpoint"]
             if faults:
-                self.proxy = FaultProxy(int(endpoint.rsplit(":", 1)[1]), random.Random(seed + 1))
-                threading.Thread(target=self.proxy.serve_forever, daemon=True).start()
-                endpoint = f"http://127.0.0.1:{self.proxy.server_address[1]}"
+                self.proxy = RandomFaults(int(endpoint.rsplit(":", 1)[1]), random.Random(seed + 1)).start()
+                endpoint = self.proxy.url
             # The store accepts any key; the secret is planted where users put theirs.
             self.storage_options = {"key": "harness-key-id", "secret": self.secrets[2],
                                     "client_kwargs": {"endpoint_url": endpoint},
@@ -620,71 +618,17 @@ def ray_logs(since: float) -> list[Path]:
 
 
 # -- store faults ------------------------------------------------------------------------------------------
-SLOW_DOWN = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
-             b"<Message>Please reduce your request rate.</Message></Error>")
-
-
-class FaultProxy(http.server.ThreadingHTTPServer):
-    """Forwards to the S3 server; each request fails at random (503 SlowDown, a dropped connection, a delay)
-    with a seeded RNG, never more than two in a row (the jobs' bounded retries must be enough)."""
-
-    daemon_threads = True
+class RandomFaults(FaultProxy):
+    """Each request fails at random (503 SlowDown, a dropped connection, a delay) with a seeded RNG, never more
+    than two in a row (the jobs' bounded retries must be enough)."""
 
     def __init__(self, upstream_port: int, rng: random.Random, rate: float = 0.12) -> None:
-        self.upstream_port, self.rng, self.rate = upstream_port, rng, rate
-        self.lock = threading.Lock()
-        self.in_a_row = 0
-        self.faults = {"slow_down": 0, "dropped": 0, "delayed": 0}
-        super().__init__(("127.0.0.1", 0), _FaultHandler)
+        self.rng, self.rate, self.in_a_row = rng, rate, 0
+        super().__init__(upstream_port, delay_s=0.2)
 
     def next_fault(self) -> str | None:
-        with self.lock:
-            if self.in_a_row >= 2 or self.rng.random() >= self.rate:
-                self.in_a_row = 0
-                return None
-            self.in_a_row += 1
-            fault = self.rng.choice(list(self.faults))
-            self.faults[fault] += 1
-            return fault
-
-
-class _FaultHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _forward(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        fault = self.server.next_fault()
-        if fault == "dropped":
-            self.close_connection = True
-            self.connection.close()
-            return
-        if fault == "slow_down":
-            self.send_response(503)
-            self.send_header("Content-Type", "application/xml")
-            self.send_header("Content-Length", str(len(SLOW_DOWN)))
-            self.end_headers()
-            self.wfile.write(SLOW_DOWN)
-            return
-        if fault == "delayed":
-            time.sleep(0.2)
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=60)
-        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-        upstream.request(self.command, self.path, body=body or None, headers=headers)
-        answer = upstream.getresponse()
-        data = answer.read()
-        self.send_response(answer.status)
-        for key, value in answer.getheaders():
-            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(key, value)
-        # A HEAD answer has no body but the object's length (s3fs sizes files from it).
-        length = answer.getheader("Content-Length") if self.command == "HEAD" else None
-        self.send_header("Content-Length", length or str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        upstream.close()
-
-    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+        if self.in_a_row >= 2 or self.rng.random() >= self.rate:
+            self.in_a_row = 0
+            return None
+        self.in_a_row += 1
+        return self.rng.choice(FAULTS)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 

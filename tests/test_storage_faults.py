@@ -3,11 +3,8 @@ front of the S3 server answers 503 SlowDown, drops connections and delays reques
 ends with one row per input and nothing lost, in bounded time; the summary reports the retries that reached our
 layer (the FrameSampler's count is checked exactly against a flaky HTTP server in test_storage_and_config)."""
 
-import http.client
-import http.server
 import io
 import json
-import threading
 import time
 
 import pyarrow as pa
@@ -15,86 +12,34 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
+from fault_proxy import FaultProxy
 from helpers import job_config
 from pipeline import schema as S
 from pipeline.runner import run_job
 from pipeline.generated_videos import write_video
 
-SLOW_DOWN = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
-             b"<Message>Please reduce your request rate.</Message></Error>")
 
-
-class FaultyProxy(http.server.ThreadingHTTPServer):
-    """Forwards to ``upstream``; of every 12 requests two in a row answer 503 SlowDown, two in a row lose their
-    connection and one waits 0.3 s first. In a row, so that the client's own retries (2 attempts here) run out
-    and ours are needed too. Bounded: it stops injecting after ``max_faults``."""
-
-    daemon_threads = True
+class FaultyProxy(FaultProxy):
+    """Of every 12 requests two in a row answer 503 SlowDown, two in a row lose their connection and one waits
+    0.3 s first. In a row, so that the client's own retries (2 attempts here) run out and ours are needed too.
+    Bounded: it stops injecting after ``max_faults``."""
 
     def __init__(self, upstream_port: int, max_faults: int = 60):
-        self.upstream_port = upstream_port
         self.count = 0
-        self.faults = {"slow_down": 0, "dropped": 0, "delayed": 0}
         self.max_faults = max_faults
-        self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), FaultyHandler)
+        super().__init__(upstream_port)
 
     def next_fault(self) -> str | None:
-        with self.lock:
-            self.count += 1
-            if sum(self.faults.values()) >= self.max_faults:
-                return None
-            fault = {3: "slow_down", 4: "slow_down", 7: "dropped", 8: "dropped", 10: "delayed"}.get(self.count % 12)
-            if fault:
-                self.faults[fault] += 1
-            return fault
-
-
-class FaultyHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def _forward(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        fault = self.server.next_fault()
-        if fault == "dropped":
-            self.close_connection = True
-            self.connection.close()
-            return
-        if fault == "slow_down":
-            self.send_response(503)
-            self.send_header("Content-Type", "application/xml")
-            self.send_header("Content-Length", str(len(SLOW_DOWN)))
-            self.end_headers()
-            self.wfile.write(SLOW_DOWN)
-            return
-        if fault == "delayed":
-            time.sleep(0.3)
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=60)
-        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-        upstream.request(self.command, self.path, body=body or None, headers=headers)
-        answer = upstream.getresponse()
-        data = answer.read()
-        self.send_response(answer.status)
-        for key, value in answer.getheaders():
-            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        upstream.close()
-
-    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+        self.count += 1
+        if sum(self.faults.values()) >= self.max_faults:
+            return None
+        return {3: "slow_down", 4: "slow_down", 7: "dropped", 8: "dropped", 10: "delayed"}.get(self.count % 12)
 
 
 @pytest.fixture()
 def proxy(s3_endpoint):
-    server = FaultyProxy(int(s3_endpoint.rsplit(":", 1)[1]))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    server = FaultyProxy(int(s3_endpoint.rsplit(":", 1)[1])).start()
+    yield server, server.url
     server.shutdown()
 
 
