@@ -39,6 +39,39 @@ def start_moto(port: int):
     raise RuntimeError("moto server did not start")
 
 
+def chat_reply(content: str, model: str = "m") -> dict:
+    """An OpenAI chat-completions answer whose message is ``content``."""
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
+
+
+def serve_posts(respond):
+    """An HTTP server on loopback (a daemon thread) answering each POST with ``respond(request, body bytes) ->
+    (status, JSON-able value or bytes)`` (``request.path``, ``request.headers``); ``server.url`` is its address.
+    Stop it with ``server.shutdown()``."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server API
+            status, answer = respond(self, self.rfile.read(int(self.headers["Content-Length"])))
+            data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def job_config(input_uri: str, output_uri: str, **sections):
     """A small, fast job: tiny model, 4 frames, short captions, tiny batches and files."""
     from pipeline.config import JobConfig

@@ -5,13 +5,12 @@ follow from those rows."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import chat_reply, serve_posts
 from model.prompts import PromptText, get_template, prompt_id
 from pipeline import schema as S
 from pipeline.evaluation import benchmarks as B
@@ -165,34 +164,17 @@ class _JudgeServer:
 
     def __init__(self, replies: list):
         self.replies, self.requests = list(replies), []
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - the http.server API
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                reply = outer.replies.pop(0) if outer.replies else '{"correctness": 1}'
-                if isinstance(reply, int):
-                    self.send_response(reply)
-                    self.send_header("Content-Type", "application/json")
-                    self.end_headers()
-                    self.wfile.write(b'{"error": {"message": "busy"}}')
-                    return
-                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": reply}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        def respond(request, raw):
+            body = json.loads(raw)
+            self.requests.append({"path": request.path, "auth": request.headers.get("Authorization"), "body": body})
+            reply = self.replies.pop(0) if self.replies else '{"correctness": 1}'
+            if isinstance(reply, int):  # an HTTP error status
+                return reply, {"error": {"message": "busy"}}
+            return 200, chat_reply(reply, body["model"])
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.server = serve_posts(respond)
+        self.url = f"{self.server.url}/v1"
 
     def close(self):
         self.server.shutdown()

@@ -8,11 +8,10 @@ import json
 import logging
 import os
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from helpers import chat_reply, serve_posts
 from pipeline import schema as S
 from pipeline.evaluation import benchmarks as B
 from pipeline.evaluation import run as E
@@ -30,33 +29,17 @@ class EchoJudge:
 
     def __init__(self, status: int):
         self.requests: list[str | None] = []  # the Authorization header of each request
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - the http.server API
-                self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append(self.headers.get("Authorization"))
-                headers = "; ".join(f"{k}={v}" for k, v in self.headers.items())
-                echo = f"you sent Authorization: {self.headers.get('Authorization')}; all headers: {headers}"
-                if status == 401:
-                    body = {"error": {"message": f"invalid credentials. {echo}", "type": "auth",
-                                      "raw": dict(self.headers)}}
-                else:
-                    body = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                            "choices": [{"index": 0, "finish_reason": "stop",
-                                         "message": {"role": "assistant", "content": echo}}]}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        def respond(request, _body):
+            headers = request.headers
+            self.requests.append(headers.get("Authorization"))
+            sent = "; ".join(f"{k}={v}" for k, v in headers.items())
+            echo = f"you sent Authorization: {headers.get('Authorization')}; all headers: {sent}"
+            if status == 401:
+                return 401, {"error": {"message": f"invalid credentials. {echo}", "type": "auth", "raw": dict(headers)}}
+            return 200, chat_reply(echo)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve_posts(respond)
         self.port = self.server.server_address[1]
 
     def url(self, userinfo: bool) -> str:
@@ -176,23 +159,9 @@ def test_a_caption_benchmark_without_its_metrics_package_stops_before_the_run(tm
 
 
 def test_a_judge_reply_without_a_message_is_a_row_error_not_a_crash(tmp_path):
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            data = b'{"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_posts(lambda _request, _body: (200, {**chat_reply(""), "choices": []}))
     try:
-        verdict = Judge(JudgeConfig(f"http://127.0.0.1:{server.server_address[1]}/v1", "m", max_retries=0,
+        verdict = Judge(JudgeConfig(f"{server.url}/v1", "m", max_retries=0,
                                     attempts=2)).score("q", "a", "p")
     finally:
         server.shutdown()
