@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 world.run(args.steps)
             except InvariantViolation as exc:
-                print(f"\nFAILED after {steps + len(world.steps)} steps in all:\n{exc}", flush=True)
+                print(f"\nFAILED in world {world_seed} ({steps} operations before it):\n{exc}", flush=True)
                 print(f"replay: python bench/soak.py --seed {world_seed} --steps {args.steps} --worlds 1"
                       + (" --faults" if faulty else ""), flush=True)
                 return 1
-            steps += len(world.steps)
+            steps += sum(not step.startswith(" ") for step in world.steps)  # operations, not their outcomes
             print(f"world {world_seed}{' (faulty S3)' if faulty else ''}: {len(world.steps)} steps kept every "
                   f"invariant in {time.time() - t0:.0f} s"
                   + (f"; faults injected {world.proxy.faults}" if world.proxy else ""), flush=True)

@@ -459,8 +459,8 @@ class World:
             self.fail(f"the job taking over a paused job's lease ended {outcome}: {result}")
         if rc == 0:
             self._finished(first, {}, "the paused job")
-        elif rc == 2 and "lost the lease" in err:
-            self._unfinished(first)
+        elif rc == 2 and ("lost the lease" in err or "did not refresh the lease" in err):
+            self._unfinished(first)  # taken over, or its writers saw its heartbeat go stale first
         else:
             self._judge_exit(rc, err, first)
 
