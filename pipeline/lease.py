@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -29,10 +30,26 @@ from pipeline.io.output_store import OutputStore
 logger = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 120.0
+MAX_TTL_S = 86400.0  # a record's own time to live is believed up to this (a hostile record cannot block for ever)
+
+
+def process_space() -> str:
+    """Where a pid means this process: the boot and the pid namespace (a container sharing the host's name
+    has pids of its own). Empty where it cannot be told (then a holder is never judged gone by its pid)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 class OutputBusy(RuntimeError):
     """Another live job holds the output's lease."""
+
+
+class LeaseUnusable(OutputBusy):
+    """The lease object cannot be read or written (a folder in its place, no permission): nothing is run."""
 
 
 class LeaseLost(OutputBusy):
@@ -47,29 +64,38 @@ class LeaseRecord:
     pid: int
     heartbeat: float  # seconds since the epoch, the holder's clock
     ttl_s: float = DEFAULT_TTL_S
+    space: str = ""  # process_space() of the holder
 
     def age_s(self) -> float:
         return max(0.0, time.time() - self.heartbeat)
 
     @classmethod
     def parse(cls, data: bytes) -> "LeaseRecord | None":
+        """The record, or None for anything that is not one (taken over with a warning): not JSON, nested too
+        deep, fields missing or of the wrong kind, a heartbeat that is not a finite time."""
         try:
             raw = json.loads(data)
-            return cls(str(raw["run_id"]), str(raw["host"]), int(raw["pid"]), float(raw["heartbeat"]),
-                       float(raw.get("ttl_s", DEFAULT_TTL_S)))
-        except (ValueError, TypeError, KeyError, AttributeError):
+            heartbeat, ttl_s = float(raw["heartbeat"]), float(raw.get("ttl_s", DEFAULT_TTL_S))
+            if not math.isfinite(heartbeat):
+                return None
+            ttl_s = min(max(ttl_s, 1.0), MAX_TTL_S) if math.isfinite(ttl_s) else MAX_TTL_S
+            return cls(str(raw["run_id"]), str(raw["host"]), int(raw["pid"]), heartbeat, ttl_s,
+                       str(raw.get("space", "")))
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
             return None
 
 
 def _process_gone(record: LeaseRecord) -> bool:
-    """True only when the holder ran on this host and its process no longer exists."""
-    if record.host != socket.gethostname():
+    """True only when the holder ran in this very process space (same boot, same pid namespace: a container
+    with this host's name does not count) and its process no longer exists."""
+    space = process_space()
+    if record.host != socket.gethostname() or not space or record.space != space:
         return False
     try:
         os.kill(record.pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:
+    except (PermissionError, OverflowError, ValueError):
         return False
     return False
 
@@ -130,14 +156,18 @@ class OutputLease:
 
     def _record(self) -> bytes:
         return json.dumps(asdict(LeaseRecord(self.run_id, socket.gethostname(), os.getpid(), time.time(),
-                                             self.ttl_s))).encode()
+                                             self.ttl_s, process_space()))).encode()
 
     def acquire(self) -> None:
         """Raises:
             OutputBusy: a live lease of another run (the message names it and how to proceed), or another job
                 took the lease at the same moment.
         """
-        data, token = self.object.read()
+        try:
+            data, token = self.object.read()
+        except OSError as exc:
+            raise LeaseUnusable(f"the output's lease {mask_text(self.uri)} cannot be read ({mask_text(str(exc))}); "
+                                "remove or fix it, then rerun") from exc
         held = LeaseRecord.parse(data) if data is not None else None
         if data is not None and held is None:
             logger.warning("unreadable lease %s: taken over", mask_text(self.uri))
@@ -152,6 +182,9 @@ class OutputLease:
                            held.age_s())
         try:
             self._token = self.object.write(self._record(), token)
+        except OSError as exc:
+            raise LeaseUnusable(f"the output's lease {mask_text(self.uri)} cannot be written "
+                                f"({mask_text(str(exc))}); check the output's permissions") from exc
         except LeaseConflict as exc:
             if self._reclaim():
                 return self._start_beating()

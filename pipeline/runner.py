@@ -156,7 +156,12 @@ def _lease_lost_in(exc: BaseException) -> LeaseLost | None:
         seen.add(id(error))
         if isinstance(error, LeaseLost):
             return error
-        todo += [error.__cause__, error.__context__, getattr(error, "cause", None)]
+        todo += [e for e in (error.__cause__, error.__context__, getattr(error, "cause", None))
+                 if isinstance(e, BaseException)]
+    # Ray Data re-raises a task's error as text (RayTaskError(UserCodeException)) without the original object.
+    text, marker = str(exc), f"{LeaseLost.__name__}: "
+    if marker in text:
+        return LeaseLost(text[text.rindex(marker) + len(marker):].strip().splitlines()[0])
     return None
 
 

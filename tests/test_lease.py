@@ -51,7 +51,10 @@ def test_a_lease_of_a_process_gone_from_this_host_is_taken_over(tmp_path):
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    fresh = {"run_id": "run-killed", "host": socket.gethostname(), "pid": dead.pid, "heartbeat": time.time()}
+    from pipeline.lease import process_space
+
+    fresh = {"run_id": "run-killed", "host": socket.gethostname(), "pid": dead.pid, "heartbeat": time.time(),
+             "space": process_space()}
     write_atomic(str(tmp_path / "out" / LEASE_FILE), json.dumps(fresh).encode())
     with OutputLease(str(tmp_path / "out"), "run-rerun") as lease:
         assert lease.read().run_id == "run-rerun"
@@ -190,3 +193,74 @@ def test_a_job_paused_past_its_lease_stops_when_it_wakes_and_the_taker_finishes(
             keys += [m.name.split(".")[0] for m in tar.getmembers() if m.name.endswith(".json")]
     assert sorted(keys) == sorted(ids)
     assert not (out / "_lease.json").exists()
+
+
+def test_a_writer_tasks_lost_lease_reaches_the_job_as_lost_lease(ray_local):
+    """Ray Data hands a task's error back as RayTaskError(UserCodeException): the job still tells a lost lease
+    (exit 2, its message) from any other failure (a traceback)."""
+    import ray
+
+    from pipeline.runner import _lease_lost_in
+
+    def _refuse(batch):  # defined here: shipped to the workers by value
+        from pipeline.lease import LeaseLost
+
+        raise LeaseLost("run r did not refresh the lease of /out for 2 s")
+
+    with pytest.raises(Exception) as caught:
+        ray.data.range(4).map_batches(_refuse).take_all()
+    lost = _lease_lost_in(caught.value)
+    assert lost is not None and str(lost) == "run r did not refresh the lease of /out for 2 s"
+    assert _lease_lost_in(ValueError("something else")) is None
+
+
+@pytest.mark.parametrize("content", [
+    b'{"run_id": "x", "host": "%s", "pid": 1, "heartbeat": NaN}',
+    b"[" * 100_000,  # nested past the JSON parser's recursion limit
+])
+def test_a_hostile_lease_record_is_taken_over_not_a_crash(tmp_path, content):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LEASE_FILE).write_bytes(content.replace(b"%s", socket.gethostname().encode()))
+    with OutputLease(str(out), "run-new") as lease:
+        assert lease.read().run_id == "run-new"
+
+
+def test_a_fresh_lease_with_a_pid_no_process_can_have_is_busy_not_a_crash(tmp_path):
+    from pipeline.lease import process_space
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LEASE_FILE).write_text(json.dumps({"run_id": "x", "host": socket.gethostname(), "pid": 10**30,
+                                              "heartbeat": time.time(), "space": process_space()}))
+    with pytest.raises(OutputBusy, match="being written by run x"):
+        OutputLease(str(out), "run-new").acquire()
+
+
+def test_a_lease_record_cannot_claim_a_time_to_live_past_a_day(tmp_path):
+    from pipeline.lease import MAX_TTL_S, LeaseRecord
+
+    record = LeaseRecord.parse(json.dumps({"run_id": "x", "host": "h", "pid": 1, "heartbeat": 0.0,
+                                           "ttl_s": float("inf")}).encode())
+    assert record.ttl_s == MAX_TTL_S and record.age_s() > MAX_TTL_S  # a record from 1970: stale
+
+
+def test_a_folder_in_place_of_the_lease_is_a_clear_error(tmp_path):
+    from pipeline.lease import LeaseUnusable
+
+    (tmp_path / "out" / LEASE_FILE).mkdir(parents=True)
+    with pytest.raises(LeaseUnusable, match="cannot be read"):
+        OutputLease(str(tmp_path / "out"), "run-a").acquire()
+
+
+def test_a_live_holder_in_another_pid_namespace_of_this_host_is_not_judged_gone(tmp_path):
+    """A container sharing the host's name has pids of its own: that its pid is not ours to see proves nothing."""
+    from pipeline.io.storage import write_atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    other = {"run_id": "run-in-a-container", "host": socket.gethostname(), "pid": dead.pid,
+             "heartbeat": time.time(), "space": "another-boot/4026530000"}
+    write_atomic(str(tmp_path / "out" / LEASE_FILE), json.dumps(other).encode())
+    with pytest.raises(OutputBusy, match="run-in-a-container"):
+        OutputLease(str(tmp_path / "out"), "run-b").acquire()
