@@ -6,6 +6,7 @@ No torch and no model code here: these run as small Ray tasks and one actor besi
 
 from __future__ import annotations
 
+import posixpath
 from collections import Counter
 
 import numpy as np
@@ -100,18 +101,33 @@ def _hash64(values: list[str]) -> np.ndarray:
     return pd.util.hash_array(np.array(values, dtype=object), categorize=False).astype(np.uint64)
 
 
-def _public(uri: str | None) -> str:
-    """The URI without credentials; most URIs have nothing to strip (and the regexes cost per row)."""
+def _same_input(uri: str | None) -> str:
+    """The URI as one spelling per input: without credentials (most URIs have none, and the regexes cost per
+    row), and a local path normalised (``file://``, ``./``, ``a/../``, ``//`` name the same file)."""
     uri = uri or ""
-    return public_uri(uri) if any(c in uri for c in "@?&;") else uri
+    if any(c in uri for c in "@?&;"):
+        uri = public_uri(uri)
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if not uri or "://" in uri:
+        return uri
+    path = posixpath.normpath(uri)
+    return "/" + path.lstrip("/") if path.startswith("//") else path  # POSIX keeps a leading "//"
+
+
+def _bound(value: float | None) -> str:
+    return "" if value is None else repr(value + 0.0)  # -0.0 and 0.0 are one bound
 
 
 def input_keys(refs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """Per VideoRef row: the hash of its ``video_id`` and of the input it names (the URI without credentials and
-    the clip bounds), so that rows naming one input twice can be told from two inputs under one id."""
+    """Per VideoRef row: the hash of its ``video_id`` and of the input it names (the URI without credentials,
+    the clip bounds, and for a row the list could not use, why: a row whose bounds are unusable, with them, is
+    not the whole video), so that rows naming one input twice can be told from two inputs under one id."""
     ids = refs.column(S.VIDEO_ID).to_pylist()
-    inputs = [f"{_public(u)}|{a}|{b}" for u, a, b in
-              zip(*(refs.column(c).to_pylist() for c in (S.URI, S.START_S, S.END_S)))]
+    columns = [refs.column(c).to_pylist() if c in refs.column_names else [None] * refs.num_rows
+               for c in (S.URI, S.START_S, S.END_S, S.ERROR_REASON, S.ERROR)]
+    inputs = [f"{_same_input(u)}|{_bound(a)}|{_bound(b)}|{reason or ''}|{text if reason == 'bad_bounds' else ''}"
+              for u, a, b, reason, text in zip(*columns)]
     return _hash64(ids), _hash64(inputs)
 
 

@@ -94,3 +94,49 @@ def test_user_info_is_dropped_and_masked_even_with_a_slash_in_the_secret(uri, pu
     assert public_uri(uri) == without_userinfo(uri) == public
     if public != uri:
         assert "cd+ef" not in mask_text(f"failed to read {uri}: denied") and "plain" not in mask_text(uri)
+
+
+def test_input_keys_tell_inputs_apart_and_spellings_of_one_input_not():
+    """The id check's notion of "the same input": credentials, local path spellings and -0 do not make another
+    input; other bounds, another file, or bounds the list could not use (that row is not the whole video) do."""
+    import pyarrow as pa
+
+    from pipeline.skip import input_keys
+
+    def key(uri, start=None, end=None, reason=None, error=None):
+        refs = pa.table({"video_id": ["x"], "uri": [uri], "start_s": pa.array([start], pa.float64()),
+                         "end_s": pa.array([end], pa.float64()), "error": pa.array([error], pa.string()),
+                         "error_reason": pa.array([reason], pa.string())})
+        return int(input_keys(refs)[1][0])
+
+    same = {key("/a/v.mp4"), key("file:///a/v.mp4"), key("/a/./b/../v.mp4"), key("//a//v.mp4")}
+    assert len(same) == 1
+    assert key("s3://KEY:SECRET@bucket/v.mp4") == key("s3://bucket/v.mp4")
+    assert key("/a/v.mp4", -0.0, 1.0) == key("/a/v.mp4", 0.0, 1.0)
+    different = [key("/a/v.mp4"), key("/a/w.mp4"), key("/a/v.mp4", 0.0, 1.0), key("/a/v.mp4", 1.0, 2.0),
+                 key("/a/v.mp4", reason="bad_bounds", error="source: clip bounds start_s='1:30', end_s=None")]
+    assert len(set(different)) == len(different)
+
+
+def test_a_row_with_unusable_bounds_and_the_whole_video_under_one_id_are_refused(ray_local, tmp_path):
+    """The hostile review's repro: before, the whole-video row was dropped as a 'repeat' of the bad-bounds row."""
+    from pipeline.runner import IdConflict, run_job
+
+    v = write_video(str(tmp_path / "v.mp4"), 160, 120, 12, 12, seed=1)
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"video_id,uri,start_s\nX,{v},1:30\nX,{v},\n")
+    with pytest.raises(IdConflict, match="'X'"):
+        run_job(job_config(str(listing), str(tmp_path / "out")))
+
+
+def test_nan_ids_in_a_float_id_column_are_blank_and_derived_from_the_uri(tmp_path):
+    """Before: every NaN id became the text 'nan', so the list was refused as one id naming several videos."""
+    import pyarrow as pa
+
+    from pipeline.config import SourceConfig
+    from pipeline.io.sources import NormaliseRefs, stable_video_id
+
+    table = pa.table({"video_id": pa.array([float("nan"), float("nan"), 7.0]), "uri": ["/v/a.mp4", "/v/b.mp4",
+                                                                                        "/v/c.mp4"]})
+    refs = NormaliseRefs(SourceConfig(input=str(tmp_path / "l.parquet")), "parquet", str(tmp_path), None)(table)
+    assert refs.column("video_id").to_pylist() == [stable_video_id("/v/a.mp4"), stable_video_id("/v/b.mp4"), "7.0"]

@@ -166,7 +166,7 @@ class NormaliseRefs:
                 start[k] = end[k] = None
         if self.cfg.id_column in table.column_names:
             given = table.column(self.cfg.id_column).to_pylist()
-            ids = [str(g) if g not in (None, "") else i for g, i in zip(given, ids)]
+            ids = [i if _blank(g) else str(g) for g, i in zip(given, ids)]
         raw_start, raw_end = _raw_column(table, S.START_S), _raw_column(table, S.END_S)
         for k in range(n):
             if ids[k]:
@@ -189,6 +189,11 @@ class NormaliseRefs:
                     and name not in INTERNAL_COLUMNS:
                 out[name] = table.column(name)
         return pa.table(out)
+
+
+def _blank(value: Any) -> bool:
+    """No id given: null, empty text or NaN (a float id column with gaps)."""
+    return value is None or value == "" or isinstance(value, float) and math.isnan(value)
 
 
 def _coalesce(columns: list[list[Any]]) -> list[Any]:
