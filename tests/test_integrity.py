@@ -140,3 +140,18 @@ def test_nan_ids_in_a_float_id_column_are_blank_and_derived_from_the_uri(tmp_pat
                                                                                         "/v/c.mp4"]})
     refs = NormaliseRefs(SourceConfig(input=str(tmp_path / "l.parquet")), "parquet", str(tmp_path), None)(table)
     assert refs.column("video_id").to_pylist() == [stable_video_id("/v/a.mp4"), stable_video_id("/v/b.mp4"), "7.0"]
+
+
+@pytest.mark.parametrize("spelling", ["file:{path}", "file://{path}", "file://localhost{path}", "{path}"])
+def test_every_spelling_of_a_local_output_is_one_folder_for_writes_reads_and_the_lease(tmp_path, spelling,
+                                                                                       monkeypatch):
+    """Before: `file:/abs` was written under the current folder but read at /abs, so a job's own lease never
+    read back ("lost the lease ... held by no job")."""
+    from pipeline.lease import OutputLease
+
+    monkeypatch.chdir(tmp_path)
+    out = spelling.format(path=str(tmp_path / "out"))
+    with OutputLease(out, "run-a") as lease:
+        lease.check()
+        assert (tmp_path / "out" / "_lease.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing under the current folder

@@ -57,11 +57,16 @@ class ReadError(Exception):
 
 
 def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
+    return "://" not in uri or uri.startswith("file:")
 
 
 def local_path(uri: str) -> str:
-    return uri[len("file://") :] if uri.startswith("file://") else uri
+    """The path of a local URI: ``file:///a``, ``file://localhost/a`` and ``file:/a`` are ``/a`` (as fsspec reads
+    them), a plain path is itself."""
+    for prefix in ("file://localhost/", "file://", "file:"):
+        if uri.startswith(prefix):
+            return "/" + uri[len(prefix):].lstrip("/") if prefix != "file://" else uri[len(prefix):]
+    return uri
 
 
 # botocore's own retries for S3 unless the storage options say otherwise: the standard mode (throttling-aware,
@@ -86,6 +91,8 @@ def get_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fss
     """The filesystem and the path inside it for ``uri`` (local paths, ``file://``, ``s3://``, ``gs://``...);
     user info in ``uri`` is dropped (:func:`without_userinfo`)."""
     uri = without_userinfo(uri)
+    if is_local(uri):
+        uri = local_path(uri)  # one reading of file: spellings for fsspec and for our own local writes
     options = dict(storage_options or {})
     if uri.startswith(("s3://", "s3a://")):
         config = dict(options.get("config_kwargs") or {})
