@@ -155,3 +155,19 @@ def test_every_spelling_of_a_local_output_is_one_folder_for_writes_reads_and_the
         lease.check()
         assert (tmp_path / "out" / "_lease.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing under the current folder
+
+
+def test_mcq_tasks_whose_names_differ_only_in_case_get_distinct_question_ids(tmp_path):
+    """Before: "Action Sequence" and "action sequence" both numbered from 0 under one slug: refused as two
+    questions with one id."""
+    import json as json_
+
+    from pipeline.evaluation.benchmarks import mcq_benchmark
+
+    items = [{"video": f"v{i}.mp4", "question": "q?", "candidates": ["a", "b"], "answer": "a", "task": task}
+             for i, task in enumerate(["Action Sequence", "action sequence", "Action Sequence"])]
+    (tmp_path / "mcq.json").write_text(json_.dumps(items))
+    bench = mcq_benchmark(str(tmp_path / "mcq.json"), str(tmp_path))
+    ids = bench.questions.column("video_id").to_pylist()
+    assert len(set(ids)) == 3 and sorted(set(bench.questions.column("eval_task").to_pylist())) == [
+        "Action Sequence", "action sequence"]

@@ -232,8 +232,9 @@ def mcq_benchmark(uri: str, video_root: str, storage_options: dict | None = None
     rows = []
     for k, item in enumerate(items):
         task = str(item.get("task") or default_task)
-        number = counters[task] = counters.get(task, -1) + 1
-        rows.append(_mcq_row(item, f"{uri}: item {k}", task, f"{_slug(task)}/{number:05d}", video_root, True))
+        slug = _slug(task)  # numbered per slug: tasks named alike ("A b", "a-b") never share an id
+        number = counters[slug] = counters.get(slug, -1) + 1
+        rows.append(_mcq_row(item, f"{uri}: item {k}", task, f"{slug}/{number:05d}", video_root, True))
     return Benchmark("mcq", "mcq", _table(rows, uri), MCQ_SYSTEM_PROMPT, 100, MCQ_REPLY_START)
 
 
