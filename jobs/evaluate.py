@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.io.sources import VideoListError
     from pipeline.lease import OutputBusy
     from pipeline.resources import ResourceError
-    from pipeline.runner import IdConflict
+    from pipeline.list_ids import IdConflict
     from pipeline.watchdog import Stalled
 
     try:

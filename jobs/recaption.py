@@ -114,7 +114,8 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
     from pipeline.lease import OutputBusy
     from pipeline.io.masking import mask_text
     from pipeline.resources import ResourceError
-    from pipeline.runner import IdConflict, RunIncomplete, format_summary, run_job
+    from pipeline.list_ids import IdConflict
+    from pipeline.runner import RunIncomplete, format_summary, run_job
     from pipeline.io.sources import VideoListError
     from pipeline.watchdog import Stalled
 

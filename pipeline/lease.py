@@ -267,3 +267,23 @@ class OutputLease:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def lease_lost_in(exc: BaseException) -> LeaseLost | None:
+    """The LeaseLost behind an error, also when a Ray task raised it (Ray and Ray Data wrap task errors)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, LeaseLost):
+            return error
+        todo += [e for e in (error.__cause__, error.__context__, getattr(error, "cause", None))
+                 if isinstance(e, BaseException)]
+    # Ray Data re-raises a task's error as text (RayTaskError(UserCodeException)) without the original object.
+    text, marker = str(exc), f"{LeaseLost.__name__}: "
+    if marker in text:
+        return LeaseLost(text[text.rindex(marker) + len(marker):].strip().splitlines()[0])
+    return None

@@ -16,7 +16,6 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Callable
 
-import numpy as np
 import pyarrow.compute as pc
 import ray
 
@@ -26,9 +25,9 @@ from model.settings import resolve_engine
 from pipeline.captioner import Captioner, VllmCaptioner, caption_identity
 from pipeline.cluster import init_ray
 from pipeline.config import JobConfig
-from pipeline.lease import LeaseGuard, LeaseLost, OutputLease
+from pipeline.lease import LeaseGuard, LeaseLost, OutputLease, lease_lost_in
 from pipeline.metrics import record_manifest
-from pipeline.io.masking import mask_text, mask_values, public_uri
+from pipeline.io.masking import mask_values
 from pipeline.resources import (LIGHT_NUM_CPUS, SKIP_NUM_CPUS, PipelinePlan, cluster_nodes, cluster_totals,
                                  plan_pipeline)
 from pipeline.resume import OutputState, reconcile_and_scan
@@ -36,7 +35,8 @@ from pipeline.sampler import FrameSampler
 from pipeline.io.output_store import OutputStore
 from pipeline.progress import Progress
 from pipeline.sinks import ShardWriter
-from pipeline.skip import CheckIds, IdRegistry, MarkRepeats, OnlyIds, RowTally, SkipDone
+from pipeline.list_ids import CheckIds, IdRegistry, check_list_ids
+from pipeline.skip import MarkRepeats, RowTally, SkipDone
 from pipeline.io.sources import read_video_refs
 from pipeline.watchdog import describe_cluster, watched
 from pipeline.windows import SplitWindows
@@ -50,13 +50,6 @@ CAPTION_MAX_RESTARTS = 8
 
 class RunIncomplete(RuntimeError):
     """The run read no list rows (and an empty list was not allowed), or rows read were not all accounted for."""
-
-
-class IdConflict(ValueError):
-    """The list gives one ``video_id`` to different videos (or clips): refused before anything runs."""
-
-
-MAX_CONFLICTS_NAMED = 10
 
 
 def plan_for(cfg: JobConfig) -> PipelinePlan:
@@ -145,26 +138,6 @@ def build_pipeline(
     return pipeline
 
 
-def _lease_lost_in(exc: BaseException) -> LeaseLost | None:
-    """The LeaseLost behind an error, also when a Ray task raised it (Ray and Ray Data wrap task errors)."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        error = todo.pop()
-        if error is None or id(error) in seen:
-            continue
-        seen.add(id(error))
-        if isinstance(error, LeaseLost):
-            return error
-        todo += [e for e in (error.__cause__, error.__context__, getattr(error, "cause", None))
-                 if isinstance(e, BaseException)]
-    # Ray Data re-raises a task's error as text (RayTaskError(UserCodeException)) without the original object.
-    text, marker = str(exc), f"{LeaseLost.__name__}: "
-    if marker in text:
-        return LeaseLost(text[text.rindex(marker) + len(marker):].strip().splitlines()[0])
-    return None
-
-
 def crash_journal_dir(run_id: str) -> str:
     """Node-local folder where this run's decode actors note the video in progress (see CrashJournal)."""
     return os.path.join(tempfile.gettempdir(), "pllava-crash-journal", run_id)
@@ -203,7 +176,7 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
         try:
             summary = _run_holding_the_output(cfg, prompt, run_id, plan, engine, started, progress, lease)
         except Exception as exc:
-            lost = _lease_lost_in(exc)
+            lost = lease_lost_in(exc)
             if lost is not None and lost is not exc:
                 raise LeaseLost(lost.args[0] if lost.args else str(lost)) from exc  # a writer task refused
             if lost is None:
@@ -272,34 +245,6 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     lease.check()
     OutputStore(out.output, cfg.storage_options).write_summary(run_id, summary)
     return summary
-
-
-def check_list_ids(cfg: JobConfig, conflicting: np.ndarray) -> None:
-    """Refuse a list that gives one id to different inputs, naming the rows (a second, filtered read of the list:
-    a rare path, so the first read keeps only 16 bytes a row).
-
-    Raises:
-        IdConflict: the ids, each with the inputs the list gives it (URIs without credentials).
-    """
-    if not len(conflicting):
-        return
-    named = conflicting[:MAX_CONFLICTS_NAMED]
-    rows = read_video_refs(cfg.source, cfg.storage_options, retry=cfg.retry, keep=OnlyIds(named)).take_all()
-    inputs: dict[str, list[str]] = {}
-    for row in rows:
-        bounds = (f" [{row[S.START_S]}, {row[S.END_S]}] s" if row[S.START_S] is not None or row[S.END_S] is not None
-                  else "")
-        described = mask_text(public_uri(row[S.URI] or "")) + bounds
-        if described not in inputs.setdefault(row[S.VIDEO_ID], []):
-            inputs[row[S.VIDEO_ID]].append(described)
-    lines = [f"  {video_id!r}: " + "; ".join(uris[:5]) + (f"; ... ({len(uris)} in all)" if len(uris) > 5 else "")
-             for video_id, uris in sorted(inputs.items())]
-    more = f"\n  ... and {len(conflicting) - len(named)} more ids" if len(conflicting) > len(named) else ""
-    raise IdConflict(
-        f"the video list {mask_text(cfg.source.input)} gives {len(conflicting)} video_id(s) to more than one "
-        "video: the output keeps one row per video_id, so all but one of them would never be captioned. "
-        "Give each video its own id (or leave the id column out: ids are then derived from the URIs). Nothing "
-        "was run.\n" + "\n".join(lines) + more)
 
 
 def incompleteness(summary: dict, allow_empty: bool) -> str | None:

@@ -292,7 +292,8 @@ class World:
     def _run_prompted(self, listing: VideoList, prompt: str, **output) -> tuple[str, object]:
         from pipeline.config import JobConfig
         from pipeline.lease import LeaseLost, OutputBusy
-        from pipeline.runner import IdConflict, RunIncomplete, run_job
+        from pipeline.list_ids import IdConflict
+        from pipeline.runner import RunIncomplete, run_job
 
         raw = self.config(listing, **output)
         raw["prompt"] = prompt

@@ -44,7 +44,8 @@ def test_a_list_giving_one_id_to_two_videos_is_refused_naming_both(ray_local, tm
     """Before: the second video was counted as a "repeated row" and never captioned. Now the list is refused
     before anything runs (exit 2 from the job script), naming the id and both videos; the same video listed
     twice under one id is still just a repeat."""
-    from pipeline.runner import IdConflict, run_job
+    from pipeline.list_ids import IdConflict
+    from pipeline.runner import run_job
 
     a = write_video(str(tmp_path / "a.mp4"), 160, 120, 12, 12, seed=1)
     b = write_video(str(tmp_path / "b.mp4"), 160, 120, 12, 12, seed=2)
@@ -101,7 +102,7 @@ def test_input_keys_tell_inputs_apart_and_spellings_of_one_input_not():
     input; other bounds, another file, or bounds the list could not use (that row is not the whole video) do."""
     import pyarrow as pa
 
-    from pipeline.skip import input_keys
+    from pipeline.list_ids import input_keys
 
     def key(uri, start=None, end=None, reason=None, error=None):
         refs = pa.table({"video_id": ["x"], "uri": [uri], "start_s": pa.array([start], pa.float64()),
@@ -120,7 +121,8 @@ def test_input_keys_tell_inputs_apart_and_spellings_of_one_input_not():
 
 def test_a_row_with_unusable_bounds_and_the_whole_video_under_one_id_are_refused(ray_local, tmp_path):
     """The hostile review's repro: before, the whole-video row was dropped as a 'repeat' of the bad-bounds row."""
-    from pipeline.runner import IdConflict, run_job
+    from pipeline.list_ids import IdConflict
+    from pipeline.runner import run_job
 
     v = write_video(str(tmp_path / "v.mp4"), 160, 120, 12, 12, seed=1)
     listing = tmp_path / "list.csv"

@@ -200,7 +200,7 @@ def test_a_writer_tasks_lost_lease_reaches_the_job_as_lost_lease(ray_local):
     (exit 2, its message) from any other failure (a traceback)."""
     import ray
 
-    from pipeline.runner import _lease_lost_in
+    from pipeline.lease import lease_lost_in
 
     def _refuse(batch):  # defined here: shipped to the workers by value
         from pipeline.lease import LeaseLost
@@ -209,9 +209,9 @@ def test_a_writer_tasks_lost_lease_reaches_the_job_as_lost_lease(ray_local):
 
     with pytest.raises(Exception) as caught:
         ray.data.range(4).map_batches(_refuse).take_all()
-    lost = _lease_lost_in(caught.value)
+    lost = lease_lost_in(caught.value)
     assert lost is not None and str(lost) == "run r did not refresh the lease of /out for 2 s"
-    assert _lease_lost_in(ValueError("something else")) is None
+    assert lease_lost_in(ValueError("something else")) is None
 
 
 @pytest.mark.parametrize("content", [
