@@ -175,12 +175,13 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
     with OutputLease(cfg.output.output, run_id, cfg.storage_options, ttl_s=cfg.output.lease_ttl_s) as lease:
         try:
             summary = _run_holding_the_output(cfg, prompt, run_id, plan, engine, started, progress, lease)
+        except LeaseLost:
+            raise
         except Exception as exc:
-            lost = lease_lost_in(exc)
-            if lost is not None and lost is not exc:
-                raise LeaseLost(lost.args[0] if lost.args else str(lost)) from exc  # a writer task refused
-            if lost is None:
-                lease.check()  # a failure while the lease was lost says so
+            lost = lease_lost_in(exc)  # a writer task refused (Ray hands its error back wrapped)
+            if lost is not None:
+                raise LeaseLost(str(lost)) from exc
+            lease.check()  # a failure while the lease was lost says so
             raise
     problem = incompleteness(summary, cfg.source.allow_empty)
     if problem:
