@@ -146,13 +146,15 @@ class OutputLease:
         self._thread: threading.Thread | None = None
 
     def read(self) -> LeaseRecord | None:
-        data, _ = self.object.read()
-        if data is None:
-            return None
-        record = LeaseRecord.parse(data)
-        if record is None:
+        return self._read_with_token()[0]
+
+    def _read_with_token(self) -> tuple[LeaseRecord | None, str | None]:
+        """The record (None: no lease, or one that is not a record, which is taken over) and its version."""
+        data, token = self.object.read()
+        record = LeaseRecord.parse(data) if data is not None else None
+        if data is not None and record is None:
             logger.warning("unreadable lease %s: taken over", mask_text(self.uri))
-        return record
+        return record, token
 
     def _record(self) -> bytes:
         return json.dumps(asdict(LeaseRecord(self.run_id, socket.gethostname(), os.getpid(), time.time(),
@@ -164,13 +166,10 @@ class OutputLease:
                 took the lease at the same moment.
         """
         try:
-            data, token = self.object.read()
+            held, token = self._read_with_token()
         except OSError as exc:
             raise LeaseUnusable(f"the output's lease {mask_text(self.uri)} cannot be read ({mask_text(str(exc))}); "
                                 "remove or fix it, then rerun") from exc
-        held = LeaseRecord.parse(data) if data is not None else None
-        if data is not None and held is None:
-            logger.warning("unreadable lease %s: taken over", mask_text(self.uri))
         if held is not None and held.run_id != self.run_id:
             if held.age_s() < held.ttl_s and not _process_gone(held):
                 raise OutputBusy(
@@ -201,10 +200,9 @@ class OutputLease:
         """After a conflict: True (and the current token adopted) when the lease is this process's own record,
         a write whose reply was lost and that was sent again (the store's or our retries)."""
         try:
-            data, token = self.object.read()
+            record, token = self._read_with_token()
         except OSError:
             return False
-        record = LeaseRecord.parse(data) if data is not None else None
         if record is None or (record.run_id, record.host, record.pid) != (self.run_id, socket.gethostname(),
                                                                           os.getpid()):
             return False
