@@ -11,12 +11,10 @@ from invariant_harness import World
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("seed, steps", [
-    (200, 15),  # found the --recaption-changed caption loss (batch files named by their ids alone) at step 17
-    (11, 8),
-])
-def test_random_sequences_on_a_local_output_keep_every_invariant(ray_local, s3_endpoint, tmp_path, seed, steps):
-    World(tmp_path, seed).run(num_steps=steps)
+def test_random_sequences_on_a_local_output_keep_every_invariant(ray_local, s3_endpoint, tmp_path):
+    """Seed 200 found the --recaption-changed caption loss (batch files named by their ids alone) at step 17;
+    other seeds run in bench/soak.py (CI keeps its time: about 3.5 minutes for the harness)."""
+    World(tmp_path, seed=200).run(num_steps=15)
 
 
 def test_random_sequences_through_a_faulty_store_keep_every_invariant(ray_local, s3_endpoint, tmp_path):
