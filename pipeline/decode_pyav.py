@@ -1,14 +1,21 @@
 """Frame sampling in one PyAV pass: decode what the sampled frames need, convert only those, at reduced size.
 
-Where the time goes when sampling 16 frames of a long-GOP clip: not in decoding (FFmpeg decodes 4K H.264
-far faster than it converts it), but in colour-converting and scaling every decoded frame, which is
-what a loader that asks for full-resolution RGB frames (or decord's filter graph) pays. Here:
+Where the time goes when sampling 16 frames of a long-GOP clip: in decoding frames no sample needs, and in
+colour-converting and scaling every decoded frame, which is what a loader that asks for full-resolution RGB
+frames (or decord's filter graph) pays. Here:
 
 1. A demux pass (no decoding) reads every video packet's timestamp: the frame count (the same count as
    decord's index, so the reference frame-index rule picks the same frames) and where the keyframes are.
 2. The sampled frames are visited in order. Before each, when a keyframe lies between the current position
    and the target, the decoder seeks to it instead of decoding the frames in between.
-3. Frames are decoded with FFmpeg's frame threads; only the sampled ones are converted, straight from YUV
+3. On the way to a sampled frame, the packets that hold no sampled frame are decoded under FFmpeg's
+   ``skip_frame=NONREF`` (H.264, HEVC, MPEG-1/2): a non-reference frame (most B-frames) is used by no other
+   frame, so it is never decoded unless it is a sample itself; every other frame's pixels are unchanged.
+   Decoding stops at the last sampled frame.
+4. ``snap: reference_frames``: ``skip_frame=BIDIR`` for every packet, so only I and P frames are decoded;
+   each sampled frame moves to the nearest of them within its own segment (the frames nearer to it than to
+   its neighbours). A segment with none keeps its exact frame (a second, exact pass for those only).
+5. Frames are decoded with FFmpeg's frame threads; only the sampled ones are converted, straight from YUV
    to RGB at the target size in one ``sws_scale`` call (bilinear, an antialiased downscale in swscale: of
    its filters the closest to the reference's two PIL bicubic resizes, see ``bench/frame_sampling.py``).
 
@@ -61,26 +68,64 @@ def frame_timestamps(source, max_frames: int) -> tuple[list[int], list[int]]:
     return stamps, keys
 
 
+# Codecs whose decoders honour ``skip_frame`` by picture type, so skipping never changes another frame's
+# pixels: a non-reference frame is by definition used by no other frame, and I/P frames never reference
+# B-frames. Other codecs decode every frame on the way to a sampled one.
+SKIPPING_CODECS = frozenset({"h264", "hevc", "mpeg2video", "mpeg1video"})
+
+
+def skip_modes(codec_name: str) -> tuple[str, str | None]:
+    """``(exact, snap)``: the ``skip_frame`` setting for packets that hold no sampled frame when frames must
+    be exact, and the one that leaves only I and P frames for ``snap: reference_frames`` (``None``: this codec
+    cannot snap)."""
+    if codec_name in SKIPPING_CODECS:
+        return "NONREF", "BIDIR"
+    return "DEFAULT", None
+
+
+def _frames(container, stream, keep: set[int], skip: str):
+    """Decoded frames from the container's position, in display order: packets whose timestamp is in
+    ``keep`` are always decoded; the others under ``skip`` (an FFmpeg ``skip_frame`` setting). With frame
+    threads, FFmpeg copies the setting into each frame's thread when its packet is sent, so it holds per
+    packet."""
+    codec = stream.codec_context
+    for packet in container.demux(stream):
+        codec.skip_frame = "DEFAULT" if packet.pts in keep else skip
+        yield from codec.decode(packet)  # the demuxer's empty end packet flushes the decoder
+
+
+def _open_stream(container, threads: int):
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    stream.thread_count = threads
+    return stream
+
+
+def _last_key_index(stamps: list[int], keys: list[int], index: int) -> int:
+    """Display index of the last keyframe at or before frame ``index`` (0 where none is)."""
+    position = bisect.bisect_right(keys, stamps[index]) - 1
+    return bisect.bisect_left(stamps, keys[position]) if position >= 0 else 0
+
+
 def decode_at(source, stamps: list[int], keys: list[int], wanted: list[int], size: tuple[int, int],
-              threads: int) -> dict[int, np.ndarray]:
+              threads: int, skip: str = "DEFAULT") -> dict[int, np.ndarray]:
     """``{index: uint8 (h, w, 3)}`` for the ``wanted`` frame indices (display order) at ``size`` (w, h).
 
-    Seeks to the last keyframe at or before a target whenever that keyframe is ahead of the decoder.
+    Seeks to the last keyframe at or before a target whenever that keyframe is ahead of the decoder; the
+    packets that hold no wanted frame are decoded under ``skip`` (see :func:`skip_modes`).
     """
     targets = sorted(set(wanted))
+    keep = {stamps[t] for t in targets}
     out: dict[int, np.ndarray] = {}
     with _open(source) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.thread_count = threads
+        stream = _open_stream(container, threads)
         frames = None
         position = -1  # display index of the last frame decoded
         for target in targets:
-            key = keys[bisect.bisect_right(keys, stamps[target]) - 1] if keys and keys[0] <= stamps[target] else None
-            key_index = bisect.bisect_left(stamps, key) if key is not None else 0
+            key_index = _last_key_index(stamps, keys, target)
             if frames is None or key_index > position + 1:
-                container.seek(key if key is not None else stamps[0], stream=stream, backward=True)
-                frames = container.decode(stream)
+                container.seek(stamps[key_index] if keys else stamps[0], stream=stream, backward=True)
+                frames = _frames(container, stream, keep, skip)
             for frame in frames:
                 if frame.pts is None:
                     continue
@@ -90,6 +135,45 @@ def decode_at(source, stamps: list[int], keys: list[int], wanted: list[int], siz
                     break
             else:
                 break  # the stream ended early: the caller reports the missing frames
+    return out
+
+
+def decode_nearest_reference(source, stamps: list[int], keys: list[int], segments: list[tuple[int, int, int]],
+                             size: tuple[int, int], threads: int, skip: str) -> dict[int, tuple[int, np.ndarray]]:
+    """``{segment: (index, uint8 (h, w, 3))}``: for each ``(low, target, high)`` segment (display indices,
+    in increasing order), the decoded I or P frame inside ``[low, high]`` nearest ``target`` (the earlier one
+    on a tie), with B-frames skipped (``skip``, see :func:`skip_modes`). Segments holding no such frame are
+    left out: the caller decodes their exact frame.
+    """
+    out: dict[int, tuple[int, np.ndarray]] = {}
+    with _open(source) as container:
+        stream = _open_stream(container, threads)
+        frames, pending = None, None
+        position = -1
+        for number, (low, target, high) in enumerate(segments):
+            key_index = _last_key_index(stamps, keys, low)
+            if frames is None or key_index > position + 1:
+                container.seek(stamps[key_index] if keys else stamps[0], stream=stream, backward=True)
+                frames, pending = _frames(container, stream, set(), skip), None
+            best = None
+            while True:
+                frame, pending = (pending, None) if pending is not None else (next(frames, None), None)
+                if frame is None:
+                    break
+                if frame.pts is None:
+                    continue
+                position = bisect.bisect_left(stamps, frame.pts)
+                if position > high:
+                    pending = frame  # the next segment's, maybe
+                    break
+                if position >= low and (best is None or abs(position - target) < abs(best[0] - target)):
+                    best = (position, frame)
+                elif best is not None and position > target:
+                    break  # later frames of this segment lie farther from its middle
+            if best is not None:
+                out[number] = (best[0], _convert(best[1], size))
+            if frame is None:
+                break  # the stream ended early: the later segments get their exact frames, or are reported
     return out
 
 
@@ -120,7 +204,7 @@ def sample_with_pyav(source, cfg, start_s, end_s, rng):
         VideoDecodeError: no video stream, too large, empty, bad clip bounds, or frames that cannot be decoded.
     """
     from pipeline.frames import (SampledVideo, VideoDecodeError, VideoInfo, _bounds, _check_pixels, decode_size,
-                                 segment_indices, to_model_frames)
+                                 segment_indices, segment_ranges, to_model_frames)
 
     with _open(source) as container:
         if not container.streams.video:
@@ -129,6 +213,7 @@ def sample_with_pyav(source, cfg, start_s, end_s, rng):
         width, height = stream.codec_context.width, stream.codec_context.height
         rate = stream.average_rate or stream.guessed_rate
         claimed = int(stream.frames or 0)  # the container's frame count, where it keeps one (mp4)
+        exact_skip, snap_skip = skip_modes(stream.codec_context.name)
     if not width or not height:
         raise VideoDecodeError("bad_header", "the video stream has no frame size")
     _check_pixels(width, height, cfg)
@@ -152,16 +237,22 @@ def sample_with_pyav(source, cfg, start_s, end_s, rng):
     indices = segment_indices(num_total, cfg.num_frames, first, last, cfg.mode, rng)
     size = decode_size(width, height, cfg)
     wanted = [int(i) for i in indices]
+    snapped: dict[int, tuple[int, np.ndarray]] = {}
     if stamps is None:
         picked = decode_in_order(source, wanted, max(wanted), size, cfg.decode_threads)
     else:
-        picked = decode_at(source, stamps, keys, wanted, size, cfg.decode_threads)
-    missing = sorted(set(wanted) - set(picked))
+        if cfg.snap == "reference_frames" and snap_skip:
+            segments = [(low, t, high) for t, (low, high) in zip(wanted, segment_ranges(wanted, first, last))]
+            snapped = decode_nearest_reference(source, stamps, keys, segments, size, cfg.decode_threads, snap_skip)
+        rest = [t for n, t in enumerate(wanted) if n not in snapped]
+        picked = decode_at(source, stamps, keys, rest, size, cfg.decode_threads, exact_skip) if rest else {}
+    missing = sorted({t for n, t in enumerate(wanted) if n not in snapped} - set(picked))
     if missing:
         raise VideoDecodeError("decode_failed", f"pyav: frames {missing[:4]} of {num_total} could not be decoded")
-    frames = np.stack([picked[i] for i in wanted])
+    frames = np.stack([snapped[n][1] if n in snapped else picked[t] for n, t in enumerate(wanted)])
+    used = np.array([snapped[n][0] if n in snapped else t for n, t in enumerate(wanted)], dtype=np.int64)
     info = VideoInfo(num_total / fps, fps, width, height, num_total, "pyav")
-    return SampledVideo(to_model_frames(frames, cfg), info, indices)
+    return SampledVideo(to_model_frames(frames, cfg), info, used)
 
 
 def _count_frames(source, max_frames: int) -> int:

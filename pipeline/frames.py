@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from model.settings import FrozenSettings
 from model.image_geometry import center_offsets, reference_prescale_size, reference_scaled_size, short_side_size
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLING_MODES = ("middle", "random")
 DECODERS = ("decord", "pyav")
+SNAP_MODES = ("exact", "reference_frames")
 RESIZE_MODES = ("fast", "reference")
 
 
@@ -54,6 +56,11 @@ class SamplingConfig(FrozenSettings):
     converts the sampled frames at full resolution and runs the reference's chain (PIL bicubic to short side
     360 / long side 640, PIL bicubic to short side 336, centre crop): the reference's pixels, at more CPU.
     Measured gaps and speeds are in ``bench/frame_sampling.py``.
+
+    ``snap``: ``exact`` (default) takes each segment's frame itself; ``reference_frames`` (``decoder: pyav``)
+    lets it move to the nearest I or P frame inside its own segment, so B-frames are never decoded (faster on
+    B-frame content); a segment without one keeps its exact frame. The frames used are in each row's
+    ``frame_indices``. H.264, HEVC and MPEG-1/2 only; other codecs keep exact frames.
     """
 
     num_frames: int = Field(16, ge=1, le=1024)
@@ -62,11 +69,18 @@ class SamplingConfig(FrozenSettings):
     decoder: Literal[DECODERS] = "decord"
     decode_threads: int = Field(1, ge=0, le=256)
     resize: Literal[RESIZE_MODES] = "fast"
+    snap: Literal[SNAP_MODES] = "exact"
     # Hostile or broken headers: a frame larger than this is refused (``too_large``) before anything is
     # decoded (8K UHD is 33.2 M pixels); a header claiming more frames than this is not trusted to size
     # decord's index, and a file that really holds more is refused.
     max_pixels: int = Field(40_000_000, ge=1, le=1_000_000_000)
     max_frames: int = Field(20_000_000, ge=1, le=10**13)  # large enough to trust any header
+
+    @model_validator(mode="after")
+    def _snap_needs_pyav(self):
+        if self.snap != "exact" and self.decoder != "pyav":
+            raise ValueError(f"snap: {self.snap} needs decoder: pyav (decord decodes every frame)")
+        return self
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,19 @@ def segment_indices(
     else:
         raise ValueError(f"unknown sampling mode {mode!r}")
     return np.clip(idx, first, last).astype(np.int64)
+
+
+def segment_ranges(indices, first: int, last: int) -> list[tuple[int, int]]:
+    """``[low, high]`` per sampled frame: the frames of ``[first, last]`` nearer to it than to its neighbours
+    (a frame halfway between two goes to the earlier one), so the ranges of increasing ``indices`` partition
+    the clip. A frame sampled twice (a clip shorter than T frames) gets ``(index, index)``."""
+    indices = [int(i) for i in indices]
+    ranges = []
+    for i, target in enumerate(indices):
+        low = first if i == 0 else (indices[i - 1] + target) // 2 + 1
+        high = last if i == len(indices) - 1 else (target + indices[i + 1]) // 2
+        ranges.append((low, high) if low <= target <= high else (target, target))
+    return ranges
 
 
 def decode_size(width: int, height: int, cfg: SamplingConfig) -> tuple[int, int]:

@@ -45,9 +45,13 @@ def write_video(
     gop: int | None = None,
     faststart: bool = False,
     detail: bool = False,
+    bframes: int = 0,
+    open_gop: bool = False,
+    vfr: bool = False,
 ) -> str:
     """Encode a synthetic clip. ``codec`` "libx264" (mp4/mkv), "libvpx-vp9" (webm) or "gif"; ``detail``: see
-    :func:`synthetic_frames`."""
+    :func:`synthetic_frames`. libx264 only: ``bframes`` B-frames between references (b-pyramid where 2 or
+    more), ``open_gop``; ``vfr``: irregular frame times (every third interval doubled)."""
     import av
 
     frames = synthetic_frames(width, height, num_frames, seed, detail)
@@ -60,8 +64,13 @@ def write_video(
             stream.codec_context.gop_size = gop
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "crf": "28"}
-        for array in frames:
+            if bframes or open_gop:
+                params = [f"bframes={bframes}", f"b-pyramid={'normal' if bframes >= 2 else 'none'}"]
+                stream.options["x264-params"] = ":".join(params + (["open-gop=1"] if open_gop else []))
+        for i, array in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            if vfr:
+                frame.pts = i + i // 3
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

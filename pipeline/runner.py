@@ -277,6 +277,11 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, c
     list_rows, skipped, windows_added = counts.get("read", 0), counts.get("done", 0), counts.get("windows_added", 0)
     total_ok = int(pc.sum(state.rows.column("ok")).as_py() or 0)
     gpu_hours = gpus * wall_s / 3600
+    decoded, captioned = sum(m.get("decoded", 0) for m in written), sum(m.get("captioned", 0) for m in written)
+    decode_cpu_s = sum(m.get("decode_cpu_s", 0.0) for m in written)
+    caption_s = sum(m["caption_s"] for m in written)
+    cpu_per_video = decode_cpu_s / decoded if decoded else None
+    caption_per_video = caption_s / captioned if captioned else None
     return {
         "run_id": run_id,
         "output": cfg.output.output,
@@ -299,7 +304,14 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, c
             "gpu_hours": round(gpu_hours, 6),
             "videos_per_gpu_hour": round(processed / gpu_hours, 1) if gpu_hours > 0 else None,
             "decode_s": round(sum(m["decode_s"] for m in written), 3),
-            "caption_s": round(sum(m["caption_s"] for m in written), 3),
+            "caption_s": round(caption_s, 3),
+            "decode_cpu_s": round(decode_cpu_s, 3),
+            "decode_cpu_s_per_video": round(cpu_per_video, 4) if cpu_per_video is not None else None,
+            "caption_s_per_video": round(caption_per_video, 4) if caption_per_video is not None else None,
+            # CPU cores of decoding that keep one caption actor busy: decode CPU-seconds per video over the
+            # caption actor's seconds per video (with vLLM's batches in flight, caption_s overlaps: a floor).
+            "decode_cores_per_caption_actor": (round(cpu_per_video / caption_per_video, 2)
+                                               if cpu_per_video is not None and caption_per_video else None),
             "tokens_generated": sum(m["tokens"] for m in written),
             "hit_token_limit": sum(m["truncated"] for m in written),
             "flagged": dict(flagged),
@@ -331,6 +343,9 @@ def format_summary(summary: dict) -> str:
            "GPU-hour)" if run.get("gpu_hours") else "") + f"; decode {run['decode_s']} s, "
         f"caption {run['caption_s']} s (summed over workers); {run['tokens_generated']} tokens generated, "
         f"{run['hit_token_limit']} captions hit the token limit",
+        *([f"  decode: {run['decode_cpu_s_per_video']} CPU-s per video; one caption actor needs "
+           f"{run['decode_cores_per_caption_actor']} decode cores to stay busy"]
+          if run.get("decode_cores_per_caption_actor") is not None else []),
         "  flagged captions: " + ", ".join(f"{k.removeprefix('flag_')} {v}" for k, v in run["flagged"].items()),
         f"  output now: {total['videos']} videos ({total['ok']} ok, {total['failed']} failed) "
         f"in {total['parquet_files']} Parquet files",

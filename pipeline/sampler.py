@@ -36,6 +36,8 @@ SAMPLED_COLUMNS = {
     S.FRAME_COUNT: pa.int64(),
     S.DECODER: pa.string(),
     S.DECODE_S: pa.float64(),
+    S.DECODE_CPU_S: pa.float64(),
+    S.FRAME_INDICES: pa.list_(pa.int64()),
 }
 
 
@@ -156,7 +158,7 @@ class FrameSampler:
         stages = batch.column(S.ERROR_STAGE).to_pylist()
         reasons = batch.column(S.ERROR_REASON).to_pylist()
         for i, row in enumerate(rows):
-            video, started = None, time.perf_counter()
+            video, started, cpu_s = None, time.perf_counter(), None
             source = fetched.get(i)
             if isinstance(source, ReadError):
                 errors[i], stages[i], reasons[i] = f"read: {source}", S.STAGE_READ, source.reason
@@ -171,7 +173,9 @@ class FrameSampler:
                         self.journal.start(row[S.VIDEO_ID])
                     if self.decode_timeout_s:
                         self._current = (row[S.VIDEO_ID], time.monotonic() + self.decode_timeout_s)
+                    cpu_started = time.process_time()
                     video = self._sample(source, row[S.START_S], row[S.END_S])
+                    cpu_s = time.process_time() - cpu_started
                 except ReadError as exc:
                     errors[i], stages[i], reasons[i] = f"read: {exc}", S.STAGE_READ, exc.reason
                 except VideoDecodeError as exc:
@@ -203,6 +207,8 @@ class FrameSampler:
             new[S.FRAME_COUNT].append(info.frame_count if info else None)
             new[S.DECODER].append(info.decoder if info else None)
             new[S.DECODE_S].append(elapsed if source is not None else None)
+            new[S.DECODE_CPU_S].append(cpu_s)
+            new[S.FRAME_INDICES].append([int(x) for x in video.indices] if video is not None else None)
         columns = S.error_columns(errors, stages, reasons)
         columns.update({name: (kind, new[name]) for name, kind in SAMPLED_COLUMNS.items()})
         columns[S.READ_RETRIES] = (pa.int32(), [r[0] for r in retries])

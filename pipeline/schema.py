@@ -32,6 +32,10 @@ DECODER = "decoder"
 NUM_TOKENS = "num_tokens"
 TRUNCATED = "truncated"
 DECODE_S = "decode_s"
+# CPU-seconds of the decode itself (all threads of the decode actor's process while it sampled this video)
+DECODE_CPU_S = "decode_cpu_s"
+# The source frame indices the sampled frames came from (display order; sampling.snap may move them)
+FRAME_INDICES = "frame_indices"
 CAPTION_S = "caption_s"
 FLAG_EMPTY = "flag_empty"
 FLAG_TRUNCATED = "flag_truncated"
@@ -80,6 +84,8 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field(FLAG_SHORT, pa.bool_()),
         pa.field(REPEAT_RATIO, pa.float64()),
         pa.field(DECODE_S, pa.float64()),
+        pa.field(DECODE_CPU_S, pa.float64()),
+        pa.field(FRAME_INDICES, pa.list_(pa.int64())),
         pa.field(CAPTION_S, pa.float64()),
         pa.field(RUN_ID, pa.string()),
         pa.field(CREATED_AT, pa.timestamp("us", tz="UTC")),

@@ -105,8 +105,9 @@ def _without_duplicates(batch: pa.Table) -> tuple[pa.Table, int]:
 
 def _manifest(table: pa.Table, uri: str | None, wds_rows: int, duplicates: int = 0) -> dict:
     rows = table.select([S.ERROR, S.ERROR_STAGE, S.ERROR_REASON, S.NUM_TOKENS, S.TRUNCATED,
-                         S.DECODE_S, S.CAPTION_S, *S.FLAGS]).to_pylist()
+                         S.DECODE_S, S.DECODE_CPU_S, S.CAPTION_S, *S.FLAGS]).to_pylist()
     decode_s = [r[S.DECODE_S] for r in rows if r[S.DECODE_S] is not None]
+    decode_cpu_s = [r[S.DECODE_CPU_S] for r in rows if r[S.DECODE_CPU_S] is not None]
     caption_s = [r[S.CAPTION_S] for r in rows if r[S.CAPTION_S] is not None]
     failed: dict[str, int] = {}
     for r in rows:
@@ -121,7 +122,10 @@ def _manifest(table: pa.Table, uri: str | None, wds_rows: int, duplicates: int =
         "tokens": sum(r[S.NUM_TOKENS] or 0 for r in rows),
         "truncated": sum(bool(r[S.TRUNCATED]) for r in rows),
         "decode_s": sum(decode_s),
+        "decode_cpu_s": sum(decode_cpu_s),
+        "decoded": len(decode_cpu_s),  # videos sampled whole (their frames went on to the captioner)
         "caption_s": sum(caption_s),
+        "captioned": len(caption_s),
         # Per video, for the run's histograms (pipeline.metrics).
         "decode_s_each": [round(x, 4) for x in decode_s],
         "caption_s_each": [round(x, 4) for x in caption_s],

@@ -165,12 +165,19 @@ class World:
         try:
             for _ in range(num_steps):
                 op = self.rng.choices(list(self.weights), weights=list(self.weights.values()))[0]
-                getattr(self, f"op_{op}")()
-            self.op_sweep()
+                self._timed(getattr(self, f"op_{op}"))
+            self._timed(self.op_sweep)
         finally:
             logging.getLogger().removeHandler(self.logs)
             if self.proxy is not None:
                 self.proxy.shutdown()
+
+    def _timed(self, op) -> None:
+        """Runs one operation; its first note gets the seconds it took (where a slow sequence spent them)."""
+        first, started = len(self.steps), time.monotonic()
+        op()
+        if len(self.steps) > first:
+            self.steps[first] += f"  [{time.monotonic() - started:.1f} s]"
 
     def _excused(self, outcome: str) -> bool:
         """A job that ended without finishing because of store faults: allowed only with ``lenient_faults``

@@ -7,6 +7,9 @@ import re
 import time
 import urllib.request
 
+import pyarrow.parquet as pq
+import pytest
+
 from helpers import job_config
 from pipeline.generated_videos import write_video
 
@@ -38,6 +41,13 @@ def test_a_runs_counts_reach_the_metrics_endpoint(ray_local, tmp_path):
     run = summary["this_run"]
     assert (run["ok"], run["failed"]) == (3, 1)
     assert run["gpus"] == 0 and run["gpu_hours"] == 0 and run["videos_per_gpu_hour"] is None  # CPU only
+    # Decode cost per video, and the decode cores that keep one caption actor busy (from the same figures).
+    assert run["decode_cpu_s"] > 0 and run["decode_cpu_s_per_video"] == pytest.approx(run["decode_cpu_s"] / 3, abs=1e-3)
+    assert run["decode_cores_per_caption_actor"] == pytest.approx(
+        run["decode_cpu_s_per_video"] / run["caption_s_per_video"], abs=0.02)
+    rows = pq.read_table(str(tmp_path / "out" / "parquet")).to_pylist()
+    assert sorted(len(r["frame_indices"] or []) for r in rows) == [0, 4, 4, 4]  # the missing video: none
+    assert all((r["decode_cpu_s"] is None) == (r["error"] is not None) for r in rows)
 
     port = ray_local.nodes()[0]["MetricsExportPort"]
     deadline, text = time.monotonic() + 90, ""
@@ -70,5 +80,9 @@ def test_gpu_hours_are_the_caption_gpus_over_the_wall_time():
     state: OutputState = scan_output("/nonexistent/out")
     summary = summarise(cfg, "r", written, 1800.0, {"read": 10}, {}, {}, state, gpus=4)
     assert summary["this_run"]["gpu_hours"] == 2.0
+    assert summary["this_run"]["decode_cores_per_caption_actor"] is None  # no decode figures: none made up
     assert summary["this_run"]["videos_per_gpu_hour"] == 5.0
     assert "2.0000 GPU-hours on 4 GPUs, 5.0 videos per GPU-hour" in format_summary(summary)
+    written[0].update(decode_cpu_s=3.0, decoded=10, captioned=9)  # 0.3 CPU-s per video, 2/9 s per caption
+    run = summarise(cfg, "r", written, 1800.0, {"read": 10}, {}, {}, state, gpus=4)["this_run"]
+    assert (run["decode_cpu_s_per_video"], run["decode_cores_per_caption_actor"]) == (0.3, 1.35)

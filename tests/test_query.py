@@ -148,7 +148,7 @@ def test_query_command_rejects_a_where_with_two_statements(mixed_output, tmp_pat
 
 # -- bounds and clear errors (issue 22) -----------------------------------------------------------------------
 
-ENDLESS = "(select sum(hash(range)) from range(100000000000)) > 0"  # minutes of work, no memory to speak of
+ENDLESS = "(select sum(hash(range)) from range(1000000000000000)) > 0"  # days of work, no memory to speak of
 
 
 def test_a_where_that_runs_too_long_is_stopped(mixed_output):
@@ -160,7 +160,7 @@ def test_a_where_that_runs_too_long_is_stopped(mixed_output):
     started = time.monotonic()
     with pytest.raises(QueryTimeout, match=r"longer than 1 s and was stopped \(--timeout-s\)"):
         q.select(ENDLESS)
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 120  # stopped, not run to its end (a loose bound: CI machines are slow)
     assert q.select("rank = '2'").num_rows == 1  # the connection still works, no interrupt left behind
 
 

@@ -85,10 +85,12 @@ def test_an_oversized_setting_fails_within_seconds_saying_why(small_lists, tmp_p
     (tmp_path / "big.yaml").write_text("resources: {ray_num_cpus: 2, decode_concurrency: 8, decode_num_cpus: 1}\n")
     started = time.monotonic()
     result = recaption(["--input", str(small_lists / "list.txt"), "--output", str(tmp_path / "out"), "--model", "tiny",
-                        "--config", str(tmp_path / "big.yaml")], timeout=120)
+                        "--config", str(tmp_path / "big.yaml")], timeout=300)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert "decode actors 8 x (1 CPU)" in result.stderr and "the cluster has 2 CPUs" in result.stderr
-    assert time.monotonic() - started < 60
+    # Refused at planning, not after a wait for the scheduler (whose own limit is minutes): a loose bound, as
+    # a slow CI machine takes a while only to start Python, Ray and the job.
+    assert time.monotonic() - started < 150
     assert not (tmp_path / "out" / "parquet").exists()
 
 

@@ -31,7 +31,7 @@ def test_a_stall_past_the_limit_raises_with_the_diagnosis():
     started = time.monotonic()
     with pytest.raises(Stalled, match="no output for .* s .limit 1 s.: waiting on X"):
         list(watched(slow_items([0, 30]), 0.3, 1.0, lambda: "waiting on X"))
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # raised at the limit, not after the 30 s item
 
 
 def test_errors_of_the_stream_reach_the_caller():
