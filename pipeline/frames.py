@@ -58,9 +58,9 @@ class SamplingConfig(FrozenSettings):
     Measured gaps and speeds are in ``bench/frame_sampling.py``.
 
     ``snap``: ``exact`` (default) takes each segment's frame itself; ``reference_frames`` (``decoder: pyav``)
-    lets it move to the nearest I or P frame inside its own segment, so B-frames are never decoded (faster on
-    B-frame content); a segment without one keeps its exact frame. The frames used are in each row's
-    ``frame_indices``. H.264, HEVC and MPEG-1/2 only; other codecs keep exact frames.
+    lets it move to the nearest reference frame (I, P, or a B-frame others refer to) inside its own segment,
+    so no non-reference frame is decoded at all; a segment without one keeps its exact frame. The frames used
+    are in each row's ``frame_indices``. H.264, HEVC and MPEG-1/2 only; other codecs keep exact frames.
     """
 
     num_frames: int = Field(16, ge=1, le=1024)

@@ -10,20 +10,18 @@ from invariant_harness import World
 
 pytestmark = pytest.mark.slow
 
-NUM_STEPS = 4  # operations per world before its final sweep: about 1 and 2 minutes on a quiet 2-core machine
-
 
 def test_random_sequences_on_a_local_output_keep_every_invariant(ray_local, s3_endpoint, tmp_path):
     """Seed 200 found the --recaption-changed caption loss (batch files named by their ids alone); other seeds
     and longer sequences run in bench/soak.py (CI keeps its time: here a run, a rerun with --retry-errors, a
     video emptied, a rerun with another prompt, the sweep)."""
-    World(tmp_path, seed=200).run(num_steps=NUM_STEPS)
+    World(tmp_path, seed=200).run(num_steps=4)  # about a minute on a quiet 2-core machine
 
 
 def test_random_sequences_through_a_faulty_store_keep_every_invariant(ray_local, s3_endpoint, tmp_path):
     """The output on S3 behind a proxy that answers 503, drops connections and delays at random (never more than
-    two in a row): the jobs' bounded retries absorb every fault, so every job must finish. The first step runs
-    two jobs on the output at once."""
+    two in a row): the jobs' bounded retries absorb every fault, so every job must finish. Here two jobs on
+    the output at once, a refused list and the sweep."""
     world = World(tmp_path, seed=22, s3={"endpoint": s3_endpoint}, faults=True)
-    world.run(num_steps=NUM_STEPS)
+    world.run(num_steps=2)
     assert sum(world.proxy.faults.values()) > 0
