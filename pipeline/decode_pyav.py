@@ -239,9 +239,7 @@ def decode_in_order(source, wanted: list[int], last: int, size: tuple[int, int],
     targets = set(wanted)
     out: dict[int, np.ndarray] = {}
     with _open(source) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.thread_count = threads
+        stream = _open_stream(container, threads)
         for i, frame in enumerate(container.decode(stream)):
             if i in targets:
                 out[i] = _convert(frame, size)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 from dataclasses import dataclass
 from typing import BinaryIO, Literal

@@ -66,6 +66,12 @@ def every_frame(path: str, cfg: SamplingConfig) -> list[np.ndarray]:
         return [decode_pyav._convert(frame, size) for frame in container.decode(stream)]
 
 
+def assert_frames_equal_decoding_every_frame(path: str, video, cfg: SamplingConfig) -> None:
+    """The sampled pixels are those of the frames ``video.indices`` names, decoding every frame in order."""
+    frames = every_frame(path, cfg)
+    assert np.array_equal(video.frames, to_model_frames(np.stack([frames[i] for i in video.indices]), cfg))
+
+
 @pytest.fixture
 def decoded_count(monkeypatch):
     """How many frames the decoder hands back (skipped packets produce none)."""
@@ -86,8 +92,7 @@ def decoded_count(monkeypatch):
 def test_exact_frames_equal_decoding_every_frame(clips, name, bounds):
     cfg = SamplingConfig(num_frames=16, decoder="pyav")
     video = sample_frames(clips[name], cfg, *bounds)
-    frames = every_frame(clips[name], cfg)
-    assert np.array_equal(video.frames, to_model_frames(np.stack([frames[i] for i in video.indices]), cfg))
+    assert_frames_equal_decoding_every_frame(clips[name], video, cfg)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -109,9 +114,8 @@ def test_a_codec_that_cannot_skip_decodes_every_frame_on_the_way(tmp_path, decod
     assert decode_pyav.skip_mode("vp9") == "DEFAULT"
     cfg = SamplingConfig(num_frames=4, decoder="pyav", snap="reference_frames")
     video = sample_frames(path, cfg)
-    frames = every_frame(path, cfg)
     assert list(video.indices) == list(segment_indices(40, 4))  # no snapping without picture-type skipping
-    assert np.array_equal(video.frames, to_model_frames(np.stack([frames[i] for i in video.indices]), cfg))
+    assert_frames_equal_decoding_every_frame(path, video, cfg)
 
 
 def assert_snapped_to_the_nearest_reference_frame(path: str, video, cfg: SamplingConfig) -> int:
@@ -124,8 +128,7 @@ def assert_snapped_to_the_nearest_reference_frame(path: str, video, cfg: Samplin
         if used != target:
             assert low <= used <= high and references[used]
             assert not any(references[f] for f in range(low, high + 1) if abs(f - target) < abs(used - target))
-    frames = every_frame(path, cfg)
-    assert np.array_equal(video.frames, to_model_frames(np.stack([frames[i] for i in video.indices]), cfg))
+    assert_frames_equal_decoding_every_frame(path, video, cfg)
     return int(np.sum(video.indices != exact))
 
 
@@ -191,11 +194,6 @@ def _encode(path, num_frames, codec="libx264", options=None, fps=24):
     return path
 
 
-def _assert_used_frames_equal_decoding_every_frame(path, video, cfg):
-    frames = every_frame(path, cfg)
-    assert np.array_equal(video.frames, to_model_frames(np.stack([frames[i] for i in video.indices]), cfg))
-
-
 def test_snap_pixels_equal_the_frame_decoded_normally_with_x264_default_b_pyramid(tmp_path):
     # x264's default structure (medium: bframes=3, b-pyramid=normal, ref=3): P-frames may reference the B-ref
     # pictures that skip_frame=BIDIR drops; the used frame must still equal that frame decoded normally.
@@ -213,7 +211,7 @@ def test_exact_frames_in_mpeg_ts_equal_decoding_every_frame(tmp_path, num_frames
     cfg = SamplingConfig(num_frames=num_frames, decoder="pyav")
     video = sample_frames(path, cfg)  # today: decode_failed, or another frame's pixels
     assert list(video.indices) == list(segment_indices(60, num_frames))
-    _assert_used_frames_equal_decoding_every_frame(path, video, cfg)
+    assert_frames_equal_decoding_every_frame(path, video, cfg)
 
 
 def test_exact_frames_with_duplicate_timestamps_equal_decoding_every_frame(tmp_path):
@@ -222,7 +220,7 @@ def test_exact_frames_with_duplicate_timestamps_equal_decoding_every_frame(tmp_p
     cfg = SamplingConfig(num_frames=8, decoder="pyav")
     video = sample_frames(path, cfg)
     assert list(video.indices) == list(segment_indices(40, 8))
-    _assert_used_frames_equal_decoding_every_frame(path, video, cfg)
+    assert_frames_equal_decoding_every_frame(path, video, cfg)
 
 
 @pytest.mark.skipif("libx265" not in av.codecs_available, reason="PyAV's FFmpeg has no libx265")
