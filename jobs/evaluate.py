@@ -1,15 +1,20 @@
 """Evaluate a captioner on a benchmark (before and after fine-tuning): multiple choice, MVBench, Video-MME,
-reference captions, or open questions graded by an LLM judge. Runs on the recaption pipeline, resumable.
+reference captions, or open questions and captions graded by an LLM judge (VCG, recaption), scored by the
+reference's protocol. Runs on the recaption pipeline, resumable.
 
     python jobs/evaluate.py --benchmark mvbench --data /data/MVBench --model /models/pllava-7b --lora-alpha 4 \
         --output runs/mvbench-base
     python jobs/evaluate.py --benchmark mvbench --data /data/MVBench --model /models/pllava-7b --lora-alpha 4 \
         --weights-dir runs/lora/weights --output runs/mvbench-lora --compare runs/mvbench-base
-    python jobs/evaluate.py --benchmark vcg --data vcg/generic_qa.json --video-root vcg/videos \
+    python jobs/evaluate.py --benchmark vcg --data vcg/Benchmarking_QA --video-root vcg/Videos/Benchmarking \
         --judge-url http://judge-host:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct --output runs/vcg
+    # numbers comparable with the PLLaVA paper's: the reference's own prompt strings, from a checkout of it
+    python jobs/evaluate.py --benchmark mvbench --data /data/MVBench --model /models/pllava-7b --lora-alpha 4 \
+        --reference-repo ~/src/PLLaVA --output runs/mvbench-reference
 
 Writes OUT/predictions/predictions.parquet (one row per question: reply, score or error) and OUT/metrics.json
-(per task and overall, counts, errors, model fingerprint, prompt_id); OUT/parquet/ holds the raw answers.
+(per task and overall, counts, errors, protocol, prompt set with a hash of every string, model fingerprint,
+prompt_id); OUT/parquet/ holds the raw answers.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--benchmark", required=True, choices=BENCHMARKS,
                         help="mcq (JSON/JSONL of MVBench-style items), mvbench (its folder), videomme (its "
-                             "Parquet), captions (reference captions: JSON or CSV), vcg (open questions, judged)")
-    parser.add_argument("--data", required=True, help="the benchmark file (the MVBench folder for mvbench)")
+                             "Parquet), captions (reference captions: JSON or CSV), vcg (open questions, judged), "
+                             "recaption (captions judged against reference captions)")
+    parser.add_argument("--data", required=True, help="the benchmark file (the MVBench folder for mvbench; a file "
+                                                      "or the Benchmarking_QA folder for vcg)")
     parser.add_argument("--video-root", help="where the benchmark's video names point (default: the data's folder)")
     parser.add_argument("--output", required=True, help="output folder or object-store prefix")
     parser.add_argument("--config", help="YAML with the recaption job's sections (sampling, model, generation, "
@@ -55,10 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="videos per decode batch and per hf generate call")
     parser.add_argument("--max-new-tokens", type=int, help="default: 100 for questions, 400 for captions")
     add_prompt_arguments(parser)
+    parser.add_argument("--prompts", metavar="FILE", help="YAML of prompt-set entries replacing the project's "
+                                                          "wording (see pipeline/evaluation/prompt_set.py)")
+    parser.add_argument("--reference-repo", metavar="DIR", help="a local checkout of magic-research/PLLaVA: its "
+                                                                "evaluation prompt strings are read from it")
     parser.add_argument("--limit", type=int, help="only the first N questions (a quick check)")
     parser.add_argument("--retry-errors", action="store_true", help="ask again questions whose video failed before")
-    parser.add_argument("--judge-url", help="vcg: the judge's OpenAI-compatible API base (e.g. http://host:8000/v1)")
-    parser.add_argument("--judge-model", help="vcg: the judge model's name at that endpoint")
+    parser.add_argument("--judge-url", help="vcg, recaption: the judge's OpenAI-compatible API base "
+                                            "(e.g. http://host:8000/v1)")
+    parser.add_argument("--judge-model", help="vcg, recaption: the judge model's name at that endpoint")
     parser.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
                         help="environment variable with the judge's API key (default OPENAI_API_KEY; unset: none)")
     parser.add_argument("--compare", metavar="OTHER_OUT", help="print per-task deltas against another evaluation")
@@ -75,24 +87,25 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.evaluation import run as E
     from pipeline.evaluation.benchmarks import absolute, load_benchmark
     from pipeline.evaluation.judge import JudgeConfig
+    from pipeline.evaluation.prompt_set import load_prompt_set
     from pipeline.io.masking import mask_text
 
-    if args.benchmark == "vcg" and not (args.judge_url and args.judge_model):
-        print("error: --benchmark vcg needs --judge-url and --judge-model", file=sys.stderr)
+    judged = args.benchmark in ("vcg", "recaption")
+    if judged and not (args.judge_url and args.judge_model):
+        print(f"error: --benchmark {args.benchmark} needs --judge-url and --judge-model", file=sys.stderr)
         return 2
     if args.limit is not None and args.limit < 1:
         print(f"error: --limit must be at least 1, got {args.limit}", file=sys.stderr)
         return 2
     try:
         # Checked before the questions are asked: a judge that cannot be used fails now, not after the run.
-        judge = (JudgeConfig(args.judge_url, args.judge_model, args.judge_api_key_env)
-                 if args.benchmark == "vcg" else None)
+        judge = JudgeConfig(args.judge_url, args.judge_model, args.judge_api_key_env) if judged else None
         if judge is not None:
             import openai  # noqa: F401
         if args.benchmark == "captions":
             import pycocoevalcap  # noqa: F401
     except ImportError as exc:
-        needs = "the vcg judge needs the openai client" if judge else "caption metrics need pycocoevalcap"
+        needs = "the judge needs the openai client" if judge else "caption metrics need pycocoevalcap"
         print(f"error: {needs} ({exc.name} is not installed): pip install -e '.[eval]'", file=sys.stderr)
         return 2
     except ValueError as exc:
@@ -101,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         user = yaml_layer(args.config)
         storage_options = user.get("storage_options") or {}
-        bench = load_benchmark(args.benchmark, args.data, args.video_root, storage_options)
+        prompts = load_prompt_set(args.prompts, args.reference_repo)
+        bench = load_benchmark(args.benchmark, args.data, args.video_root, storage_options, prompts)
         if args.limit:
             bench = E.limited(bench, args.limit)
         # The output as the pipeline's workers see it: a relative folder is the current directory's.

@@ -31,11 +31,13 @@ def finished_rows(new_ids: torch.Tensor, stop_ids: Sequence[int]) -> list[list[i
     return rows
 
 
-def results_from_token_ids(processor: PllavaProcessor, rows: Sequence[Sequence[int]]) -> list[CaptionResult]:
+def results_from_token_ids(processor: PllavaProcessor, rows: Sequence[Sequence[int]],
+                           reply_prefixes: Sequence[str] | None = None) -> list[CaptionResult]:
     """Generated token ids (one list per video, the end-of-answer token included when one was generated) ->
-    caption results. The one code path after generation for every engine: text, token counts, truncation."""
+    caption results. The one code path after generation for every engine: text (after each video's reply
+    prefix, :meth:`PllavaProcessor.decode`), token counts, truncation."""
     stops = set(processor.stop_token_ids)
-    texts = processor.decode(rows)
+    texts = processor.decode(rows, reply_prefixes)
     return [CaptionResult(text, len(row), not (len(row) and row[-1] in stops)) for text, row in zip(texts, rows)]
 
 
@@ -64,8 +66,8 @@ def generate_captions(
             all or one per video.
     """
     count = len(frames_batch)
-    rendered = [processor.render(q, p) for q, p in zip(per_video(prompt, count, "prompts"),
-                                                       per_video(reply_prefix, count, "reply prefixes"))]
+    prefixes = per_video(reply_prefix, count, "reply prefixes")
+    rendered = [processor.render(q, p) for q, p in zip(per_video(prompt, count, "prompts"), prefixes)]
     inputs = processor(rendered, frames_batch, device=model.device, dtype=model.dtype)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
@@ -74,7 +76,7 @@ def generate_captions(
         **inputs, eos_token_id=stop_ids, pad_token_id=processor.tokenizer.pad_token_id,
         **settings.generate_kwargs()
     )
-    return results_from_token_ids(processor, finished_rows(new_ids, stop_ids))
+    return results_from_token_ids(processor, finished_rows(new_ids, stop_ids), prefixes)
 
 
 def caption_videos(

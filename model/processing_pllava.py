@@ -117,21 +117,44 @@ class PllavaProcessor:
         """Left-padded ``input_ids`` and ``attention_mask`` ``(B, L)``."""
         return dict(self.tokenizer(list(prompts), return_tensors="pt", padding=True))
 
-    def decode(self, token_ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
+    def decode(self, token_ids: torch.Tensor | Sequence[Sequence[int]],
+               reply_prefixes: Sequence[str] | None = None) -> list[str]:
         """Generated ids (a ``(B, n)`` tensor or one list per answer) -> answers: cut at the first
-        end-of-answer token, special tokens and stop strings removed."""
+        end-of-answer token, special tokens and stop strings removed.
+
+        Without a reply prefix an answer is stripped at both ends. With one (the text the prompt made the reply
+        start with, per answer), the reference's rule: the prefix and the generated text are stripped together,
+        then split at the prefix; so the generated text keeps its leading white space and loses the trailing,
+        and a prefix the model writes again is dropped with it.
+        """
         stops = set(self.stop_token_ids)
         rows = []
         for row in token_ids.tolist() if isinstance(token_ids, torch.Tensor) else token_ids:
             row = list(row)
             cut = next((i for i, token in enumerate(row) if token in stops), len(row))
             rows.append(row[:cut])
+        prefixes = list(reply_prefixes) if reply_prefixes is not None else [""] * len(rows)
+        if len(prefixes) != len(rows):
+            raise ValueError(f"{len(prefixes)} reply prefixes for {len(rows)} answers")
         answers = []
-        for text in self.tokenizer.batch_decode(rows, skip_special_tokens=True):
+        for text, prefix in zip(self._texts(rows, keep_leading_space=any(prefixes)), prefixes):
             for stop in self.template.stop_strings:
                 text = text.split(stop, 1)[0]
-            answers.append(text.strip())
+            answers.append("".join((prefix + text).strip().split(prefix)[1:]) if prefix else text.strip())
         return answers
+
+    def _texts(self, rows: list[list[int]], keep_leading_space: bool) -> list[str]:
+        """Decoded rows. SentencePiece tokenizers drop the space that starts a decoded text (the first token's
+        word-start mark); with ``keep_leading_space`` each row is decoded after a plain anchor token and the
+        anchor's text cut off, so the text reads as it does after the prompt (as the reference decodes it)."""
+        if not keep_leading_space:
+            return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        anchor = self.tokenizer("a", add_special_tokens=False)["input_ids"][-1:]
+        head = self.tokenizer.decode(anchor, skip_special_tokens=True)
+        texts = []
+        for text in self.tokenizer.batch_decode([anchor + row for row in rows], skip_special_tokens=True):
+            texts.append(text[len(head):] if text.startswith(head) else text)
+        return texts
 
     # -- pixels ----------------------------------------------------------------------------------------
     def pixel_values(

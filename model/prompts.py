@@ -58,13 +58,15 @@ class PromptTemplate:
     def render(self, query: str, system: str = DEFAULT_SYSTEM_PROMPT, reply_prefix: str = "") -> str:
         """The full prompt for one video and one query, ending where the assistant's answer starts.
 
-        ``system=""`` renders no system part at all (no stray separator). ``reply_prefix`` opens the
-        assistant's reply (e.g. ``"Best option:("`` for multiple choice): the model continues from it.
+        ``query`` and ``system`` are laid out exactly as given (a system text ending in a newline keeps it, as
+        the reference's evaluation system texts do); a blank ``system`` renders no system part at all (no
+        stray separator). ``reply_prefix`` opens the assistant's reply (e.g. ``"Best option:("`` for multiple
+        choice): the model continues from it.
         """
         if IMAGE_TOKEN in query or IMAGE_TOKEN in system or IMAGE_TOKEN in reply_prefix:
             raise ValueError(f"prompt text must not contain {IMAGE_TOKEN!r}: the template places it")
-        head = self.system_text.format(system=system.strip()) if system.strip() else ""
-        return head + self.text.format(image=IMAGE_TOKEN, query=query.strip()) + reply_prefix
+        head = self.system_text.format(system=system) if system.strip() else ""
+        return head + self.text.format(image=IMAGE_TOKEN, query=query) + reply_prefix
 
     def render_turn(self, query: str) -> str:
         """A later user turn (training text), ending where its answer starts."""
@@ -149,20 +151,23 @@ def template_for_tokenizer(tokenizer) -> PromptTemplate:
 
 
 def _read_text(text: str | None, path: str | None, what: str, empty_ok: bool) -> str | None:
-    """``text`` stripped, or the stripped contents of the file at ``path`` (local or fsspec URI); None if neither."""
+    """``text`` exactly as given, or the contents of the file at ``path`` (local or fsspec URI) without the one
+    line break that ends a text file's last line (``"\n"`` or ``"\r\n"``: further ones are kept); None if
+    neither. Nothing else is stripped: a prompt is laid out byte for byte as given."""
     if text is not None and path is not None:
         raise ValueError(f"give either a {what} or a {what} file, not both")
     if path is not None:
         import fsspec
 
-        with fsspec.open(path, "r", encoding="utf-8") as f:
+        with fsspec.open(path, "r", encoding="utf-8", newline="") as f:
             text = f.read()
+        text = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
         if not text.strip():
             raise ValueError(f"{what} file {path} is empty" + (f" (for no {what}, give an empty {what} instead)"
                                                                if empty_ok else ""))
     if text is not None and not text.strip() and not empty_ok:
         raise ValueError(f"{what} is empty")
-    return None if text is None else text.strip()
+    return text
 
 
 def read_prompt(prompt: str | None = None, prompt_file: str | None = None) -> str:
@@ -176,13 +181,13 @@ def read_prompt(prompt: str | None = None, prompt_file: str | None = None) -> st
 
 
 def read_system_prompt(system: str | None = None, system_file: str | None = None) -> str:
-    """The system prompt: ``system`` as given (``""``: none), from a text file, or the project's default.
+    """The system prompt: ``system`` exactly as given (blank: none), from a text file, or the project's default.
 
     Raises:
         ValueError: when both are given or the file is empty (give ``system=""`` for no system prompt).
     """
     text = _read_text(system, system_file, "system prompt", empty_ok=True)
-    return DEFAULT_SYSTEM_PROMPT if text is None else text
+    return DEFAULT_SYSTEM_PROMPT if text is None else text if text.strip() else ""
 
 
 def prompt_id(template: PromptTemplate, rendered: str) -> str:

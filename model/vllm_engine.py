@@ -207,7 +207,7 @@ class VllmCaptionEngine:
             tokens = [new if _engine_dead(old) else old for old, new in zip(tokens, again)]
             if any(_engine_dead(t) for t in tokens):
                 raise EngineDied("the vLLM engine died again after one rebuild")
-        return self._results(tokens)
+        return self._results(tokens, per_video(reply_prefix, len(tokens), "reply prefixes"))
 
     async def _generate_all(self, engine, prompts: list) -> list:
         """Token ids (or the exception) per prompt; prompts that are already exceptions pass through."""
@@ -237,9 +237,10 @@ class VllmCaptionEngine:
                 prompts.append(exc)
         return prompts
 
-    def _results(self, tokens: list) -> list:
+    def _results(self, tokens: list, prefixes: list[str]) -> list:
         good = [t for t in tokens if not isinstance(t, BaseException)]
-        results = iter(results_from_token_ids(self.processor, good))
+        kept = [p for t, p in zip(tokens, prefixes) if not isinstance(t, BaseException)]
+        results = iter(results_from_token_ids(self.processor, good, kept))
         return [t if isinstance(t, BaseException) else next(results) for t in tokens]
 
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from pipeline import schema as S
 from pipeline.crash_journal import CrashJournal
+from pipeline.frame_folders import FrameFolder, sample_frame_folder
 from pipeline.frames import SampledVideo, SamplingConfig, VideoDecodeError, sample_frames
 from pipeline.io.masking import mask_text
 from pipeline.io.storage import ReadError, RetryPolicy, check_local_file, is_local, local_path, read_or_spool
@@ -134,6 +135,9 @@ class FrameSampler:
             os.remove(source)
 
     def _sample(self, source, start_s, end_s) -> SampledVideo:
+        if isinstance(source, FrameFolder):
+            return sample_frame_folder(source, self.sampling, start_s, end_s, self.storage_options, self.retry,
+                                       self.pool)
         try:
             return sample_frames(source, self.sampling, start_s, end_s, rng=self.rng)
         except OSError as exc:  # the local file vanished or became unreadable between the check and the decode
@@ -143,15 +147,20 @@ class FrameSampler:
     def __call__(self, batch: pa.Table) -> pa.Table:
         S.require_columns(batch.column_names, [S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.ERROR], "FrameSampler")
         rows = batch.select([S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.ERROR]).to_pylist()
+        folder_fps = (batch.column(S.FRAMES_FPS).to_pylist() if S.FRAMES_FPS in batch.column_names
+                      else [None] * len(rows))
         pending = [i for i, r in enumerate(rows) if r[S.ERROR] is None]
         retries = [[0] for _ in rows]
         # Rows of one URI (the clip windows of a source) share one fetch, released after the last of them.
+        # Frame folders are read frame by frame while sampled (only the sampled frames).
         first_of = {}
         for i in pending:
-            first_of.setdefault(rows[i][S.URI], i)
+            if folder_fps[i] is None:
+                first_of.setdefault(rows[i][S.URI], i)
         by_uri = dict(zip(first_of, self.pool.map(lambda i: self._fetch(rows[i][S.URI], retries[i]),
                                                   first_of.values())))
-        fetched = {i: by_uri[rows[i][S.URI]] for i in pending}
+        fetched = {i: FrameFolder(rows[i][S.URI], folder_fps[i]) if folder_fps[i] is not None
+                   else by_uri[rows[i][S.URI]] for i in pending}
         users = Counter(rows[i][S.URI] for i in pending)
         new: dict[str, list] = {name: [] for name in SAMPLED_COLUMNS}
         errors = batch.column(S.ERROR).to_pylist()

@@ -9,6 +9,9 @@ VIDEO_ID = "video_id"
 URI = "uri"
 START_S = "start_s"
 END_S = "end_s"
+# An input-list column: when set, ``uri`` is a folder of JPEG frames numbered from 00001.jpg, at this many
+# frames per second of the video they were taken from (MVBench stores some tasks so), read by the decode actors.
+FRAMES_FPS = "frames_fps"
 SOURCE_VIDEO = "source_video"  # clip windows (pipeline.windows): the id of the video a window was cut from
 
 # -- set by stages ------------------------------------------------------------------------------------

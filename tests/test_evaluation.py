@@ -15,7 +15,8 @@ from model.prompts import PromptText, get_template, prompt_id
 from pipeline import schema as S
 from pipeline.evaluation import benchmarks as B
 from pipeline.evaluation import run as E
-from pipeline.evaluation.judge import JudgeConfig, parse_scores, JudgeReplyError
+from pipeline.evaluation.judge import JudgeConfig, JudgeReplyError, parse_caption_verdict, parse_score
+from pipeline.evaluation.prompt_set import OWN
 from pipeline.evaluation.scoring import caption_metrics, check_option, predicted_letter
 
 
@@ -76,7 +77,10 @@ def test_mcq_questions_are_lettered_and_laid_out_like_the_reference(tmp_path):
     bench = B.load_benchmark("mcq", str(path))
     rows = bench.questions.to_pylist()
     assert [r[B.TASK] for r in rows] == ["Moving Things", "Colour", "Colour", "Moving Things"]
-    assert rows[0][B.PROMPT] == f"Question: What moves?\nOptions:\n(A) a dog\n(B) a car\n(C) nothing\n{B.MCQ_INSTRUCTION}"
+    # The reference's layout (MVBenchDataset.qa_template, Conversation.user_query): the block right-stripped,
+    # then a space and the post-query line.
+    assert rows[0][B.PROMPT] == ("Question: What moves?\nOptions:\n(A) a dog\n(B) a car\n(C) nothing "
+                                 + OWN["mcq.post_query"])
     assert rows[0][B.ANSWER] == "(B) a car" and rows[1][B.ANSWER] == "(A) red"
     assert rows[0][S.URI] == str(tmp_path / "a.mp4") and rows[1][S.URI] == "/abs/b.mp4"
     assert (rows[1][S.START_S], rows[1][S.END_S]) == (0.2, 1.0) and rows[0][S.START_S] is None
@@ -85,7 +89,7 @@ def test_mcq_questions_are_lettered_and_laid_out_like_the_reference(tmp_path):
     # assistant's reply opened with the answer prefix.
     prompt = PromptText(query=rows[0][B.PROMPT], system="Watch.")
     rendered = get_template("vicuna").render(prompt.query, prompt.system, reply_prefix=rows[0][B.REPLY_PREFIX])
-    assert rendered == ("Watch. USER: <image>\n USER: " + rows[0][B.PROMPT] + " ASSISTANT:Best option:(")
+    assert rendered == ("Watch. USER: <image>\n USER: " + rows[0][B.PROMPT] + " ASSISTANT:" + OWN["mcq.answer_prompt"])
     # The same file as a JSON array gives the same questions; an edited question gets a new id.
     path.with_suffix(".json").write_text(json.dumps(_mcq_items("a.mp4", "/abs/b.mp4")))
     assert B.load_benchmark("mcq", str(path.with_suffix(".json"))).questions.equals(bench.questions)
@@ -117,7 +121,10 @@ def test_mvbench_folder_maps_tasks_to_video_folders_bounds_and_frame_tasks(tmp_p
     assert set(rows) == {"Action Sequence", "Action Antonym", "Episodic Reasoning"}
     assert rows["Action Sequence"][S.URI] == str(tmp_path / "video/star/Charades_v1_480/x.mp4")
     assert rows["Action Sequence"][S.START_S] == 1.0 and rows["Action Antonym"][S.START_S] is None  # bounds per task
-    assert rows["Episodic Reasoning"][B.UNSUPPORTED] and rows["Action Sequence"][B.UNSUPPORTED] is None
+    # Episodic Reasoning is stored as frame folders at 3 fps: read by the decode actors, not left out.
+    assert rows["Episodic Reasoning"][S.FRAMES_FPS] == 3.0 and rows["Action Sequence"][S.FRAMES_FPS] is None
+    assert rows["Episodic Reasoning"][S.URI] == str(tmp_path / "video/tvqa/frames_fps3_hq/x.mp4")
+    assert B.UNSUPPORTED not in rows["Action Sequence"]
     with pytest.raises(FileNotFoundError, match="no MVBench task files"):
         B.load_benchmark("mvbench", str(tmp_path / "nothing"))
 
@@ -130,7 +137,7 @@ def test_videomme_parquet_gives_questions_per_duration_class(tmp_path):
         "answer": ["C", "A"]}), tmp_path / "test.parquet")
     rows = B.load_benchmark("videomme", str(tmp_path / "test.parquet"), str(tmp_path / "videos")).questions.to_pylist()
     assert [r[B.TASK] for r in rows] == ["short", "long"]
-    assert rows[0][B.ANSWER] == "(C) a bird" and "(A) a cat\n(B) a dog" in rows[0][B.PROMPT]
+    assert rows[0][B.ANSWER] == "C" and "What is shown?\nA. a cat\nB. a dog\nC. a bird\nD. a fish\n" in rows[0][B.PROMPT]
     assert rows[1][S.URI] == str(tmp_path / "videos" / "def.mp4")
 
 
@@ -168,7 +175,7 @@ class _JudgeServer:
         def respond(request, raw):
             body = json.loads(raw)
             self.requests.append({"path": request.path, "auth": request.headers.get("Authorization"), "body": body})
-            reply = self.replies.pop(0) if self.replies else '{"correctness": 1}'
+            reply = self.replies.pop(0) if self.replies else "{'score': 1}"
             if isinstance(reply, int):  # an HTTP error status
                 return reply, {"error": {"message": "busy"}}
             return 200, chat_reply(reply, body["model"])
@@ -180,18 +187,21 @@ class _JudgeServer:
         self.server.shutdown()
 
 
-def test_judge_replies_are_parsed_strictly():
-    assert parse_scores('Sure: {"correctness": 4, "detail": 3, "context": 5, "temporal": 2}', False) == {
-        "correctness": 4, "detail": 3, "context": 5, "temporal": 2, "consistency": None}
-    assert parse_scores("{'correctness': 4.0, 'detail': 3, 'context': 5, 'temporal': 2, 'consistency': 1}",
-                        True)["consistency"] == 1
-    for bad in ("no scores", '{"correctness": 9, "detail": 3, "context": 5, "temporal": 2}',
-                '{"correctness": "4", "detail": 3, "context": 5, "temporal": 2}', '{"correctness": 4}'):
+def test_judge_replies_are_read_whole_as_the_reference_reads_them():
+    """The reference reads a reply with ast.literal_eval (tasks/eval/vcgbench/__init__.py, check_ans): a Python
+    or JSON dictionary, the whole reply; scores kept as given."""
+    assert parse_score("{'score': 4.8}") == {"score": 4.8} and parse_score(' {"score": 3}\n') == {"score": 3.0}
+    assert parse_caption_verdict("{'pred': 'yes', 'score': 4}") == {"pred": "yes", "score": 4.0}
+    for bad in ("no scores", "Sure: {'score': 4}", "{'score': 9}", "{'score': '4'}", "{'score': True}", "[4]",
+                "{'detail': 4}", "{'score': float('nan')}", "(" * 500):
         with pytest.raises(JudgeReplyError):
-            parse_scores(bad, False)
+            parse_score(bad)
+    for bad in ("{'pred': 'maybe', 'score': 4}", "{'score': 4}", "{'pred': 'yes'}"):
+        with pytest.raises(JudgeReplyError):
+            parse_caption_verdict(bad)
 
 
-def test_vcg_answers_are_judged_over_http_with_bounded_retries(tmp_path, monkeypatch):
+def test_vcg_answers_are_judged_per_dimension_over_http_with_bounded_retries(tmp_path, monkeypatch):
     items = [{"video_name": "v1", "Q": "What happens?", "A": "A man walks a dog."},
              {"video_name": "v2", "Q1": "Who is there?", "Q2": "Who appears?", "A": "Two children."},
              {"video_name": "v3", "Q": "Where?", "A": "In a park."}]
@@ -200,11 +210,10 @@ def test_vcg_answers_are_judged_over_http_with_bounded_retries(tmp_path, monkeyp
     ids = bench.questions.column(S.VIDEO_ID).to_pylist()
     answers = {qid: {S.CAPTION: reply, S.ERROR: None, S.MODEL: "tiny@x", S.PROMPT_ID: "p"}
                for qid, reply in zip(ids, ["A man and a dog.", "Two kids.", "Two children.", "A park."])}
-    good = '{"correctness": 4, "detail": 3, "context": 4, "temporal": 5}'
-    pair = '{"correctness": 5, "detail": 4, "context": 5, "temporal": 4, "consistency": 5}'
-    # First answer: a 503, then a reply that is not JSON, then scores. The pair: scores with consistency. The
-    # last: three unusable replies, so it keeps an error and no scores.
-    server = _JudgeServer([503, "I would say four.", good, pair, pair, "??", "??", "??"])
+    # Requests in order: the first answer's correctness (a 503, a reply that is not a dictionary, then 4.5),
+    # detail, context; the pair's one consistency request; the last answer's three, each of them unusable.
+    server = _JudgeServer([503, "I would say four.", "{'score': 4.5}", "{'score': 3}", "{'score': 4}",
+                           "{'score': 5}"] + ["??"] * 9)
     monkeypatch.setenv("JUDGE_TEST_KEY", "secret-key-123")
     judge = JudgeConfig(server.url, "judge-model", api_key_env="JUDGE_TEST_KEY", max_retries=2, attempts=3,
                         concurrency=1)
@@ -212,22 +221,32 @@ def test_vcg_answers_are_judged_over_http_with_bounded_retries(tmp_path, monkeyp
         rows = E.score(bench, answers, judge)
     finally:
         server.close()
-    assert len(server.requests) == 8
+    assert len(server.requests) == 6 + 9
     first = server.requests[0]
     assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer secret-key-123"
     assert first["body"]["model"] == "judge-model" and first["body"]["temperature"] == 0
-    user = first["body"]["messages"][-1]["content"]
-    assert "Question: What happens?" in user and "Correct answer: A man walks a dog." in user
-    assert "Predicted answer: A man and a dog." in user and "consistency" not in user
-    pair_request = server.requests[3]["body"]["messages"][-1]["content"]
-    assert "A similar question: Who appears?" in pair_request and "Predicted answer to it: Two children." in pair_request
-    assert rows[0]["score_correctness"] == 4 and rows[0]["score_consistency"] is None and rows[0]["judge_error"] is None
-    assert rows[1]["score_consistency"] == 5 and rows[2]["score_consistency"] == 5
-    assert rows[3]["judge_error"].startswith("after 3 replies") and rows[3]["score_correctness"] is None
+    system, user = (m["content"] for m in first["body"]["messages"])
+    assert system == OWN["vcg.judge.correctness.system"]
+    assert user == OWN["vcg.judge.correctness.user"].format(question="What happens?", answer="A man walks a dog.",
+                                                            pred="A man and a dog.")
+    assert server.requests[3]["body"]["messages"][0]["content"] == OWN["vcg.judge.detail.system"]
+    pair = server.requests[5]["body"]["messages"][-1]["content"]
+    assert pair == OWN["vcg.judge.consistency.user"].format(question="Who is there?", question1="Who appears?",
+                                                            answer="Two children.", pred="Two kids.",
+                                                            pred1="Two children.")
+    assert (rows[0]["score_correctness"], rows[0]["score_detail"], rows[0]["score_context"]) == (4.5, 3.0, 4.0)
+    assert rows[0]["score_temporal"] is None and rows[0]["score_consistency"] is None and rows[0]["judge_errors"] is None
+    # One verdict per pair, on its first question's row.
+    assert rows[1]["score_consistency"] == 5.0 and rows[2]["score_consistency"] is None
+    # Unusable replies score 0 and count, as the reference scores a failed judgement.
+    assert rows[3]["score_correctness"] == 0.0 and json.loads(rows[3]["judge_errors"])["detail"].startswith("after 3")
     result = E.metrics(bench, rows)
-    assert result["overall"]["correctness"] == {"score": round((4 + 5 + 5) / 3, 4), "acc": round(100 * 3 / 3, 2),
-                                                "judged": 3}
-    assert result["overall"]["judge_errors"] == 1 and result["overall"]["consistency"]["judged"] == 2
+    assert result["overall"]["correctness"] == {"score": round((4.5 + 0) / 2, 4), "acc": 50.0, "judged": 2,
+                                                "failed": 1, "no_answer": 0}
+    pooled = [4.5, 3, 4, 5, 0, 0, 0]  # every (answer, dimension) verdict, the reference's averages
+    assert result["overall"]["average"] == {"score": round(sum(pooled) / 7, 4),
+                                            "acc": round(100 * 3 / 7, 2), "verdicts": 7}
+    assert result["overall"]["judge_errors"] == 1 and result["overall"]["consistency"]["judged"] == 1
     assert "secret-key-123" not in json.dumps(result) + json.dumps(rows, default=str)
 
 
@@ -267,12 +286,12 @@ def test_an_mcq_evaluation_gives_one_row_per_question_and_metrics_from_those_row
     assert result["model"][0].startswith("tiny@") and len(result["prompt_id"]) == 1
     # Each question was its row's own prompt: the id is that of the layout with the question column in it.
     template = get_template("vicuna")
-    layout = PromptText(system=B.MCQ_SYSTEM_PROMPT, query_column=B.PROMPT, reply_prefix_column=B.REPLY_PREFIX)
+    layout = PromptText(system=OWN["mcq.system"], query_column=B.PROMPT, reply_prefix_column=B.REPLY_PREFIX)
     assert result["prompt_id"] == [prompt_id(template, layout.layout(template))]
     answers = pq.read_table(next((out / "parquet").glob("*.parquet"))).column_names
     assert B.PROMPT in answers and B.ANSWER in answers  # the raw answers keep their questions
     printed = capsys.readouterr().out
-    assert "overall: accuracy" in printed and "Colour" in printed
+    assert "| task | accuracy | questions | errors |" in printed and "| Colour |" in printed and "| Avg |" in printed
 
     # Resumed: nothing is asked again, the same metrics come out; compared with itself, every delta is zero.
     assert main(common + ["--output", str(out), "--compare", str(out)]) == 0
@@ -319,8 +338,7 @@ def test_a_vcg_evaluation_judges_the_pipelines_answers(ray_local, video_dir, tmp
              {"video_name": "b", "Q1": "What is shown?", "Q2": "What can be seen?", "A": "Colours."},
              {"video_name": "gone", "Q": "Where?", "A": "Nowhere."}]
     (tmp_path / "vcg.json").write_text(json.dumps(items))
-    scores = '{"correctness": 2, "detail": 3, "context": 4, "temporal": 1, "consistency": 5}'
-    server = _JudgeServer([scores] * 10)
+    server = _JudgeServer(["{'score': 4}"] * 10)
     monkeypatch.setenv("MY_JUDGE_KEY", "judge-secret-987")
     try:
         code = main(["--benchmark", "vcg", "--data", str(tmp_path / "vcg.json"), "--video-root", video_dir,
@@ -333,13 +351,26 @@ def test_a_vcg_evaluation_judges_the_pipelines_answers(ray_local, video_dir, tmp
     rows = pq.read_table(tmp_path / "out" / E.PREDICTIONS_FILE).to_pylist()
     assert len(rows) == 4 and [r[S.ERROR] is not None for r in rows] == [False, False, False, True]
     assert rows[0][S.URI].endswith("a.mp4") and rows[1][S.URI].endswith("b.mp4")  # the extension that exists
-    assert len(server.requests) == 3 and all(r["auth"] == "Bearer judge-secret-987" for r in server.requests)
-    pair = [r["body"]["messages"][-1]["content"] for r in server.requests if "similar question" in
-            r["body"]["messages"][-1]["content"]]
-    assert len(pair) == 2  # both questions of the pair see the other's answer
+    # The generic answer: correctness, detail, context; the pair: one consistency request; the missing video:
+    # none (it scores 0).
+    assert len(server.requests) == 4 and all(r["auth"] == "Bearer judge-secret-987" for r in server.requests)
+    assert sum(r["body"]["messages"][0]["content"] == OWN["vcg.judge.consistency.system"]
+               for r in server.requests) == 1
     result = json.loads((tmp_path / "out" / E.METRICS_FILE).read_text())
-    judged = [r for r in rows if r["score_correctness"] is not None]
-    assert result["overall"]["correctness"]["judged"] == len(judged) == 3
-    assert result["overall"]["consistency"] == {"score": 5.0, "acc": 100.0, "judged": 2}
+    assert result["overall"]["correctness"] == {"score": 2.0, "acc": 50.0, "judged": 2, "failed": 0, "no_answer": 1}
+    assert result["overall"]["consistency"] == {"score": 4.0, "acc": 100.0, "judged": 1, "failed": 0,
+                                                "no_answer": 0}
     assert result["tasks"]["generic"]["questions"] == 2 and result["tasks"]["consistency"]["questions"] == 2
+    assert result["prompt_set"]["sources"] == ["own"] and not result["prompt_set"]["reference_strings"]
     assert "judge-secret-987" not in capsys.readouterr().out + json.dumps(result)
+
+    # Scored again (a rerun): every verdict is reused, no request is sent.
+    server = _JudgeServer([])
+    try:
+        assert main(["--benchmark", "vcg", "--data", str(tmp_path / "vcg.json"), "--video-root", video_dir,
+                     "--model", "tiny", "--num-frames", "4", "--max-new-tokens", "4", "--batch-size", "2",
+                     "--judge-url", server.url, "--judge-model", "judge-1", "--output", str(tmp_path / "out")]) == 0
+    finally:
+        server.close()
+    assert server.requests == []
+    assert json.loads((tmp_path / "out" / E.METRICS_FILE).read_text())["overall"] == result["overall"]

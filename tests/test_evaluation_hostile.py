@@ -15,7 +15,7 @@ from helpers import chat_reply, serve_posts
 from pipeline import schema as S
 from pipeline.evaluation import benchmarks as B
 from pipeline.evaluation import run as E
-from pipeline.evaluation.judge import Judge, JudgeConfig
+from pipeline.evaluation.judge import Judge, JudgeConfig, JudgeRequest, parse_score
 
 API_KEY = "sk-live-Hostile0123456789"
 USER, PASSWORD = "alice", "pa55-w0rd!x"
@@ -110,8 +110,8 @@ def test_a_judge_echoing_its_credentials_leaves_no_trace_in_outputs_or_logs(tmp_
     # The server did get the credentials (so its echo quoted them), and the rows say why they have no scores.
     sent = server.requests
     assert sent and all(a == (f"Basic {BASIC}" if userinfo else f"Bearer {API_KEY}") for a in sent)
-    assert all(r["judge_error"] for r in rows)
-    assert ("request failed" if status == 401 else "after 1 replies") in rows[0]["judge_error"]
+    assert all(r["judge_errors"] for r in rows) and all(r["score_correctness"] == 0.0 for r in rows)
+    assert ("request failed" if status == 401 else "after 1 replies") in rows[0]["judge_errors"]
     assert _folder_leaks(out) == {}
     assert _leaks(caplog.text) == [] and _leaks(stderr_logs()) == []
     assert _leaks(json.dumps(rows, default=str) + json.dumps(result) + E.format_metrics(result)) == []
@@ -162,7 +162,7 @@ def test_a_judge_reply_without_a_message_is_a_row_error_not_a_crash(tmp_path):
     server = serve_posts(lambda _request, _body: (200, {**chat_reply(""), "choices": []}))
     try:
         verdict = Judge(JudgeConfig(f"{server.url}/v1", "m", max_retries=0,
-                                    attempts=2)).score("q", "a", "p")
+                                    attempts=2)).ask(JudgeRequest("s", "u", parse_score, "p"))
     finally:
         server.shutdown()
     assert verdict.reason == "bad_reply" and "no message" in verdict.error
@@ -183,17 +183,19 @@ def test_answers_the_judge_failed_on_count_as_errors_and_the_run_as_failed(tmp_p
     rows = E.score(bench, {}, JudgeConfig("http://127.0.0.1:9/v1", "m"))  # nothing answered: no request
     qids = [r["question_id"] for r in rows]
     answers = _answers(bench)
+    failed = json.dumps({d: "judge request failed: 401" for d in ("correctness", "detail", "context")})
     for row in rows:  # the model answered; the judge failed on two, scored one
         row.update({S.ERROR: None, S.ERROR_STAGE: None, S.ERROR_REASON: None, "reply": "Some shapes move.",
-                    S.MODEL: answers[row["question_id"]][S.MODEL], "judge_error": "judge request failed: 401",
-                    "judge_error_reason": "request_failed"})
-    rows[2].update(judge_error=None, judge_error_reason=None, score_correctness=4, score_detail=4,
-                   score_context=4, score_temporal=4)
+                    S.MODEL: answers[row["question_id"]][S.MODEL], "judge_errors": failed,
+                    "judge_error_reason": "request_failed", "score_correctness": 0.0, "score_detail": 0.0,
+                    "score_context": 0.0})
+    rows[2].update(judge_errors=None, judge_error_reason=None, score_correctness=4.0, score_detail=4.0,
+                   score_context=4.0)
     result = E.metrics(bench, rows)
     assert result["overall"]["errors"] == 2 and result["overall"]["answered"] == 1 and len(qids) == 3
     assert result["errors_by_reason"] == {"judge/request_failed": 2}
     assert E.failure(result) is None and "2 errors" in E.format_metrics(result)
-    rows[2].update(judge_error="judge request failed", judge_error_reason="request_failed")
+    rows[2].update(judge_errors=failed, judge_error_reason="request_failed")
     result = E.metrics(bench, rows)
     assert result["overall"]["errors"] == 3
     assert E.failure(result) == "no question could be scored: all 3 failed (judge/request_failed 3)"
@@ -228,7 +230,7 @@ def test_an_evaluation_whose_judge_refuses_every_answer_fails_and_leaks_nothing(
     finally:
         server.close()
     logged = stderr_logs()
-    assert len(server.requests) == 2 and code == 1
+    assert len(server.requests) == 2 * 3 and code == 1  # two answers, three dimensions each
     assert "error: no question could be scored: all 2 failed (judge/request_failed 2)" in logged
     assert _folder_leaks(out) == {} and _leaks(caplog.text) == [] and _leaks(logged) == []
     result = json.loads((out / E.METRICS_FILE).read_text())

@@ -75,10 +75,12 @@ def test_chatml_answers_stop_at_im_end():
 
 def test_user_prompt_from_string_file_or_default(tmp_path):
     assert read_prompt() == DEFAULT_RECAPTION_QUERY
-    assert read_prompt(prompt="  Count the cars.  ") == "Count the cars."
+    assert read_prompt(prompt="  Count the cars.\n") == "  Count the cars.\n"  # exactly as given
     path = tmp_path / "prompt.txt"
-    path.write_text("Describe the camera motion.\n")
+    path.write_text("Describe the camera motion.\n")  # the file's last line break is not part of the prompt
     assert read_prompt(prompt_file=str(path)) == "Describe the camera motion."
+    path.write_bytes(b" Describe it.\r\n\r\n")  # one line break goes; the rest is kept
+    assert read_prompt(prompt_file=str(path)) == " Describe it.\r\n"
     with pytest.raises(ValueError, match="not both"):
         read_prompt(prompt="a", prompt_file=str(path))
     (tmp_path / "empty.txt").write_text("  \n")

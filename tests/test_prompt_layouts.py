@@ -144,7 +144,8 @@ def test_chatml_training_labels_end_with_im_end(yi_like_tokenizer):
 def test_system_prompt_from_string_file_empty_or_default(tmp_path):
     assert read_system_prompt() == DEFAULT_SYSTEM_PROMPT
     assert read_system_prompt("") == ""
-    assert read_system_prompt("  Be brief.  ") == "Be brief."
+    assert read_system_prompt("  Be brief.\n") == "  Be brief.\n"  # exactly as given: a final newline is kept
+    assert read_system_prompt(" \n ") == ""  # blank: no system prompt
     path = tmp_path / "system.txt"
     path.write_text("You describe videos.\n")
     assert read_system_prompt(system_file=str(path)) == "You describe videos."
@@ -223,3 +224,31 @@ def test_prompt_token_ids_are_pinned(name, system):
 
     tokenizer = build_tokenizer(name)
     assert tokenizer(get_template(name).render("What happens?", system=system)).input_ids == PINNED_IDS[(name, system)]
+
+
+# Continuations a model may write after a reply prefix: leading and trailing white space, the prefix again.
+CONTINUATIONS = [" B) The dog runs.", "B) dog.  ", "  (C) a cat\n", "B", "A) Answer:( B)", " ", "D)</s>junk"]
+
+
+@pytest.mark.parametrize("continuation", CONTINUATIONS)
+def test_a_reply_after_a_prefix_is_cleaned_as_the_reference_cleans_it(llama_tokenizer, continuation):
+    """The reference (``pllava_answer`` and ``infer_mvbench`` in tasks/eval/) decodes prompt and reply together,
+    takes the text after the last assistant role tag, strips it, and keeps what follows the answer prompt."""
+    from model.processing_pllava import PllavaProcessor
+
+    processor = PllavaProcessor(tokenizer=llama_tokenizer, template=get_template("vicuna"))
+    prefix = "Answer:("
+    prompt = get_template("vicuna").render("What does the dog do?", system="", reply_prefix=prefix)
+    prompt_ids = llama_tokenizer(prompt).input_ids
+    full_ids = llama_tokenizer(prompt + continuation).input_ids
+    assert full_ids[:len(prompt_ids)] == prompt_ids  # the prompt's tokens are unchanged by what follows
+    generated = full_ids[len(prompt_ids):]
+    eos = llama_tokenizer.eos_token_id  # the reference's generate stops at the end-of-answer token
+    kept = generated[:generated.index(eos)] if eos in generated else generated
+    decoded = llama_tokenizer.decode(prompt_ids + kept, skip_special_tokens=True).split("ASSISTANT:")[-1]
+    expected = "".join(decoded.removesuffix("</s>").strip().split(prefix)[1:])
+    assert processor.decode([generated], [prefix]) == [expected]
+    if continuation.startswith(" B"):  # the leading space is the reference's too: the case that tells the rules apart
+        assert expected.startswith(" B)")
+    # Without a prefix (recaption) a reply is stripped at both ends.
+    assert processor.decode([generated]) == [llama_tokenizer.decode(kept, skip_special_tokens=True).strip()]

@@ -12,9 +12,14 @@ the scorer needs (the task, the ground truth). Formats:
 * ``captions``: reference captions, a JSON object ``{video: caption}`` (or ``{video: [captions]}``), a JSON
   array / JSONL of ``{video, caption}``, or a CSV with ``video`` and ``caption`` columns.
 * ``vcg``: Video-ChatGPT-style open questions ``{video_name, Q, A}``; ``{video_name, Q1, Q2, A}`` is a
-  consistency pair (two rows, judged together).
+  consistency pair (two rows, judged together). A file, or the reference's folder of ``generic_qa.json``,
+  ``temporal_qa.json`` and ``consistency_qa.json``.
+* ``recaption``: videos with reference captions (as ``captions``), captioned with the recaption prompt and
+  graded by a judge against the reference caption.
 
-The prompt wording is this project's own; the layout follows the reference (see ``../shared/reference``).
+Every string sent to the model comes from the evaluation's prompt set (:mod:`pipeline.evaluation.prompt_set`:
+the project's own wording by default); the layouts follow the reference's rules, so with the reference's
+strings a prompt is byte for byte the reference's.
 """
 
 from __future__ import annotations
@@ -33,11 +38,11 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.prompts import DEFAULT_SYSTEM_PROMPT
 from pipeline import schema as S
+from pipeline.evaluation.prompt_set import PromptSet
 from pipeline.io.storage import get_fs, join
 
-BENCHMARKS = ("mcq", "mvbench", "videomme", "captions", "vcg")
+BENCHMARKS = ("mcq", "mvbench", "videomme", "captions", "vcg", "recaption")
 
 # Columns of a question table beyond the list's video_id / uri / start_s / end_s (kept in the output rows).
 TASK = "eval_task"
@@ -47,25 +52,19 @@ ANSWER = "eval_answer"  # mcq: "(B) the answer"; vcg: the reference answer; capt
 QUESTION = "eval_question"  # the question as the benchmark states it (vcg's judge reads it)
 PAIR = "eval_pair"  # vcg consistency: the id of the other question of the pair
 UNSUPPORTED = "eval_unsupported"  # why this question cannot be run here (None: it can)
+DOMAIN = "eval_domain"  # Video-MME: the video's domain
+SUB_CATEGORY = "eval_sub_category"  # Video-MME: the video's sub-category
+TASK_TYPE = "eval_task_type"  # Video-MME: the question's task type
 
-MCQ_SYSTEM_PROMPT = (
-    "Watch the video closely: what happens and in which order, why it happens, how objects move and what "
-    "people do and how they stand. Then choose the option that answers the question best."
-)
-MCQ_INSTRUCTION = "Answer with the letter of the best option."
-MCQ_REPLY_PREFIX = "Best option:("  # the model continues after the open bracket with a letter
-MCQ_REPLY_START = "("  # what the scorer puts back before the reply: "(" + "B) ..." reads "(B) ..."
-
-OPEN_QA_SYSTEM_PROMPT = (
-    "You are a video assistant. Answer the user's question about the video accurately and in detail, from "
-    "what the frames show."
-)
+MVBENCH_FRAME_FPS = 3.0  # MVBench's frame folders hold 3 frames per second of video (the reference's rate)
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A benchmark's questions and how to ask them: ``kind`` is how it is scored (``mcq``, ``captions``,
-    ``vcg``); ``system_prompt``, ``max_new_tokens`` and ``reply_start`` are its defaults."""
+    """A benchmark's questions and how to ask them: ``kind`` is how it is scored (``mcq``, ``videomme``,
+    ``captions``, ``vcg``, ``recaption``); ``system_prompt``, ``max_new_tokens`` and ``reply_start`` (put back
+    before each reply for scoring) are its defaults; ``prompts`` the set its strings came from; ``query`` the
+    one query of a benchmark without per-question prompts (captions, recaption)."""
 
     name: str
     kind: str
@@ -73,6 +72,8 @@ class Benchmark:
     system_prompt: str
     max_new_tokens: int
     reply_start: str = ""
+    prompts: PromptSet = PromptSet()
+    query: str | None = None
 
 
 # -- reading -------------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def _table(rows: list[dict], uri: str = "the benchmark") -> pa.Table:
     unique per content (:func:`_content_ids`)."""
     _unique_ids(rows, uri)
     _content_ids(rows)
-    floats = (S.START_S, S.END_S)
+    floats = (S.START_S, S.END_S, S.FRAMES_FPS)
     names = list(dict.fromkeys(name for row in rows for name in row)) or [S.VIDEO_ID, S.URI]
     return pa.table({name: pa.array([row.get(name) for row in rows], pa.float64() if name in floats else pa.string())
                      for name in names})
@@ -180,10 +181,12 @@ def letter(index: int) -> str:
     return chr(ord("A") + index)
 
 
-def mcq_prompt(question: str, candidates: list[str]) -> str:
-    """The user turn of a multiple-choice question: the question, the lettered options, the instruction."""
-    options = "\n".join(f"({letter(i)}) {c}" for i, c in enumerate(candidates))
-    return f"Question: {question.strip()}\nOptions:\n{options}\n{MCQ_INSTRUCTION}"
+def mcq_prompt(question: str, candidates: list[str], post_query: str = "") -> str:
+    """The user turn of a multiple-choice question, by the reference's rule (``MVBenchDataset.qa_template``
+    and ``Conversation.user_query``): ``Question: ...``, ``Options:``, one ``(A) ...`` line per option, the
+    block right-stripped, then a space and the post-query line (none when it is empty)."""
+    block = f"Question: {question}\nOptions:\n" + "".join(f"({letter(i)}) {c}\n" for i, c in enumerate(candidates))
+    return f"{block.rstrip()} {post_query}" if post_query else block.rstrip()
 
 
 def _seconds(item: dict, key: str, where: str) -> float:
@@ -199,7 +202,8 @@ def _seconds(item: dict, key: str, where: str) -> float:
     return seconds
 
 
-def _mcq_row(item: dict, where: str, task: str, qid: str, video_root: str, bounds: bool) -> dict:
+def _mcq_row(item: dict, where: str, task: str, qid: str, video_root: str, bounds: bool,
+             prompts: PromptSet) -> dict:
     missing = [k for k in ("video", "question", "candidates", "answer") if k not in item]
     if missing:
         raise ValueError(f"{where}: missing {missing}")
@@ -214,9 +218,11 @@ def _mcq_row(item: dict, where: str, task: str, qid: str, video_root: str, bound
     if answer not in candidates:
         raise ValueError(f"{where}: the answer {brief(answer)} is not one of the candidates "
                          f"{brief(candidates)}")
+    index = len(candidates) - 1 - candidates[::-1].index(answer)  # the last equal option, as the reference
     row = {S.VIDEO_ID: qid, S.URI: _resolve(video_root, str(item["video"])), TASK: task,
-           PROMPT: mcq_prompt(str(item["question"]), candidates), REPLY_PREFIX: MCQ_REPLY_PREFIX,
-           ANSWER: f"({letter(candidates.index(answer))}) {answer}", QUESTION: str(item["question"])}
+           PROMPT: mcq_prompt(str(item["question"]), candidates, prompts["mcq.post_query"]),
+           REPLY_PREFIX: prompts["mcq.answer_prompt"], ANSWER: f"({letter(index)}) {answer}",
+           QUESTION: str(item["question"])}
     if bounds and item.get("start") is not None and item.get("end") is not None:
         row[S.START_S], row[S.END_S] = _seconds(item, "start", where), _seconds(item, "end", where)
         if row[S.END_S] <= row[S.START_S]:
@@ -224,8 +230,12 @@ def _mcq_row(item: dict, where: str, task: str, qid: str, video_root: str, bound
     return row
 
 
+def _mcq(name: str, rows: list[dict], uri: str, prompts: PromptSet) -> Benchmark:
+    return Benchmark(name, "mcq", _table(rows, uri), prompts["mcq.system"], 100, prompts["mcq.reply_start"], prompts)
+
+
 def mcq_benchmark(uri: str, video_root: str, storage_options: dict | None = None,
-                  default_task: str = "all") -> Benchmark:
+                  prompts: PromptSet = PromptSet(), default_task: str = "all") -> Benchmark:
     """Multiple-choice questions from a JSON / JSONL file (MVBench's item fields)."""
     items = read_items(uri, storage_options)
     counters: dict[str, int] = {}
@@ -234,8 +244,8 @@ def mcq_benchmark(uri: str, video_root: str, storage_options: dict | None = None
         task = str(item.get("task") or default_task)
         slug = _slug(task)  # numbered per slug: tasks named alike ("A b", "a-b") never share an id
         number = counters[slug] = counters.get(slug, -1) + 1
-        rows.append(_mcq_row(item, f"{uri}: item {k}", task, f"{slug}/{number:05d}", video_root, True))
-    return Benchmark("mcq", "mcq", _table(rows, uri), MCQ_SYSTEM_PROMPT, 100, MCQ_REPLY_START)
+        rows.append(_mcq_row(item, f"{uri}: item {k}", task, f"{slug}/{number:05d}", video_root, True, prompts))
+    return _mcq("mcq", rows, uri, prompts)
 
 
 # task: (json file, video folder under the MVBench root, storage kind, clip bounds apply) as the reference has it
@@ -263,11 +273,13 @@ MVBENCH_TASKS: dict[str, tuple[str, str, str, bool]] = {
 }
 
 
-def mvbench_benchmark(root: str, video_root: str | None = None, storage_options: dict | None = None) -> Benchmark:
+def mvbench_benchmark(root: str, video_root: str | None = None, storage_options: dict | None = None,
+                      prompts: PromptSet = PromptSet()) -> Benchmark:
     """MVBench from its folder: each task file present under ``root/json`` (a task whose file is missing is
     left out, so a subset can be evaluated; none present is an error). Videos are under ``video_root``
-    (default: ``root``) in the task's folder. Episodic Reasoning is stored as frame folders, which this
-    pipeline does not decode: its questions become error rows (``source/unsupported``)."""
+    (default: ``root``) in the task's folder. Episodic Reasoning is stored as folders of JPEG frames at 3 fps:
+    its rows name the folder and its rate (``frames_fps``), which the decode actors read as the reference
+    does (:mod:`pipeline.frame_folders`)."""
     video_root = video_root or root
     rows, found = [], False
     for task, (file_name, folder, kind, bounds) in MVBENCH_TASKS.items():
@@ -276,25 +288,34 @@ def mvbench_benchmark(root: str, video_root: str | None = None, storage_options:
             continue
         found = True
         for k, item in enumerate(read_items(uri, storage_options)):
-            row = _mcq_row(item, f"{uri}: item {k}", task, f"{_slug(task)}/{k:05d}", join(video_root, folder), bounds)
+            row = _mcq_row(item, f"{uri}: item {k}", task, f"{_slug(task)}/{k:05d}", join(video_root, folder), bounds,
+                           prompts)
             if kind == "frame":
-                row[UNSUPPORTED] = (f"source: {task} is stored as folders of JPEG frames, which this pipeline does "
-                                    "not decode (video files only)")
+                row[S.FRAMES_FPS] = MVBENCH_FRAME_FPS
             rows.append(row)
     if not rows and not found:
         raise FileNotFoundError(f"no MVBench task files under {join(root, 'json')} (expected e.g. "
                                 f"{MVBENCH_TASKS['Action Sequence'][0]})")
-    return Benchmark("mvbench", "mcq", _table(rows, root), MCQ_SYSTEM_PROMPT, 100, MCQ_REPLY_START)
+    return _mcq("mvbench", rows, root, prompts)
 
 
-_OPTION_LABEL = re.compile(r"^\s*\(?([A-Za-z])[.):]\s*")
+_OPTION_LABEL = re.compile(r"^\s*\(?([A-Za-z])[.):]")
+
+
+def videomme_prompt(question: str, options: list[str], prompts: PromptSet) -> str:
+    """Video-MME's user turn in the official order, one part per line: the pre-query line, the question, the
+    options as ``A. ...``, the post-query line (an empty entry is left out)."""
+    parts = [prompts["videomme.pre_query"], question, *options, prompts["videomme.post_query"]]
+    return "\n".join(p for p in parts if p)
 
 
 def videomme_benchmark(uri: str, video_root: str, storage_options: dict | None = None,
-                       extension: str = "mp4") -> Benchmark:
-    """Video-MME from its Parquet file(s): one row per question (``question_id``, ``question``, ``options``
-    such as ``"A. ..."``, ``answer`` letter, ``videoID``, ``duration`` class); the task is the duration class
-    (short / medium / long), the video ``video_root/<videoID>.<extension>``."""
+                       prompts: PromptSet = PromptSet(), extension: str = "mp4") -> Benchmark:
+    """Video-MME from its Parquet file: one row per question (``question_id``, ``question``, ``options``
+    stored as ``"A. ..."``, ``answer`` letter, ``videoID``, ``duration`` class, and, where present, ``domain``,
+    ``sub_category`` and ``task_type``, by which results are broken down); the task is the duration class,
+    the video ``video_root/<videoID>.<extension>``. Options are shown as stored when they carry their own
+    letter, else labelled ``A. ``."""
     with fsspec.open(uri, "rb", **(storage_options or {})) as f:
         try:
             table = pq.read_table(f)
@@ -305,10 +326,13 @@ def videomme_benchmark(uri: str, video_root: str, storage_options: dict | None =
         raise ValueError(f"{uri}: Video-MME needs the columns {missing}; the file has {brief(table.column_names)}")
     rows = []
     for k, item in enumerate(table.to_pylist()):
-        if not isinstance(item["options"], list):
-            raise ValueError(f"{uri}: row {k}: options must be a list, got {brief(item['options'])}")
-        # Options are stored labelled ("A. a cat"); they are shown lettered in order, as (A) a cat.
-        options = [_OPTION_LABEL.sub("", str(o), count=1) for o in item["options"]]
+        if not isinstance(item["options"], list) or not 1 <= len(item["options"]) <= 26:
+            raise ValueError(f"{uri}: row {k}: options must be a list of 1 to 26 options, got "
+                             f"{brief(item['options'])}")
+        options = []
+        for i, option in enumerate(str(o) for o in item["options"]):
+            label = _OPTION_LABEL.match(option)
+            options.append(option if label and label.group(1).upper() == letter(i) else f"{letter(i)}. {option}")
         answer = str(item["answer"]).strip().upper()
         index = ord(answer) - ord("A") if len(answer) == 1 else -1
         if not 0 <= index < len(options):
@@ -316,10 +340,15 @@ def videomme_benchmark(uri: str, video_root: str, storage_options: dict | None =
                              f"{len(options)} options")
         qid = str(item.get("question_id") or f"{item['videoID']}-{k}")
         rows.append({S.VIDEO_ID: qid, S.URI: _resolve(video_root, f"{item['videoID']}.{extension}"),
-                     TASK: str(item["duration"]), PROMPT: mcq_prompt(str(item["question"]), options),
-                     REPLY_PREFIX: MCQ_REPLY_PREFIX, QUESTION: str(item["question"]),
-                     ANSWER: f"({answer}) {options[index]}"})
-    return Benchmark("videomme", "mcq", _table(rows, uri), MCQ_SYSTEM_PROMPT, 100, MCQ_REPLY_START)
+                     TASK: str(item["duration"]), PROMPT: videomme_prompt(str(item["question"]), options, prompts),
+                     QUESTION: str(item["question"]), ANSWER: answer,
+                     DOMAIN: _text(item.get("domain")), SUB_CATEGORY: _text(item.get("sub_category")),
+                     TASK_TYPE: _text(item.get("task_type"))})
+    return Benchmark("videomme", "videomme", _table(rows, uri), prompts["videomme.system"], 100, "", prompts)
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
 
 
 # -- captions and open questions -------------------------------------------------------------------------
@@ -354,38 +383,79 @@ def read_reference_captions(uri: str, storage_options: dict | None = None) -> di
     return references
 
 
-def captions_benchmark(uri: str, video_root: str, storage_options: dict | None = None) -> Benchmark:
-    """Caption every video that has reference captions, with the job's prompt (default: the recaption prompt)."""
-    rows = [{S.VIDEO_ID: video, S.URI: _resolve(video_root, video), TASK: "captions", ANSWER: json.dumps(captions)}
+def _with_extension(path: str, extensions: tuple[str, ...], storage_options: dict | None) -> str:
+    """``path`` as it is when it has an extension, else with the first of ``extensions`` that exists (the first
+    of them when none does: the pipeline then records the video as missing)."""
+    if posixpath.splitext(path)[1]:
+        return path
+    candidates = [f"{path}.{e}" for e in extensions]
+    return next((c for c in candidates if _exists(c, storage_options)), candidates[0])
+
+
+def captions_benchmark(uri: str, video_root: str, storage_options: dict | None = None,
+                       prompts: PromptSet = PromptSet(), name: str = "captions") -> Benchmark:
+    """Caption every video that has reference captions, with the recaption prompt of the prompt set (the job's
+    ``prompt`` / ``system_prompt`` settings over it). ``name="recaption"``: the same videos, graded by a judge
+    against their first reference caption (the reference's recaption evaluation); a video named without an
+    extension is looked up as ``.mp4``, ``.mkv``, ``.webm``, as there."""
+    rows = [{S.VIDEO_ID: video, S.URI: _with_extension(_resolve(video_root, video), ("mp4", "mkv", "webm"),
+                                                       storage_options),
+             TASK: name, ANSWER: json.dumps(captions)}
             for video, captions in read_reference_captions(uri, storage_options).items()]
-    return Benchmark("captions", "captions", _table(rows, uri), DEFAULT_SYSTEM_PROMPT, 400)
+    return Benchmark(name, name, _table(rows, uri), prompts["recaption.system"], 400, "", prompts,
+                     prompts["recaption.query"])
 
 
-def vcg_benchmark(uri: str, video_root: str, storage_options: dict | None = None,
-                  extensions: tuple[str, ...] = ("mp4", "mkv")) -> Benchmark:
-    """Open questions: ``{video_name | video, Q | question, A | answer}``; with ``Q1`` and ``Q2`` a consistency
-    pair (rows ``<id>/q1`` and ``<id>/q2``). Optional ``task`` (default: ``consistency`` for pairs, else
-    ``generic``). A ``video_name`` without an extension gets the first of ``extensions`` that exists."""
+# The reference's VCG files (in its Benchmarking_QA folder) and the kind of question each holds.
+VCG_FILES = {"generic_qa.json": "generic", "temporal_qa.json": "temporal", "consistency_qa.json": "consistency"}
+# The judge's dimensions for each kind of question, as the reference scores them.
+VCG_DIMENSIONS_BY_TASK = {"generic": ("correctness", "detail", "context"), "temporal": ("temporal",),
+                          "consistency": ("consistency",)}
+
+
+def vcg_dimensions(task: str) -> tuple[str, ...]:
+    """The dimensions a VCG question of ``task`` is judged on (another task name: the generic ones)."""
+    return VCG_DIMENSIONS_BY_TASK.get(task, VCG_DIMENSIONS_BY_TASK["generic"])
+
+
+def _vcg_rows(uri: str, video_root: str, storage_options: dict | None, default_task: str,
+              extensions: tuple[str, ...]) -> list[dict]:
     rows = []
     for k, item in enumerate(read_items(uri, storage_options)):
         where = f"{uri}: item {k}"
         video = item.get("video_name") or item.get("video")
         answer = item.get("A") or item.get("answer")
-        pair = [item.get("Q1"), item.get("Q2")] if item.get("Q1") else None
+        pair = [item.get("Q1"), item.get("Q2")] if item.get("Q1") or item.get("Q2") else None
         questions = pair or [item.get("Q") or item.get("question")]
         if not video or not answer or not all(questions):
             raise ValueError(f"{where}: needs video_name, A and Q (or Q1 and Q2)")
-        path = _resolve(video_root, str(video))
-        if not posixpath.splitext(path)[1]:
-            candidates = [f"{path}.{e}" for e in extensions]
-            path = next((c for c in candidates if _exists(c, storage_options)), candidates[0])
-        task = str(item.get("task") or ("consistency" if pair else "generic"))
+        path = _with_extension(_resolve(video_root, str(video)), extensions, storage_options)
+        task = str(item.get("task") or ("consistency" if pair else default_task))
         base = f"{_slug(task)}/{k:05d}"
         ids = [f"{base}/q1", f"{base}/q2"] if pair else [base]
         for n, (qid, question) in enumerate(zip(ids, questions)):
             rows.append({S.VIDEO_ID: qid, S.URI: path, TASK: task, PROMPT: str(question), QUESTION: str(question),
                          ANSWER: str(answer), PAIR: ids[1 - n] if pair else None})
-    return Benchmark("vcg", "vcg", _table(rows, uri), OPEN_QA_SYSTEM_PROMPT, 100)
+    return rows
+
+
+def vcg_benchmark(uri: str, video_root: str | None, storage_options: dict | None = None,
+                  prompts: PromptSet = PromptSet(), extensions: tuple[str, ...] = ("mp4", "mkv")) -> Benchmark:
+    """Open questions: ``{video_name | video, Q | question, A | answer}``; with ``Q1`` and ``Q2`` a consistency
+    pair (rows ``<id>/q1`` and ``<id>/q2``, judged together). ``uri`` is a file (its questions are
+    ``temporal`` when its name says so, else ``generic``; an item's ``task`` overrides), or the reference's
+    folder holding any of :data:`VCG_FILES`. A ``video_name`` without an extension gets the first of
+    ``extensions`` that exists."""
+    if uri.endswith(".json") or uri.endswith(".jsonl"):
+        task = "temporal" if "temporal" in posixpath.basename(uri) else "generic"
+        rows = _vcg_rows(uri, video_root or posixpath.dirname(uri), storage_options, task, extensions)
+    else:
+        present = [(join(uri, f), t) for f, t in VCG_FILES.items() if _exists(join(uri, f), storage_options)]
+        if not present:
+            raise FileNotFoundError(f"no VCG question files under {uri} (expected any of {list(VCG_FILES)})")
+        rows = [row for path, task in present
+                for row in _vcg_rows(path, video_root or uri, storage_options, task, extensions)]
+    return Benchmark("vcg", "vcg", _table(rows, uri), prompts["vcg.system"], 100, "", prompts)
 
 
 def absolute(path: str) -> str:
@@ -395,24 +465,29 @@ def absolute(path: str) -> str:
 
 
 def load_benchmark(name: str, data: str, video_root: str | None = None,
-                   storage_options: dict | None = None) -> Benchmark:
-    """The questions of benchmark ``name`` from ``data`` (a file, or MVBench's folder). Relative local paths
-    (``data``, ``video_root``) are relative to the current directory.
+                   storage_options: dict | None = None, prompts: PromptSet = PromptSet()) -> Benchmark:
+    """The questions of benchmark ``name`` from ``data`` (a file, or MVBench's / VCG's folder), asked with the
+    strings of ``prompts``. Relative local paths (``data``, ``video_root``) are relative to the current
+    directory.
 
     Raises:
         ValueError: an unknown benchmark, a malformed question (its file and position named), or no questions.
         FileNotFoundError: the data is missing.
     """
-    loaders = {"mcq": mcq_benchmark, "videomme": videomme_benchmark, "captions": captions_benchmark,
-               "vcg": vcg_benchmark}
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {list(BENCHMARKS)}")
     data = absolute(data)
     video_root = absolute(video_root) if video_root else None
     if name == "mvbench":
-        bench = mvbench_benchmark(data, video_root, storage_options)
+        bench = mvbench_benchmark(data, video_root, storage_options, prompts)
+    elif name == "vcg":
+        bench = vcg_benchmark(data, video_root, storage_options, prompts)
+    elif name in ("captions", "recaption"):
+        bench = captions_benchmark(data, video_root or posixpath.dirname(data.rstrip("/")), storage_options,
+                                   prompts, name)
     else:
-        bench = loaders[name](data, video_root or posixpath.dirname(data.rstrip("/")), storage_options)
+        loader = {"mcq": mcq_benchmark, "videomme": videomme_benchmark}[name]
+        bench = loader(data, video_root or posixpath.dirname(data.rstrip("/")), storage_options, prompts)
     if not bench.questions.num_rows:
         raise ValueError(f"{data}: no questions in this {name} benchmark")
     return bench

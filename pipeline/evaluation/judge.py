@@ -1,25 +1,29 @@
-"""An LLM judge for open-ended answers (the VCG scores) over an OpenAI-compatible chat-completions endpoint.
+"""An LLM judge for open-ended answers (VCG) and captions (recaption) over an OpenAI-compatible chat endpoint.
 
 Any server that speaks that API works: a vLLM server the user runs (``vllm serve <model>``), a hosted API.
-Each answer gets one request asking for the five scores of the reference's VCG evaluation (correctness,
-detail orientation, context, temporal understanding, and, for a pair of similar questions, consistency), as
-integers from 0 to 5 in a JSON object. The wording of the prompt is this project's own.
+The structure is the reference's (``tasks/eval/vcgbench``, ``tasks/eval/recaption``): one request per answer
+and dimension, a system message and a user message from the prompt set's entries for that dimension, and a
+reply that is a Python dictionary literal (``{'score': 4.5}``; recaption also ``'pred': 'yes' | 'no'``),
+read whole with :func:`ast.literal_eval`, as there. Scores are kept as given (floats stay floats); one outside
+0-5 is not a score.
 
-Failures are bounded: the client retries connection errors, 429 and 5xx answers ``max_retries`` times with
-backoff; a reply that is not the asked-for JSON is asked again up to ``attempts`` times; after that the row
-keeps a ``judge_error`` and no scores (counted in the metrics, never a zero that looks like a grade). The API
-key comes from an environment variable. Neither it nor a password in the URL is ever logged or stored: user
-info is taken out of the URL the HTTP client sees (sent as the same ``Basic`` header), and every judge text
-kept (errors, the client library's own log lines) is masked, since a server may echo the credentials back.
+Failures are bounded and counted, never hidden: the client retries connection errors, 429 and 5xx answers
+``max_retries`` times with backoff; a reply that is not the asked-for dictionary is asked again up to
+``attempts`` times; after that the verdict carries the error and the caller scores it 0, as the reference
+does. The API key comes from an environment variable. Neither it nor a password in the URL is ever logged or
+stored: user info is taken out of the URL the HTTP client sees (sent as the same ``Basic`` header), and every
+judge text kept (errors, the client library's own log lines) is masked, since a server may echo the
+credentials back.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import logging
 import os
-import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -33,67 +37,47 @@ CLIENT_LOGGERS = ("openai", "httpx", "httpx2", "httpcore", "httpcore2")
 # What a kept judge text (an error, a quoted reply) may hold, in characters.
 MAX_ERROR_CHARS = 300
 
-SCORES = ("correctness", "detail", "context", "temporal", "consistency")
-
-JUDGE_SYSTEM_PROMPT = (
-    "You grade answers that a video model gave to questions about videos. You do not see the video: compare "
-    "the predicted answer with the correct answer. Paraphrases and synonyms count as matches. Give each score "
-    "as a whole number from 0 (wrong or missing) to 5 (fully right)."
-)
-
-_CRITERIA = (
-    "- correctness: are the facts of the predicted answer those of the correct answer, with nothing false?\n"
-    "- detail: does it cover the main points of the correct answer with specific rather than generic details?\n"
-    "- context: does it fit the overall situation the correct answer describes, without unrelated content?\n"
-    "- temporal: does it keep the order of events that the correct answer gives?\n"
-)
-
-
-def judge_prompt(question: str, answer: str, prediction: str, pair: tuple[str, str] | None = None) -> str:
-    """The user message for one answer; with ``pair`` (the similar question and the model's answer to it) it
-    also asks whether the two answers agree."""
-    lines = [f"Question: {question}", f"Correct answer: {answer}", f"Predicted answer: {prediction}"]
-    criteria = _CRITERIA
-    keys = SCORES[:4]
-    if pair is not None:
-        lines += [f"A similar question: {pair[0]}", f"Predicted answer to it: {pair[1]}"]
-        criteria += "- consistency: do the two predicted answers agree with each other and with the correct answer?\n"
-        keys = SCORES
-    example = json.dumps({k: 3 for k in keys})
-    return ("\n".join(lines) + "\n\nScore the predicted answer:\n" + criteria +
-            f"Reply with only a JSON object with the keys {', '.join(keys)}, for example {example}.")
-
-
 class JudgeReplyError(ValueError):
-    """The judge's reply is not the JSON object of scores asked for."""
+    """The judge's reply is not the dictionary asked for."""
 
 
-def parse_scores(reply: str, with_consistency: bool) -> dict[str, int | None]:
-    """The scores in a judge reply: the first ``{...}`` in it, JSON or a Python dict literal.
+def _literal(reply: str) -> dict:
+    try:
+        data = ast.literal_eval((reply or "").strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise JudgeReplyError(f"the judge's reply is not a Python dictionary: {(reply or '')[:200]!r}") from None
+    if not isinstance(data, dict):
+        raise JudgeReplyError(f"the judge's reply is not a dictionary: {(reply or '')[:200]!r}")
+    return data
+
+
+def _score(data: dict) -> float:
+    value = data.get("score")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 5:
+        raise JudgeReplyError(f"the judge's score is {value!r}, not a number from 0 to 5")
+    return float(value)
+
+
+def parse_score(reply: str) -> dict:
+    """A VCG judge reply -> ``{"score": float}``.
 
     Raises:
-        JudgeReplyError: no such object, a missing key, or a score that is not a number from 0 to 5.
+        JudgeReplyError: not a dictionary literal, or no score from 0 to 5 in it.
     """
-    match = re.search(r"\{.*?\}", reply or "", re.S)
-    if not match:
-        raise JudgeReplyError(f"no JSON object in the judge's reply: {reply[:200]!r}")
-    try:
-        data = json.loads(match.group(0))
-    except json.JSONDecodeError:
-        try:
-            data = ast.literal_eval(match.group(0))
-        except (ValueError, SyntaxError):
-            raise JudgeReplyError(f"the judge's reply is not valid JSON: {match.group(0)[:200]!r}") from None
-    if not isinstance(data, dict):
-        raise JudgeReplyError(f"the judge's reply is not an object: {match.group(0)[:200]!r}")
-    keys = SCORES if with_consistency else SCORES[:4]
-    scores: dict[str, int | None] = {k: None for k in SCORES}
-    for key in keys:
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 5:
-            raise JudgeReplyError(f"the judge's {key} score is {value!r}, not a number from 0 to 5")
-        scores[key] = int(round(value))
-    return scores
+    return {"score": _score(_literal(reply))}
+
+
+def parse_caption_verdict(reply: str) -> dict:
+    """A recaption judge reply -> ``{"pred": "yes" | "no", "score": float}``.
+
+    Raises:
+        JudgeReplyError: not a dictionary literal, a ``pred`` other than yes / no, or no score from 0 to 5.
+    """
+    data = _literal(reply)
+    pred = data.get("pred")
+    if not isinstance(pred, str) or pred.strip().lower() not in ("yes", "no"):
+        raise JudgeReplyError(f"the judge's pred is {pred!r}, not 'yes' or 'no'")
+    return {"pred": pred.strip().lower(), "score": _score(data)}
 
 
 @dataclass(frozen=True)
@@ -133,9 +117,23 @@ class JudgeConfig:
 
 @dataclass(frozen=True)
 class Verdict:
-    scores: dict[str, int | None]
-    error: str | None = None  # why there are no scores
+    values: dict | None  # what the reply gave (None: no verdict)
+    error: str | None = None  # why there is none
     reason: str | None = None  # the error's kind: request_failed, bad_reply, no_prediction
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """One request: the two messages, and how to read the reply. ``prediction`` empty: not sent (no verdict)."""
+
+    system: str
+    user: str
+    parse: Callable[[str], dict]
+    prediction: str = "x"
+
+    def key(self, model: str) -> str:
+        """What the verdict depends on: the judge model and both messages (a rerun reuses an equal one)."""
+        return hashlib.sha256(json.dumps([model, self.system, self.user]).encode()).hexdigest()[:24]
 
 
 def _split_userinfo(url: str) -> tuple[str, dict[str, str]]:
@@ -149,7 +147,7 @@ def _split_userinfo(url: str) -> tuple[str, dict[str, str]]:
 
 
 class Judge:
-    """Scores answers with the configured endpoint (``temperature`` 0, one request per answer)."""
+    """Sends requests to the configured endpoint (``temperature`` 0, one request per verdict)."""
 
     def __init__(self, cfg: JudgeConfig) -> None:
         try:
@@ -173,22 +171,21 @@ class Judge:
         return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."
 
     def _failed(self, error: str, reason: str) -> Verdict:
-        return Verdict({k: None for k in SCORES}, self.mask(error), reason)
+        return Verdict(None, self.mask(error), reason)
 
-    def score(self, question: str, answer: str, prediction: str, pair: tuple[str, str] | None = None) -> Verdict:
-        """One answer's verdict; never raises for a failing judge (the verdict carries the error)."""
+    def ask(self, request: JudgeRequest) -> Verdict:
+        """One verdict; never raises for a failing judge (the verdict carries the error)."""
         from openai import OpenAIError
 
-        if not prediction.strip():
+        if not request.prediction.strip():
             return self._failed("no prediction to judge", "no_prediction")
-        messages = [{"role": "system", "content": JUDGE_SYSTEM_PROMPT},
-                    {"role": "user", "content": judge_prompt(question, answer, prediction, pair)}]
+        messages = [{"role": "system", "content": request.system}, {"role": "user", "content": request.user}]
         problem = ""
         for _ in range(self.cfg.attempts):
             try:
                 reply = self.client.chat.completions.create(model=self.cfg.model, messages=messages, temperature=0,
                                                             max_tokens=self.cfg.max_tokens)
-            except OpenAIError as exc:  # retried by the client already: give up on this row
+            except OpenAIError as exc:  # retried by the client already: give up on this verdict
                 return self._failed(f"judge request failed: {type(exc).__name__}: {exc}", "request_failed")
             try:
                 content = reply.choices[0].message.content or ""
@@ -196,13 +193,12 @@ class Judge:
                 problem = "the judge's reply has no message (choices[0].message.content)"
                 continue
             try:  # masked before parsing: the error quotes the reply
-                return Verdict(parse_scores(mask_text(content, self.secrets), pair is not None))
+                return Verdict(request.parse(mask_text(content, self.secrets)))
             except JudgeReplyError as exc:
                 problem = str(exc)
         return self._failed(f"after {self.cfg.attempts} replies: {problem}", "bad_reply")
 
-    def score_all(self, items: list[dict]) -> list[Verdict]:
-        """``items``: dicts with ``question``, ``answer``, ``prediction`` and optional ``pair``; in order."""
+    def ask_all(self, requests: list[JudgeRequest]) -> list[Verdict]:
+        """Verdicts in the order of ``requests`` (``concurrency`` at a time)."""
         with masked_logs(CLIENT_LOGGERS, self.secrets), ThreadPoolExecutor(self.cfg.concurrency) as pool:
-            return list(pool.map(lambda item: self.score(item["question"], item["answer"], item["prediction"],
-                                                         item.get("pair")), items))
+            return list(pool.map(self.ask, requests))

@@ -1,10 +1,16 @@
-"""Scoring: multiple-choice letters checked as the reference checks them, and caption metrics.
+"""Scoring: multiple-choice letters checked as the reference checks them, Video-MME's official letter rule,
+and caption metrics.
 
 Multiple choice (the reference's ``check_ans``, our code): the reply (with the reply start put back, so
 ``"B) a dog"`` reads ``"(B) a dog"``) is lower-cased and its first space-separated token is its option. A token
 without any of the letters a-g does not follow the instruction and is counted wrong (and counted apart). A token
 is correct when, with dots removed, it is contained in the answer's option token (``"(b"`` in ``"(b)"``), or that
 token is contained in it (``"(b)"`` in ``"(b)."``).
+
+Video-MME (the official ``eval_your_results.py``, ``extract_characters_regex``): the reply is stripped, answer
+phrases are removed (of the official list only ``Answer:`` holds an upper-case A-D, so only it can change the
+result), and the answer is the first upper-case A, B, C or D anywhere in what is left, even inside a word. A
+reply without one is left out of the denominator (and counted).
 
 Captions: BLEU-4, ROUGE-L and CIDEr from pycocoevalcap (the COCO caption evaluation code). Its PTB tokenizer
 and METEOR / SPICE need Java and are not used: text is lower-cased and split into words without punctuation.
@@ -38,6 +44,12 @@ def predicted_letter(option: str) -> str | None:
     """The letter an option token names (``"(b)"`` -> ``"B"``), or None."""
     match = re.search(r"[a-z]", option)
     return match.group(0).upper() if match else None
+
+
+def videomme_letter(reply: str | None) -> str | None:
+    """The option letter Video-MME's official script reads from ``reply``, or None when it reads none."""
+    match = re.search(r"[ABCD]", (reply or "").strip().replace("Answer:", ""))
+    return match.group(0) if match else None
 
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
