@@ -374,3 +374,41 @@ def test_a_vcg_evaluation_judges_the_pipelines_answers(ray_local, video_dir, tmp
         server.close()
     assert server.requests == []
     assert json.loads((tmp_path / "out" / E.METRICS_FILE).read_text())["overall"] == result["overall"]
+
+
+def test_an_mvbench_evaluation_reads_frame_folder_tasks_through_the_pipeline(ray_local, video_dir, tmp_path):
+    """Episodic Reasoning's frame folders (3 fps, 00001.jpg on) are decoded by the decode actors like videos."""
+    import shutil
+
+    import yaml
+    from PIL import Image
+
+    from jobs.evaluate import main
+
+    root = tmp_path / "MVBench"
+    (root / "json").mkdir(parents=True)
+    item = {"question": "What happens?", "candidates": ["a", "b"], "answer": "b"}
+    (root / "json" / "episodic_reasoning.json").write_text(json.dumps([
+        {**item, "video": "clip1", "start": 1.0, "end": 5.0}, {**item, "video": "missing-clip"}]))
+    (root / "json" / "action_antonym.json").write_text(json.dumps([{**item, "video": "a.mp4"}]))
+    (root / "video/ssv2_video").mkdir(parents=True)
+    shutil.copy(f"{video_dir}/a.mp4", root / "video/ssv2_video/a.mp4")
+    frames = root / "video/tvqa/frames_fps3_hq/clip1"
+    frames.mkdir(parents=True)
+    for n in range(1, 25):
+        Image.new("RGB", (48, 32), (n * 10, 40, 200 - n * 5)).save(frames / f"{n:05d}.jpg")
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump({"resources": {
+        "batch_size": 2, "decode_concurrency": 1, "decode_num_cpus": 0.5, "caption_num_cpus": 0.5}}))
+    out = tmp_path / "out"
+    assert main(["--benchmark", "mvbench", "--data", str(root), "--model", "tiny", "--num-frames", "4",
+                 "--max-new-tokens", "3", "--config", str(tmp_path / "small.yaml"), "-q", "--output", str(out)]) == 0
+    rows = {r["question_id"].split("-")[0]: r for r in pq.read_table(out / E.PREDICTIONS_FILE).to_pylist()}
+    assert rows["episodic_reasoning/00000"][S.ERROR] is None and rows["episodic_reasoning/00000"]["reply"]
+    assert rows["episodic_reasoning/00001"][S.ERROR_REASON] == "not_found"
+    assert rows["action_antonym/00000"][S.ERROR] is None
+    raw = {r[S.VIDEO_ID].split("-")[0]: r for r in pq.read_table(out / "parquet").to_pylist()}
+    clip = raw["episodic_reasoning/00000"]
+    # 24 frames; bounds 1 s - 5 s at 3 fps: frames 3 to 15, the middles of 4 segments of 3 frames.
+    assert clip[S.DECODER] == "frames" and clip[S.FRAME_INDICES] == [4, 7, 10, 13] and clip[S.FRAME_COUNT] == 24
+    result = json.loads((out / E.METRICS_FILE).read_text())
+    assert result["tasks"][E.UNREADABLE]["questions"] == 1 and result["overall"]["questions"] == 3

@@ -353,7 +353,8 @@ def _text(value) -> str | None:
 
 # -- captions and open questions -------------------------------------------------------------------------
 def read_reference_captions(uri: str, storage_options: dict | None = None) -> dict[str, list[str]]:
-    """Video -> its reference captions, from JSON (an object or a list of ``{video, caption}``), JSONL or CSV."""
+    """Video -> its reference captions, from JSON (an object or a list of ``{video | video_name, caption}``), JSONL
+    or CSV."""
     if uri.lower().endswith(".csv"):
         reader = csv.DictReader(io.StringIO(_read_text(uri, storage_options)))
         try:
@@ -373,7 +374,7 @@ def read_reference_captions(uri: str, storage_options: dict | None = None) -> di
                  else read_items(uri, storage_options))
     references: dict[str, list[str]] = {}
     for k, item in enumerate(items):
-        video, caption = item.get("video"), item.get("caption")
+        video, caption = item.get("video") or item.get("video_name"), item.get("caption")
         captions = caption if isinstance(caption, list) else [caption]
         if not video or not all(isinstance(c, str) and c.strip() for c in captions):
             raise ValueError(f"{uri}: item {k} needs a video and a non-empty caption (or list of captions)")
