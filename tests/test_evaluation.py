@@ -17,7 +17,7 @@ from pipeline.evaluation import benchmarks as B
 from pipeline.evaluation import run as E
 from pipeline.evaluation.judge import JudgeConfig, JudgeReplyError, parse_caption_verdict, parse_score
 from pipeline.evaluation.prompt_set import OWN
-from pipeline.evaluation.scoring import caption_metrics, check_option, predicted_letter
+from pipeline.evaluation.scoring import caption_metrics, check_option, java_available, predicted_letter
 
 
 # -- multiple-choice scoring ----------------------------------------------------------------------------
@@ -44,18 +44,35 @@ def test_the_predicted_letter_is_read_from_the_option_token():
 # -- caption metrics ------------------------------------------------------------------------------------
 def test_caption_metrics_on_crafted_pairs():
     same = "a man rides a brown horse along the beach"
-    scores, each = caption_metrics({"v1": same}, {"v1": [same]})
+    scores, each = caption_metrics({"v1": same}, {"v1": [same]}, java=False)
     assert scores["bleu4"] == pytest.approx(1.0, abs=1e-6) and scores["rouge_l"] == pytest.approx(1.0)
     # ROUGE-L by hand: the longest common subsequence of "a man rides a horse" and "a man rides a brown horse" is
     # 5 words: precision 5/5, recall 5/6, F with beta 1.2 = (1 + 1.44) P R / (R + 1.44 P).
-    scores, _ = caption_metrics({"v1": "A man rides a horse."}, {"v1": ["a man rides a brown horse"]})
+    scores, _ = caption_metrics({"v1": "A man rides a horse."}, {"v1": ["a man rides a brown horse"]}, java=False)
     p, r = 1.0, 5 / 6
     assert scores["rouge_l"] == pytest.approx((1 + 1.44) * p * r / (r + 1.44 * p), abs=1e-6)
     scores, each = caption_metrics({"v1": "snow falls on red roofs", "v2": same},
-                                   {"v1": ["a man rides a horse"], "v2": [same, "a rider on a horse at the sea"]})
+                                   {"v1": ["a man rides a horse"], "v2": [same, "a rider on a horse at the sea"]},
+                                   java=False)
     assert each["v1"]["rouge_l"] == 0.0 and each["v2"]["rouge_l"] == pytest.approx(1.0)
-    assert scores["scored"] == 2 and scores["cider"] > 0
-    assert caption_metrics({"v1": "  "}, {"v1": ["x"]})[0]["scored"] == 0  # an empty caption is not scored
+    assert scores["scored"] == 2 and scores["cider"] > 0 and scores["meteor"] is None and scores["tokenizer"] == "words"
+    # An empty caption, or none at all (the video failed), is scored, as 0: it pulls the corpus down.
+    scores, each = caption_metrics({"v1": "  ", "v2": same}, {"v1": ["x"], "v2": [same], "v3": ["y"]}, java=False)
+    assert scores["scored"] == 3 and each["v1"]["rouge_l"] == each["v3"]["rouge_l"] == 0.0
+    assert scores["rouge_l"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.skipif(not java_available(), reason="the PTB tokenizer and METEOR need Java (.ci/run installs it)")
+def test_caption_metrics_with_java_use_the_ptb_tokenizer_and_meteor():
+    same = "A man rides a brown horse along the beach."
+    scores, each = caption_metrics({"v1": same, "v2": "Snow\rfalls |||\u2028on roofs", "v3": ""},
+                                   {"v1": [same], "v2": ["a man rides a horse"], "v3": ["rain"]})
+    assert scores["tokenizer"] == "ptb" and scores["scored"] == 3
+    assert each["v1"]["meteor"] > 0.9 and each["v3"]["meteor"] == 0.0 and each["v1"]["bleu4"] == pytest.approx(1.0)
+    assert 0 < scores["meteor"] < 1
+    # The PTB tokenizer drops punctuation and lower-cases: the same words in other clothes score as the same.
+    scores, _ = caption_metrics({"v1": "a MAN, rides a brown horse -- along the beach"}, {"v1": [same]})
+    assert scores["rouge_l"] == pytest.approx(1.0)
 
 
 # -- benchmark files ------------------------------------------------------------------------------------
@@ -314,11 +331,12 @@ def test_a_caption_evaluation_scores_against_reference_captions(ray_local, video
     result, complete = E.evaluate(bench, cfg)
     rows = pq.read_table(tmp_path / "out" / E.PREDICTIONS_FILE).to_pylist()
     assert complete and len(rows) == 3 and sum(r[S.ERROR] is not None for r in rows) == 1
-    scored = {r["question_id"]: r["reply"] for r in rows if r["reply"] is not None}
+    replies = {r["question_id"]: r["reply"] for r in rows}  # the failed video's None scores 0
     references = {r["question_id"]: json.loads(r["answer"]) for r in rows}
-    expected, _ = caption_metrics(scored, references)
+    expected, _ = caption_metrics(replies, references)
     assert {k: result["overall"][k] for k in expected} == expected
-    assert set(result["overall"]["flagged"]) == set(S.FLAGS) and result["not_computed"]["meteor"] == "needs Java"
+    assert set(result["overall"]["flagged"]) == set(S.FLAGS) and result["paper_counterpart"] is None
+    assert ("meteor" in result["not_computed"]) == (not java_available())
 
 
 def test_every_evaluate_flag_sets_a_job_config_key():

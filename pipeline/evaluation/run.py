@@ -161,11 +161,11 @@ def score(bench: B.Benchmark, answers: dict[str, dict], judge: JudgeConfig | Non
             row["predicted"] = videomme_letter(row["reply"])
             row["correct"] = row["predicted"] is not None and row["predicted"] == row["answer"]
     elif bench.kind == "captions":
-        predictions = {r["question_id"]: r["reply"] for r in rows if r["reply"] is not None}
+        predictions = {r["question_id"]: r["reply"] for r in rows}
         references = {r["question_id"]: json.loads(r["answer"]) for r in rows}
         _, each = caption_metrics(predictions, references)
         for row in rows:
-            row.update(each.get(row["question_id"], {"bleu4": None, "rouge_l": None, "cider": None}))
+            row.update(each.get(row["question_id"], {"bleu4": None, "rouge_l": None, "cider": None, "meteor": None}))
     elif bench.kind in ("vcg", "recaption"):
         _judge_rows(rows, bench, judge, out, storage_options)
     return rows
@@ -329,7 +329,7 @@ def _group_metrics(kind: str, rows: list[dict]) -> dict:
                    no_letter=sum(r["reply"] is not None and r["predicted"] is None for r in rows),
                    accuracy_all_questions=_percent(correct, len(rows)))
     elif kind == "captions":  # corpus scores of the group (CIDEr's weights come from the group's references)
-        corpus, _ = caption_metrics({r["question_id"]: r["reply"] for r in rows if r["reply"] is not None},
+        corpus, _ = caption_metrics({r["question_id"]: r["reply"] for r in rows},
                                     {r["question_id"]: json.loads(r["answer"]) for r in rows})
         out.update(corpus)
         out["flagged"] = {f: sum(bool(r[f]) for r in rows) for f in S.FLAGS}
@@ -382,7 +382,9 @@ def metrics(bench: B.Benchmark, rows: list[dict], summary: dict | None = None) -
             if groups:
                 result[f"by_{column}"] = {k: _group_metrics("videomme", g) for k, g in sorted(groups.items())}
     if bench.kind == "captions":
-        result["not_computed"] = {"meteor": "needs Java", "spice": "needs Java"}
+        result["not_computed"] = {"spice": "downloads Stanford CoreNLP models at first use"}
+        if result["overall"].get("tokenizer") != "ptb":
+            result["not_computed"]["meteor"] = "needs Java (Debian: default-jre-headless); words split without it"
         result["paper_counterpart"] = None  # the PLLaVA paper reports no caption metrics
     if summary is not None:
         result["run_id"] = summary["run_id"]
@@ -397,7 +399,8 @@ PROTOCOLS = {
            "in the denominator, unreadable videos in their own bucket and counted wrong",
     "videomme": "official Video-MME: first upper-case A-D of the reply; replies without one left out of the "
                 "denominator and counted (no_letter); accuracy_all_questions counts them wrong",
-    "captions": "BLEU-4, ROUGE-L, CIDEr (pycocoevalcap) over lower-cased words; no PLLaVA counterpart",
+    "captions": "BLEU-4, ROUGE-L, CIDEr, METEOR (pycocoevalcap) on PTB-tokenized text (words split where Java is "
+                "missing, without METEOR); empty or missing captions score 0; no PLLaVA counterpart",
     "vcg": "reference VCG: one judge request per answer and dimension (generic: correctness, detail, context; "
            "temporal; consistency per pair); failures and empty answers score 0 and count; acc = score > 3; "
            "average over every verdict",
@@ -451,7 +454,7 @@ def _headline(kind: str, group: dict) -> dict[str, float | None]:
     if kind in ("mcq", "videomme"):
         return {"accuracy": group.get("accuracy")}
     if kind == "captions":
-        return {k: group.get(k) for k in ("bleu4", "rouge_l", "cider")}
+        return {k: group.get(k) for k in ("bleu4", "rouge_l", "cider", "meteor")}
     if kind == "recaption":
         return {"score": group.get("score"), "acc": group.get("acc")}
     numbers = {k: group[k].get("score") if isinstance(group.get(k), dict) else None for k in SCORES}

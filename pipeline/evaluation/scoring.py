@@ -12,13 +12,19 @@ phrases are removed (of the official list only ``Answer:`` holds an upper-case A
 result), and the answer is the first upper-case A, B, C or D anywhere in what is left, even inside a word. A
 reply without one is left out of the denominator (and counted).
 
-Captions: BLEU-4, ROUGE-L and CIDEr from pycocoevalcap (the COCO caption evaluation code). Its PTB tokenizer
-and METEOR / SPICE need Java and are not used: text is lower-cased and split into words without punctuation.
+Captions: BLEU-4, ROUGE-L, CIDEr and METEOR from pycocoevalcap (the COCO caption evaluation code), on text
+tokenized by its PTB tokenizer, as COCO-style caption results are. The tokenizer and METEOR are Java programs
+shipped with pycocoevalcap: where Java is missing, text is lower-cased and split into words without punctuation
+instead and METEOR is not computed (``metrics.json`` says which). SPICE is not computed (it downloads Stanford
+CoreNLP models at first use). Every video with reference captions is scored: an empty caption, or none (the
+video failed), scores 0.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import shutil
 from dataclasses import dataclass
 
 FOLLOWS = set("abcdefg")  # the letters the reference accepts as an answered option
@@ -56,17 +62,44 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
 def caption_words(text: str) -> str:
-    """Lower-cased words without punctuation, space-separated (what the metrics compare)."""
+    """Lower-cased words without punctuation, space-separated (what the metrics compare without Java)."""
     return " ".join(_WORD.findall(text.lower()))
 
 
-def caption_metrics(predictions: dict[str, str], references: dict[str, list[str]]) -> tuple[dict, dict]:
-    """Corpus BLEU-4, ROUGE-L and CIDEr of ``predictions`` (id -> caption) against ``references``
-    (id -> captions), over the ids that have both; and per id its own scores.
+def java_available() -> bool:
+    return shutil.which("java") is not None
+
+
+def _one_line(text: str) -> str:
+    """The tokenizer and METEOR read one caption per line: every run of white space (``\r``, U+2028, ...) is
+    one space, so no caption can split a line or shift the ones after it."""
+    return " ".join(text.split())
+
+
+def ptb_tokenize(texts: dict[str, list[str]]) -> dict[str, list[str]]:
+    """COCO's PTB tokenization (lower-cased, punctuation removed) of every text, by id."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    return PTBTokenizer().tokenize({k: [{"caption": _one_line(t)} for t in v] for k, v in texts.items()})
+
+
+@functools.lru_cache(maxsize=1)
+def _meteor():
+    """One METEOR process for the evaluation (it takes seconds to load its paraphrase table)."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    return Meteor()
+
+
+def caption_metrics(predictions: dict[str, str | None], references: dict[str, list[str]],
+                    java: bool | None = None) -> tuple[dict, dict]:
+    """Corpus BLEU-4, ROUGE-L, CIDEr and (with Java) METEOR of ``predictions`` (id -> caption; empty or missing:
+    scored 0) against ``references`` (id -> captions), over every id with references; and per id its own
+    scores. ``java``: use the PTB tokenizer and METEOR (default: when Java is installed).
 
     Returns:
-        ``({"bleu4", "rouge_l", "cider", "scored"}, {id: {"bleu4", "rouge_l", "cider"}})``; empty scores when
-        nothing can be scored.
+        ``({"bleu4", "rouge_l", "cider", "meteor", "scored", "tokenizer"}, {id: {"bleu4", "rouge_l", "cider",
+        "meteor"}})``; empty scores when there are no references.
     """
     try:
         from pycocoevalcap.bleu.bleu import Bleu
@@ -75,14 +108,25 @@ def caption_metrics(predictions: dict[str, str], references: dict[str, list[str]
     except ImportError as exc:
         raise ImportError("caption metrics need pycocoevalcap: pip install -e '.[eval]'") from exc
 
-    ids = sorted(i for i in predictions if i in references and caption_words(predictions[i]))
+    java = java_available() if java is None else java
+    ids = sorted(references)
+    empty = {"bleu4": None, "rouge_l": None, "cider": None, "meteor": None, "scored": 0,
+             "tokenizer": "ptb" if java else "words"}
     if not ids:
-        return {"bleu4": None, "rouge_l": None, "cider": None, "scored": 0}, {}
-    res = {i: [caption_words(predictions[i])] for i in ids}
-    gts = {i: [caption_words(r) for r in references[i]] for i in ids}
+        return empty, {}
+    if java:
+        res = ptb_tokenize({i: [predictions.get(i) or ""] for i in ids})
+        gts = ptb_tokenize({i: references[i] for i in ids})
+    else:
+        res = {i: [caption_words(predictions.get(i) or "")] for i in ids}
+        gts = {i: [caption_words(r) for r in references[i]] for i in ids}
     bleu, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
     rouge, rouge_each = Rouge().compute_score(gts, res)
     cider, cider_each = Cider().compute_score(gts, res)
-    each = {i: {"bleu4": float(b), "rouge_l": float(r), "cider": float(c)}
-            for i, b, r, c in zip(ids, bleu_each[3], rouge_each, cider_each)}
-    return {"bleu4": float(bleu[3]), "rouge_l": float(rouge), "cider": float(cider), "scored": len(ids)}, each
+    meteor, meteor_each = (_meteor().compute_score(gts, res) if java else (None, [None] * len(ids)))
+    each = {i: {"bleu4": float(b), "rouge_l": float(r), "cider": float(c),
+                "meteor": None if m is None else float(m)}
+            for i, b, r, c, m in zip(ids, bleu_each[3], rouge_each, cider_each, meteor_each)}
+    return {"bleu4": float(bleu[3]), "rouge_l": float(rouge), "cider": float(cider),
+            "meteor": None if meteor is None else float(meteor), "scored": len(ids),
+            "tokenizer": empty["tokenizer"]}, each
