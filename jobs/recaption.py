@@ -57,6 +57,15 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser.add_argument("--window-scenes", action="store_true",
                         help="also end windows at scene cuts (needs scenedetect: pip install scenedetect)")
     parser.add_argument("--limit", type=int, help="only the first N videos of the list")
+    parser.add_argument("--plan", action="store_true",
+                        help="do not run: caption a seeded random sample of the list on this cluster and project "
+                             "time, GPU-hours, CPU-hours, output size, failures and cost for the whole list "
+                             "(written to <output>/_plans/; nothing else of the output is touched)")
+    parser.add_argument("--plan-sample", type=int, default=None, metavar="K",
+                        help="--plan: videos in the sample (default 200; fewer when the list is smaller)")
+    parser.add_argument("--plan-seed", type=int, default=0, help="--plan: the sample's seed (default 0)")
+    parser.add_argument("--gpu-hour-cost", type=float, help="--plan: price of one GPU-hour, for the cost line")
+    parser.add_argument("--cpu-hour-cost", type=float, help="--plan: price of one CPU-hour, for the cost line")
     parser.add_argument("--allow-empty", action="store_true", help="an empty list ends the run without an error")
     parser.add_argument("--demo", action="store_true", help=f"run the embedded default into ./{DEMO_DIR}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the summary")
@@ -119,7 +128,14 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
     from pipeline.io.sources import VideoListError
     from pipeline.watchdog import Stalled
 
+    plan_only = getattr(args, "plan", False)
+    if not plan_only and any(getattr(args, k, None) is not None for k in ("plan_sample", "gpu_hour_cost",
+                                                                          "cpu_hour_cost")):
+        print("error: --plan-sample, --gpu-hour-cost and --cpu-hour-cost go with --plan", file=sys.stderr)
+        return 2
     try:
+        if plan_only:
+            return _plan(cfg, args)
         summary = run_job(cfg, progress=args.verbose)
     except (FileNotFoundError, VideoListError, IdConflict, ResourceError, OutputBusy, EngineUnavailable) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
@@ -132,6 +148,29 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
 
     store = OutputStore(mask_text(cfg.output.output))
     print("\n" + store.describe("webdataset" in cfg.output.formats, summary["run_id"]))
+    return 0
+
+
+def _plan(cfg, args: argparse.Namespace) -> int:
+    """``--plan``: measure a sample, print the projections, write the plan."""
+    import math
+
+    from pipeline.io.masking import mask_text
+    from pipeline.io.output_store import OutputStore
+    from pipeline.plan import DEFAULT_SAMPLE, format_plan, plan_job
+
+    sample = DEFAULT_SAMPLE if args.plan_sample is None else args.plan_sample
+    costs = {"--gpu-hour-cost": args.gpu_hour_cost, "--cpu-hour-cost": args.cpu_hour_cost}
+    bad = [k for k, v in costs.items() if v is not None and not (math.isfinite(v) and v >= 0)]
+    if sample < 1 or bad:
+        print(f"error: --plan-sample must be at least 1 (got {sample})" if sample < 1 else
+              f"error: {', '.join(bad)} must be a finite number >= 0", file=sys.stderr)
+        return 2
+    if cfg.source.limit:
+        sample = min(sample, cfg.source.limit)
+    plan = plan_job(cfg, sample, args.plan_seed, args.gpu_hour_cost, args.cpu_hour_cost, progress=args.verbose)
+    uri = OutputStore(mask_text(cfg.output.output)).plan_uri(plan["plan_id"])
+    print(mask_text(format_plan(plan, uri)))
     return 0
 
 

@@ -242,6 +242,11 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     summary = summarise(cfg, run_id, written, wall_s, counts, repaired, repaired_after, after,
                         gpus=plan.caption_concurrency * plan.caption_num_gpus)
     summary["engine"] = engine
+    if summary["this_run"]["videos"]:
+        from pipeline.plan import compare_with_plan
+
+        plan = OutputStore(out.output, cfg.storage_options).latest_plan()
+        summary["vs_plan"] = compare_with_plan(summary["this_run"], plan) if plan else None
     summary = mask_values(summary)  # URIs with user info or signatures, in paths, errors and the config
     lease.check()
     OutputStore(out.output, cfg.storage_options).write_summary(run_id, summary)
@@ -312,6 +317,7 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, c
             # caption actor's seconds per video (with vLLM's batches in flight, caption_s overlaps: a floor).
             "decode_cores_per_caption_actor": (round(cpu_per_video / caption_per_video, 2)
                                                if cpu_per_video is not None and caption_per_video else None),
+            "failure_rate": round(sum(failed.values()) / processed, 6) if processed else None,
             "tokens_generated": sum(m["tokens"] for m in written),
             "hit_token_limit": sum(m["truncated"] for m in written),
             "flagged": dict(flagged),
@@ -350,4 +356,14 @@ def format_summary(summary: dict) -> str:
         f"  output now: {total['videos']} videos ({total['ok']} ok, {total['failed']} failed) "
         f"in {total['parquet_files']} Parquet files",
     ]
+    compared = summary.get("vs_plan")
+    if compared and compared["figures"]:
+        lines.append(f"  against plan {compared['plan_id']} (run / plan):")
+        def g(value) -> str:
+            return "?" if value is None else f"{value:.4g}"
+
+        for name, f in compared["figures"].items():
+            low, high = f["range"]
+            lines.append(f"    {name}: {g(f['actual'])} vs {g(f['planned'])} planned (range {g(low)} - {g(high)}): "
+                         f"ratio {g(f['ratio'])}{'' if f['within'] else ', outside the range'}")
     return "\n".join(lines)

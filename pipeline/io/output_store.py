@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import posixpath
 import re
 import tarfile
 from collections import Counter
@@ -28,11 +30,15 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.io.masking import public_uri
 from pipeline.io.storage import get_fs, join, list_files, remove, write_atomic
+
+logger = logging.getLogger(__name__)
 
 PARQUET_DIR = "parquet"
 WEBDATASET_DIR = "webdataset"
 RUNS_DIR = "_runs"
+PLANS_DIR = "_plans"  # plans (pipeline.plan): <plan id>.json, and a plan's scratch output while it measures
 LEASE_FILE = "_lease.json"
 TEMPORARY_PREFIX = ".tmp-"  # what write_atomic names its temporaries
 _PART = ("part-", ".parquet")
@@ -134,6 +140,12 @@ class OutputStore:
     def lease_uri(self) -> str:
         return join(self.uri, LEASE_FILE)
 
+    def plans_uri(self) -> str:
+        return join(self.uri, PLANS_DIR)
+
+    def plan_uri(self, plan_id: str) -> str:
+        return join(self.uri, PLANS_DIR, f"{plan_id}.json")
+
     def shard_for(self, parquet_uri: str) -> str:
         """The WebDataset shard written with a Parquet file (same batch name)."""
         name = _name_between(parquet_uri, _PART)
@@ -197,6 +209,27 @@ class OutputStore:
         uri = self.summary_uri(run_id)
         write_atomic(uri, json.dumps(summary, indent=2, default=str).encode(), self.storage_options)
         return uri
+
+    def write_plan(self, plan_id: str, plan: dict) -> str:
+        uri = self.plan_uri(plan_id)
+        write_atomic(uri, json.dumps(plan, indent=2, default=str).encode(), self.storage_options)
+        return uri
+
+    def latest_plan(self) -> dict | None:
+        """The newest plan written for this output (plan ids sort by time), or None; an unreadable one is
+        skipped with a warning (a plan is advice, never a reason for a run to fail)."""
+        for uri in sorted(list_files(self.plans_uri(), self.storage_options, suffix=".json"), reverse=True):
+            if not posixpath.basename(uri).startswith("plan-"):
+                continue
+            try:
+                fs, path = get_fs(uri, self.storage_options)
+                with fs.open(path, "r") as f:
+                    plan = json.load(f)
+                if isinstance(plan, dict) and "plan_id" in plan:
+                    return plan
+            except (OSError, ValueError, RecursionError) as exc:
+                logger.warning("plan %s is unreadable (%s): skipped", public_uri(uri), type(exc).__name__)
+        return None
 
     def remove(self, uri: str) -> None:
         remove(uri, self.storage_options)

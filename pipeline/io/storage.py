@@ -363,3 +363,10 @@ def remove(uri: str, storage_options: dict[str, Any] | None = None) -> None:
     fs, path = get_fs(uri, storage_options)
     if fs.exists(path):
         fs.rm_file(path)
+
+
+def remove_tree(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """A folder (or prefix) and everything under it; nothing when it does not exist."""
+    fs, path = get_fs(uri, storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
