@@ -28,6 +28,7 @@ from pipeline.frames import SampledVideo, SamplingConfig, VideoDecodeError, Vide
 from pipeline.io.storage import ReadError, RetryPolicy, get_fs, join, read_bytes, with_retries
 
 DECODER_NAME = "frames"  # the ``decoder`` column of rows read from frame folders
+MAX_FPS = 10_000.0  # a higher frame rate is no frame folder (and would overflow the frame numbers of a bound)
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,9 @@ def sample_frame_folder(folder: FrameFolder, cfg: SamplingConfig, start_s: float
         fps = float(folder.fps) if not isinstance(folder.fps, bool) else math.nan
     except (TypeError, ValueError):
         fps = math.nan
-    if not (math.isfinite(fps) and fps > 0):
-        raise VideoDecodeError("bad_frame_rate", f"frames_fps must be a number above 0, got {folder.fps!r}"[:300])
+    if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise VideoDecodeError("bad_frame_rate", f"frames_fps must be a number above 0 and at most {MAX_FPS:g}, "
+                                                 f"got {folder.fps!r}"[:300])
     folder = FrameFolder(folder.uri, fps)
     count = _count(folder.uri, storage_options, retry)
     if count > cfg.max_frames:

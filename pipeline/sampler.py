@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -147,8 +148,10 @@ class FrameSampler:
     def __call__(self, batch: pa.Table) -> pa.Table:
         S.require_columns(batch.column_names, [S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.ERROR], "FrameSampler")
         rows = batch.select([S.VIDEO_ID, S.URI, S.START_S, S.END_S, S.ERROR]).to_pylist()
-        folder_fps = (batch.column(S.FRAMES_FPS).to_pylist() if S.FRAMES_FPS in batch.column_names
-                      else [None] * len(rows))
+        # A frame folder's rate; None or NaN (a float column with gaps): the row is a video file.
+        folder_fps = [None if v is None or isinstance(v, float) and math.isnan(v) else v
+                      for v in (batch.column(S.FRAMES_FPS).to_pylist() if S.FRAMES_FPS in batch.column_names
+                                else [None] * len(rows))]
         pending = [i for i, r in enumerate(rows) if r[S.ERROR] is None]
         retries = [[0] for _ in rows]
         # Rows of one URI (the clip windows of a source) share one fetch, released after the last of them.

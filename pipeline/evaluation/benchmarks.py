@@ -326,13 +326,16 @@ def videomme_benchmark(uri: str, video_root: str, storage_options: dict | None =
         raise ValueError(f"{uri}: Video-MME needs the columns {missing}; the file has {brief(table.column_names)}")
     rows = []
     for k, item in enumerate(table.to_pylist()):
-        if not isinstance(item["options"], list) or not 1 <= len(item["options"]) <= 26:
-            raise ValueError(f"{uri}: row {k}: options must be a list of 1 to 26 options, got "
-                             f"{brief(item['options'])}")
-        options = []
-        for i, option in enumerate(str(o) for o in item["options"]):
-            label = _OPTION_LABEL.match(option)
-            options.append(option if label and label.group(1).upper() == letter(i) else f"{letter(i)}. {option}")
+        if not isinstance(item["options"], list) or not 1 <= len(item["options"]) <= 4:
+            raise ValueError(f"{uri}: row {k}: options must be a list of 1 to 4 options (the official letter rule "
+                             f"reads A-D), got {brief(item['options'])}")
+        nulls = [c for c in ("question", "videoID", "duration", "answer") if item[c] is None]
+        if nulls or any(o is None for o in item["options"]):
+            raise ValueError(f"{uri}: row {k}: empty cells ({nulls or ['an option']})")
+        # Options stored labelled in order ("A. a cat") are shown as they are; otherwise all are labelled.
+        labels = [_OPTION_LABEL.match(str(o)) for o in item["options"]]
+        labelled = all(m and m.group(1).upper() == letter(i) for i, m in enumerate(labels))
+        options = [str(o) if labelled else f"{letter(i)}. {o}" for i, o in enumerate(item["options"])]
         answer = str(item["answer"]).strip().upper()
         index = ord(answer) - ord("A") if len(answer) == 1 else -1
         if not 0 <= index < len(options):
@@ -376,7 +379,7 @@ def read_reference_captions(uri: str, storage_options: dict | None = None) -> di
     for k, item in enumerate(items):
         video, caption = item.get("video") or item.get("video_name"), item.get("caption")
         captions = caption if isinstance(caption, list) else [caption]
-        if not video or not all(isinstance(c, str) and c.strip() for c in captions):
+        if not video or not captions or not all(isinstance(c, str) and c.strip() for c in captions):
             raise ValueError(f"{uri}: item {k} needs a video and a non-empty caption (or list of captions)")
         references.setdefault(str(video), []).extend(c.strip() for c in captions)
     if not references:
@@ -420,7 +423,7 @@ def vcg_dimensions(task: str) -> tuple[str, ...]:
 
 
 def _vcg_rows(uri: str, video_root: str, storage_options: dict | None, default_task: str,
-              extensions: tuple[str, ...]) -> list[dict]:
+              extensions: tuple[str, ...], prefix: str = "") -> list[dict]:
     rows = []
     for k, item in enumerate(read_items(uri, storage_options)):
         where = f"{uri}: item {k}"
@@ -432,7 +435,9 @@ def _vcg_rows(uri: str, video_root: str, storage_options: dict | None, default_t
             raise ValueError(f"{where}: needs video_name, A and Q (or Q1 and Q2)")
         path = _with_extension(_resolve(video_root, str(video)), extensions, storage_options)
         task = str(item.get("task") or ("consistency" if pair else default_task))
-        base = f"{_slug(task)}/{k:05d}"
+        if task == "consistency" and not pair:
+            raise ValueError(f"{where}: a consistency question is a pair: it needs Q1 and Q2")
+        base = f"{prefix}{_slug(task)}/{k:05d}"
         ids = [f"{base}/q1", f"{base}/q2"] if pair else [base]
         for n, (qid, question) in enumerate(zip(ids, questions)):
             rows.append({S.VIDEO_ID: qid, S.URI: path, TASK: task, PROMPT: str(question), QUESTION: str(question),
@@ -454,8 +459,10 @@ def vcg_benchmark(uri: str, video_root: str | None, storage_options: dict | None
         present = [(join(uri, f), t) for f, t in VCG_FILES.items() if _exists(join(uri, f), storage_options)]
         if not present:
             raise FileNotFoundError(f"no VCG question files under {uri} (expected any of {list(VCG_FILES)})")
+        # Ids carry their file's name: an item whose task names another file's kind never meets that file's ids.
         rows = [row for path, task in present
-                for row in _vcg_rows(path, video_root or uri, storage_options, task, extensions)]
+                for row in _vcg_rows(path, video_root or uri, storage_options, task, extensions,
+                                     f"{posixpath.splitext(posixpath.basename(path))[0]}/")]
     return Benchmark("vcg", "vcg", _table(rows, uri), prompts["vcg.system"], 100, "", prompts)
 
 

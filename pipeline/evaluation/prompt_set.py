@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from model.prompts import DEFAULT_RECAPTION_QUERY, DEFAULT_SYSTEM_PROMPT
+from model.prompts import DEFAULT_RECAPTION_QUERY, DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
+from pipeline.io.masking import public_uri
 
 # The VCG judge's dimensions, in the order results are shown; each has a system and a user entry.
 VCG_DIMENSIONS = ("correctness", "detail", "context", "temporal", "consistency")
@@ -166,40 +167,104 @@ class PromptSet:
         }
 
 
+MAX_STRING_CHARS = 100_000  # a prompt entry longer than this is refused (a judge prompt is a page at most)
+MAX_SOURCE_BYTES = 10_000_000  # a reference file or prompt file larger than this is not read
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + f"... ({len(text)} characters)"
+
+
 def _check(name: str, text, where: str) -> str:
+    """``text`` as entry ``name``: a known entry, a string of UTF-8 text without the video placeholder; a judge
+    template uses only its plain fields (no attribute, index, conversion or format spec: a template gets the
+    texts it names, as written).
+
+    Raises:
+        PromptSetError: naming ``where`` and the entry.
+    """
     if name not in OWN:
-        raise PromptSetError(f"{where}: unknown prompt entry {name!r}; known: {sorted(OWN)}")
+        raise PromptSetError(f"{where}: unknown prompt entry {_brief(name)}; known: {sorted(OWN)}")
     if not isinstance(text, str):
         raise PromptSetError(f"{where}: {name} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PromptSetError(f"{where}: {name} holds a character that is not text (a lone surrogate)") from None
+    if len(text) > MAX_STRING_CHARS:
+        raise PromptSetError(f"{where}: {name} is {len(text)} characters long, more than {MAX_STRING_CHARS}")
+    if IMAGE_TOKEN in text:
+        raise PromptSetError(f"{where}: {name} must not hold {IMAGE_TOKEN!r}: the template places the video")
     if name in TEMPLATE_FIELDS:
         needed, allowed = TEMPLATE_FIELDS[name]
         try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+            parts = [(f, spec, conversion) for _, f, spec, conversion in string.Formatter().parse(text)
+                     if f is not None]
         except ValueError as exc:
             raise PromptSetError(f"{where}: {name} is not a format template ({exc}); write a literal brace as "
                                  "{{ or }}") from None
+        fields = {f for f, _, _ in parts}
         if not needed <= fields or not fields <= allowed:
             raise PromptSetError(f"{where}: {name} must use the fields {sorted(needed)} and may use "
-                                 f"{sorted(allowed)}; it uses {sorted(fields)}")
+                                 f"{sorted(allowed)}; it uses {_brief(sorted(fields))}")
+        if any(spec or conversion for _, spec, conversion in parts):
+            raise PromptSetError(f"{where}: {name} must name its fields plainly ({{pred}}, not {{pred!r}} or "
+                                 "{pred:...}): the judge is shown each text as written")
     return text
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (the first string would be lost)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(None, None, "a key that is not text",
+                                                        key_node.start_mark) from None
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"{_brief(key)} is given twice",
+                                                        key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
 def read_prompt_file(path: str) -> dict[str, str]:
     """A YAML mapping of entry names to strings (read as written: YAML's ``|`` block keeps a final newline).
 
     Raises:
-        PromptSetError: not YAML, not a mapping, an unknown name or a value that is not a string.
+        PromptSetError: unreadable, not UTF-8, not YAML, not a mapping, a name given twice, an unknown name or a
+            value that is not a usable string (:func:`_check`).
     """
     import fsspec
 
-    with fsspec.open(path, "r", encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise PromptSetError(f"{path}: not YAML ({str(exc).splitlines()[0]})") from None
+    shown = public_uri(path)
+    try:
+        with fsspec.open(path, "rb") as f:
+            raw = f.read(MAX_SOURCE_BYTES + 1)
+    except FileNotFoundError:
+        raise PromptSetError(f"no such prompt file: {shown}") from None
+    except OSError as exc:
+        raise PromptSetError(f"{shown}: cannot read ({type(exc).__name__})") from None
+    if len(raw) > MAX_SOURCE_BYTES:
+        raise PromptSetError(f"{shown}: larger than {MAX_SOURCE_BYTES} bytes: not a prompt file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PromptSetError(f"{shown}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise PromptSetError(f"{shown}: not YAML ({str(exc).splitlines()[0][:200]})") from None
+    except RecursionError:
+        raise PromptSetError(f"{shown}: not YAML this reader can take (nested too deep)") from None
     if not isinstance(data, dict) or not data:
-        raise PromptSetError(f"{path}: a prompt file is a YAML mapping of entry names to strings")
-    return {str(k): _check(str(k), v, path) for k, v in data.items()}
+        raise PromptSetError(f"{shown}: a prompt file is a YAML mapping of entry names to strings")
+    return {str(k): _check(str(k), v, shown) for k, v in data.items()}
 
 
 def _string(node: ast.AST, what: str) -> str:
@@ -270,6 +335,32 @@ def _locate(tree: ast.Module, how: tuple) -> str:
     raise AssertionError(kind)
 
 
+def _parse(local: str, path: str) -> ast.Module:
+    """A reference file's syntax tree: a regular file of at most :data:`MAX_SOURCE_BYTES` of UTF-8 Python.
+
+    Raises:
+        PromptSetError: anything else, the file named (nothing of its contents quoted).
+    """
+    try:
+        if not os.path.isfile(local):
+            raise PromptSetError("missing, or not a regular file")
+        if os.path.getsize(local) > MAX_SOURCE_BYTES:
+            raise PromptSetError(f"larger than {MAX_SOURCE_BYTES} bytes")
+        with open(local, "rb") as f:
+            source = f.read(MAX_SOURCE_BYTES + 1).decode("utf-8")
+        return ast.parse(source, filename=path)
+    except PromptSetError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise PromptSetError(f"not UTF-8 text (byte {exc.start})") from None
+    except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes
+        raise PromptSetError(f"not Python this reader can parse ({type(exc).__name__})") from None
+    except (RecursionError, MemoryError):
+        raise PromptSetError("nested too deep to parse") from None
+    except OSError as exc:
+        raise PromptSetError(f"cannot read ({type(exc).__name__})") from None
+
+
 def read_reference(checkout: str) -> dict[str, str]:
     """The reference's strings from a local checkout of its repository (``DIR/tasks/eval/...``).
 
@@ -284,11 +375,12 @@ def read_reference(checkout: str) -> dict[str, str]:
     for name, (path, how) in REFERENCE.items():
         try:
             if path not in trees:
-                with open(os.path.join(checkout, path), encoding="utf-8") as f:
-                    trees[path] = ast.parse(f.read(), filename=path)
-            found[name] = _check(name, _locate(trees[path], how), f"{checkout}/{path}")
-        except (OSError, SyntaxError, PromptSetError) as exc:
+                trees[path] = _parse(os.path.join(checkout, path), path)
+            found[name] = _check(name, _locate(trees[path], how), path)
+        except PromptSetError as exc:
             problems.append(f"{name} ({path}): {exc}")
+        except (TypeError, ValueError, RecursionError, MemoryError) as exc:  # crafted literals and nesting
+            problems.append(f"{name} ({path}): not a literal this reader can take ({type(exc).__name__})")
     if problems:
         raise PromptSetError(f"{checkout}: cannot read these prompt entries from the reference checkout: "
                              + "; ".join(problems))
@@ -304,5 +396,5 @@ def load_prompt_set(prompts_file: str | None = None, reference_repo: str | None 
             replaced = read(path)
             strings.update(replaced)
             origin.update({k: kind for k in replaced})
-            sources.append(f"{kind}:{os.path.abspath(path) if '://' not in path else path}")
+            sources.append(f"{kind}:{os.path.abspath(path) if '://' not in path else public_uri(path)}")
     return PromptSet(strings, origin, tuple(sources))
