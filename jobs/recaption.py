@@ -168,7 +168,11 @@ def _plan(cfg, args: argparse.Namespace) -> int:
         return 2
     if cfg.source.limit:
         sample = min(sample, cfg.source.limit)
-    plan = plan_job(cfg, sample, args.plan_seed, args.gpu_hour_cost, args.cpu_hour_cost, progress=args.verbose)
+    try:
+        plan = plan_job(cfg, sample, args.plan_seed, args.gpu_hour_cost, args.cpu_hour_cost, progress=args.verbose)
+    except ValueError as exc:
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
+        return 2
     uri = OutputStore(mask_text(cfg.output.output)).plan_uri(plan["plan_id"])
     print(mask_text(format_plan(plan, uri)))
     return 0

@@ -239,6 +239,7 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
 
     from pipeline.captioner import caption_identity
     from pipeline.cluster import init_ray
+    from pipeline.io.masking import mask_values
     from pipeline.io.output_store import OutputStore, parquet_bytes
     from pipeline.io.sources import read_video_refs
     from pipeline.io.storage import join, remove_tree, write_atomic
@@ -267,9 +268,13 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
         else None
     plan: dict[str, Any] = {"plan_id": plan_id, "output": cfg.output.output, "list_rows": list_rows,
                             "already_done": already_done, "remaining": remaining, "seed": seed,
-                            "sample_size": 0 if sample is None else sample.num_rows}
+                            "sample_size": 0 if sample is None else sample.num_rows,
+                            "sample_ids": [] if sample is None else sample.column(S.VIDEO_ID).to_pylist()}
     if sample is None or not remaining:
-        plan.update(projection=None, suggestions=[], suggested_config={}, note="nothing left to caption")
+        note = "the list yielded no rows" if not list_rows else "every video of the list is already done"
+        plan.update(projection=None, suggestions=[], suggested_config={}, note=note,
+                    config=cfg.to_dict(redacted=True))
+        plan = mask_values(plan)
         store.write_plan(plan_id, plan)
         return plan
     # Rows the list itself gets wrong (no URI, bad bounds) fail where the list is read: counted as sampled,
@@ -331,8 +336,9 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
                                             if v["width"]]),
                           "bytes_read": _stats([v["bytes_read"] for v in videos])},
         "projection": projection, "suggestions": lines, "suggested_config": layer,
-        "config": summary["config"],
+        "config": cfg.to_dict(redacted=True),
     })
+    plan = mask_values(plan)  # URIs with user info or signatures (the output, the list, errors)
     store.write_plan(plan_id, plan)
     return plan
 
@@ -392,7 +398,7 @@ def format_plan(plan: dict, uri: str | None = None) -> str:
              f"  list: {plan['list_rows']} rows, {plan['already_done']} already done, {plan['remaining']} to caption"]
     projection = plan.get("projection")
     if not projection:
-        lines.append("  nothing left to caption")
+        lines.append(f"  nothing to plan: {plan.get('note', 'nothing left to caption')}")
         return "\n".join(lines)
     run = plan["sample_run"]
     lines.append(f"  sample: {plan['sample_size']} videos (seed {plan['seed']}) run in {run['wall_s']} s: "
@@ -419,7 +425,7 @@ def format_plan(plan: dict, uri: str | None = None) -> str:
     for key in sorted(k for k in projection if k.startswith("failures:")):
         lines.append(f"    {key.removeprefix('failures:')}: {figure(key, lambda v: f'{v:.0f}')}")
     if "cost" in projection:
-        lines.append(f"  cost: {figure('cost', lambda v: f'{v:,.2f}' if v is not None else '?')}")
+        lines.append(f"  cost: {figure('cost', lambda v: f'{v:,.4g}' if v is not None else '?')}")
     lines.append("  ranges: 5th-95th percentile over bootstrap resamples of the sample; the wall time adds the "
                  f"sample run's start-up ({plan['overhead_s']:.0f} s) once")
     for line in plan["suggestions"]:
