@@ -330,6 +330,16 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
                                               "videos_per_s", "decode_cpu_s_per_video", "caption_s_per_video",
                                               "tokens_generated", "hit_token_limit")},
         "engine": summary.get("engine"), "cluster": cluster, "overhead_s": round(overhead_s, 3),
+        # One caption actor's speed at the batch size the job uses, and the decode actors it needs to stay busy.
+        "per_caption_actor": {
+            "captions_per_s": (1 / projection["caption_s_per_video"]["value"]
+                               if projection["caption_s_per_video"]["value"] else None),
+            "batch_size": cfg.vllm.batch_size if summary.get("engine") == "vllm" else cfg.resources.batch_size,
+            "decode_actors_needed": (math.ceil(projection["decode_cores_per_caption_actor"]["value"]
+                                               / (pools.decode_num_cpus or 1.0) - 1e-9)
+                                     if projection["decode_cores_per_caption_actor"]["value"] is not None else None),
+            "decode_actors_available": pools.decode_concurrency / pools.caption_concurrency,
+        },
         "costs": {"gpu_hour": gpu_hour_cost, "cpu_hour": cpu_hour_cost},
         "sample_videos": {"duration_s": _stats([v["duration_s"] for v in videos]),
                           "pixels": _stats([(v["width"] or 0) * (v["height"] or 0) for v in videos
@@ -400,7 +410,7 @@ def format_plan(plan: dict, uri: str | None = None) -> str:
     if not projection:
         lines.append(f"  nothing to plan: {plan.get('note', 'nothing left to caption')}")
         return "\n".join(lines)
-    run = plan["sample_run"]
+    run, actor = plan["sample_run"], plan["per_caption_actor"]
     lines.append(f"  sample: {plan['sample_size']} videos (seed {plan['seed']}) run in {run['wall_s']} s: "
                  f"{run['ok']} ok, {run['failed']} failed; {plan['engine']} engine; "
                  f"{plan['cluster']['caption_actors']} caption actors, {plan['cluster']['decode_cpus']:g} decode CPUs")
@@ -417,8 +427,11 @@ def format_plan(plan: dict, uri: str | None = None) -> str:
         f"(pools): {figure('cpu_hours', lambda v: f'{v:.3g}' if v is not None else '?')}",
         f"  per video: decode {figure('decode_cpu_s_per_video', lambda v: f'{v:.3g}' if v is not None else '?')} "
         f"CPU-s, caption {figure('caption_s_per_video', lambda v: f'{v:.3g}' if v is not None else '?')} s",
-        f"  decode cores per caption actor: needs {_num(projection['decode_cores_per_caption_actor']['value'])}, "
-        f"has {projection['decode_cores_available_per_caption_actor']:.3g} ({projection['bottleneck']}-bound)",
+        f"  one caption actor: {_num(actor['captions_per_s'])} captions/s at batch size {actor['batch_size']}; "
+        f"needs {_num(projection['decode_cores_per_caption_actor']['value'])} decode cores "
+        f"({actor['decode_actors_needed']} decode actors), has "
+        f"{projection['decode_cores_available_per_caption_actor']:.3g} ({_num(actor['decode_actors_available'])} "
+        f"actors): {projection['bottleneck']}-bound",
         f"  read {figure('bytes_read', _size)}; output {figure('output_bytes', _size)}",
         f"  failures: {figure('failure_rate', lambda v: f'{100 * v:.1f}%' if v is not None else '?')}",
     ]

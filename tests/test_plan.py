@@ -123,6 +123,9 @@ def test_a_plan_measures_a_sample_writes_only_its_plan_and_the_run_is_compared_w
         assert p[key]["value"] is not None and p[key]["range"][0] <= p[key]["value"] <= p[key]["range"][1], key
     assert p["caption_s_per_video"]["value"] > 0 and p["output_bytes"]["value"] > 0
     assert p["gpu_hours"]["value"] == 0 and plan["cluster"]["gpus_per_caption_actor"] == 0  # CPU here
+    actor = plan["per_caption_actor"]
+    assert actor["captions_per_s"] == pytest.approx(1 / p["caption_s_per_video"]["value"]) and actor["batch_size"] == 2
+    assert actor["decode_actors_available"] == 1 and actor["decode_actors_needed"] >= 1
     printed = format_plan(plan)
     assert "wall time:" in printed and "GPU-hours:" in printed and "cost:" in printed
 
