@@ -63,7 +63,7 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
                              "(written to <output>/_plans/; nothing else of the output is touched)")
     parser.add_argument("--plan-sample", type=int, default=None, metavar="K",
                         help="--plan: videos in the sample (default 200; fewer when the list is smaller)")
-    parser.add_argument("--plan-seed", type=int, default=0, help="--plan: the sample's seed (default 0)")
+    parser.add_argument("--plan-seed", type=int, help="--plan: the sample's seed (default 0)")
     parser.add_argument("--gpu-hour-cost", type=float, help="--plan: price of one GPU-hour, for the cost line")
     parser.add_argument("--cpu-hour-cost", type=float, help="--plan: price of one CPU-hour, for the cost line")
     parser.add_argument("--allow-empty", action="store_true", help="an empty list ends the run without an error")
@@ -129,9 +129,10 @@ def run_from_args(args: argparse.Namespace, preset: dict | None = None) -> int:
     from pipeline.watchdog import Stalled
 
     plan_only = getattr(args, "plan", False)
-    if not plan_only and any(getattr(args, k, None) is not None for k in ("plan_sample", "gpu_hour_cost",
-                                                                          "cpu_hour_cost")):
-        print("error: --plan-sample, --gpu-hour-cost and --cpu-hour-cost go with --plan", file=sys.stderr)
+    if not plan_only and any(getattr(args, k, None) is not None for k in ("plan_sample", "plan_seed",
+                                                                          "gpu_hour_cost", "cpu_hour_cost")):
+        print("error: --plan-sample, --plan-seed, --gpu-hour-cost and --cpu-hour-cost go with --plan",
+              file=sys.stderr)
         return 2
     try:
         if plan_only:
@@ -169,7 +170,8 @@ def _plan(cfg, args: argparse.Namespace) -> int:
     if cfg.source.limit:
         sample = min(sample, cfg.source.limit)
     try:
-        plan = plan_job(cfg, sample, args.plan_seed, args.gpu_hour_cost, args.cpu_hour_cost, progress=args.verbose)
+        plan = plan_job(cfg, sample, args.plan_seed or 0, args.gpu_hour_cost, args.cpu_hour_cost,
+                        progress=args.verbose)
     except ValueError as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 2

@@ -80,6 +80,14 @@ class IdRegistry:
         if len(ids):
             self.parts.append(np.unique(np.stack([ids, inputs], axis=1), axis=0))
 
+    def distinct_ids(self) -> int:
+        """How many different ids were registered."""
+        if not self.parts:
+            return 0
+        pairs = np.unique(np.concatenate(self.parts), axis=0)
+        self.parts = [pairs]
+        return int(len(np.unique(pairs[:, 0])))
+
     def conflicting_ids(self) -> np.ndarray:
         """The id hashes that come with more than one input."""
         if not self.parts:

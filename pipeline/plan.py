@@ -53,24 +53,27 @@ def sample_key(seed: int, video_id: str) -> int:
 
 
 def smallest_keys(table: pa.Table, count: int, seed: int) -> pa.Table:
-    """The ``count`` rows of ``table`` whose :func:`sample_key` is smallest, in key order."""
-    if table.num_rows <= count and table.num_rows < 2:
+    """The ``count`` rows of ``table`` whose :func:`sample_key` is smallest, in key order, one per id (a list
+    that names a video twice has it sampled once, as the run captions it once)."""
+    if table.num_rows < 2:
         return table
     keys = np.array([sample_key(seed, v) for v in table.column(S.VIDEO_ID).to_pylist()], dtype=np.uint64)
-    order = np.argsort(keys, kind="stable")[:count]
-    return table.take(pa.array(order))
+    order = np.argsort(keys, kind="stable")
+    first = order[np.concatenate(([True], keys[order][1:] != keys[order][:-1]))]
+    return table.take(pa.array(first[:count]))
 
 
 class SampleByKey:
-    """A list-reading filter: counts the rows it sees (``tally``) and keeps each block's ``count`` rows of
-    smallest key (the driver then keeps the ``count`` smallest of all)."""
+    """A list-reading filter: applies ``inner`` filters in turn (the run's id check, the skip of what is done,
+    the count of what is left), then keeps each block's ``count`` rows of smallest key (the driver then keeps
+    the ``count`` smallest of all)."""
 
-    def __init__(self, count: int, seed: int, inner=None) -> None:
+    def __init__(self, count: int, seed: int, *inner) -> None:
         self.count, self.seed, self.inner = count, seed, inner
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.inner is not None:
-            batch = self.inner(batch)
+        for step in self.inner:
+            batch = step(batch)
         return smallest_keys(batch, self.count, self.seed)
 
 
@@ -104,7 +107,9 @@ def project(videos: list[dict], remaining: int, cluster: dict, overhead_s: float
     if cluster["caption_actors"] <= 0 or cluster["decode_cpus"] <= 0:
         raise ValueError(f"a cluster with {cluster['caption_actors']} caption actors and {cluster['decode_cpus']} "
                          "decode CPUs runs nothing")
-    columns = {k: np.array([float(v.get(k) or 0.0) for v in videos]) for k in
+    # A video that never reached a decoder or a caption actor costs those nothing (0 in the totals), and is not
+    # part of the seconds per decoded / captioned video (as a run's summary counts them).
+    columns = {k: np.array([np.nan if v.get(k) is None else float(v[k]) for v in videos]) for k in
                ("decode_cpu_s", "caption_s", "bytes_read", "output_bytes", "tokens")}
     failures = [v.get("failure") for v in videos]
     reasons = sorted({f for f in failures if f})
@@ -113,7 +118,9 @@ def project(videos: list[dict], remaining: int, cluster: dict, overhead_s: float
     draws = rng.integers(0, n, size=(rounds, n)) if rounds else np.zeros((0, n), dtype=int)
 
     def figures(idx) -> dict[str, float]:
-        mean = {k: float(v[idx].mean()) for k, v in columns.items()}
+        mean = {k: float(np.nan_to_num(v[idx]).mean()) for k, v in columns.items()}  # per video of the list
+        each = {k: float(np.nanmean(v[idx])) if np.isfinite(v[idx]).any() else math.nan  # per video that had it
+                for k, v in columns.items()}
         caption_wall = remaining * mean["caption_s"] / cluster["caption_actors"]
         decode_wall = remaining * mean["decode_cpu_s"] / cluster["decode_cpus"]
         wall = max(caption_wall, decode_wall) + overhead_s
@@ -123,14 +130,14 @@ def project(videos: list[dict], remaining: int, cluster: dict, overhead_s: float
             "gpu_hours": cluster["caption_actors"] * cluster["gpus_per_caption_actor"] * wall / 3600,
             "cpu_hours": cluster["pool_cpus"] * wall / 3600,
             "decode_cpu_hours": remaining * mean["decode_cpu_s"] / 3600,
-            "decode_cpu_s_per_video": mean["decode_cpu_s"],
-            "caption_s_per_video": mean["caption_s"],
-            "tokens_per_video": mean["tokens"],
+            "decode_cpu_s_per_video": each["decode_cpu_s"],
+            "caption_s_per_video": each["caption_s"],
+            "tokens_per_video": each["tokens"],
             "bytes_read": remaining * mean["bytes_read"],
             "output_bytes": remaining * mean["output_bytes"],
             "failure_rate": float(np.mean([failures[i] is not None for i in idx])),
             "decode_cores_per_caption_actor": (mean["decode_cpu_s"] / mean["caption_s"] if mean["caption_s"] > 0
-                                               else math.inf),
+                                               else math.nan),
         }
         for reason in reasons:
             out[f"failures:{reason}"] = remaining * float(np.mean([failures[i] == reason for i in idx]))
@@ -146,9 +153,9 @@ def project(videos: list[dict], remaining: int, cluster: dict, overhead_s: float
         finite = spread[np.isfinite(spread)]
         result[key] = {"value": value if math.isfinite(value) else None,
                        "range": _range(finite) if len(finite) else [None, None]}
-    caption_wall = remaining * point["caption_s_per_video"] / cluster["caption_actors"]
-    decode_wall = remaining * point["decode_cpu_s_per_video"] / cluster["decode_cpus"]
-    result["bottleneck"] = "decode" if decode_wall > caption_wall else "caption"
+    totals = {k: float(np.nan_to_num(v).sum()) for k, v in columns.items()}
+    result["bottleneck"] = ("decode" if totals["decode_cpu_s"] / cluster["decode_cpus"]
+                            > totals["caption_s"] / cluster["caption_actors"] else "caption")
     result["decode_cores_available_per_caption_actor"] = cluster["decode_cpus"] / cluster["caption_actors"]
     return result
 
@@ -189,8 +196,8 @@ def _per_video(rows: list[dict], sizes: dict[str, int], output_bytes_per_row: fl
         failure = f"{row[S.ERROR_STAGE]}/{row[S.ERROR_REASON]}" if row.get(S.ERROR) else None
         videos.append({
             "video_id": row[S.VIDEO_ID], "failure": failure, "bytes_read": sizes.get(row[S.URI] or "", 0),
-            "decode_cpu_s": row.get(S.DECODE_CPU_S) or 0.0, "caption_s": row.get(S.CAPTION_S) or 0.0,
-            "tokens": row.get(S.NUM_TOKENS) or 0, "truncated": bool(row.get(S.TRUNCATED)),
+            "decode_cpu_s": row.get(S.DECODE_CPU_S), "caption_s": row.get(S.CAPTION_S),
+            "tokens": row.get(S.NUM_TOKENS), "truncated": bool(row.get(S.TRUNCATED)),
             "duration_s": row.get(S.DURATION_S), "width": row.get(S.WIDTH), "height": row.get(S.HEIGHT),
             "output_bytes": output_bytes_per_row,
         })
@@ -221,10 +228,33 @@ def _folder_bytes(uri: str, storage_options: dict | None) -> int:
     return int(sum(info.get("size") or 0 for info in fs.find(path, detail=True).values()))
 
 
-def new_plan_id() -> str:
-    from pipeline.runner import new_run_id
+_last_stamp = [0]
 
-    return "plan-" + new_run_id()
+
+def new_plan_id() -> str:
+    """``plan-<UTC time to the microsecond>-<random>``: plans made one after the other sort in that order (in one
+    process strictly: two ids never share a microsecond)."""
+    import uuid
+    from datetime import datetime, timezone
+
+    stamp = max(time.time_ns() // 1000, _last_stamp[0] + 1)
+    _last_stamp[0] = stamp
+    moment = datetime.fromtimestamp(stamp // 1_000_000, timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"plan-{moment}{stamp % 1_000_000:06d}Z-{uuid.uuid4().hex[:6]}"
+
+
+def _done_sources(store, storage_options: dict | None) -> list[str]:
+    """With clip windows the output holds window ids: a list row is done when windows of it are in the output
+    (``source_video``). A source some of whose windows failed to be written counts as done here (the run
+    finishes it)."""
+    found: set[str] = set()
+    for uri in store.parquet_files():
+        try:
+            table = store.read_table(uri, columns=[S.SOURCE_VIDEO])
+        except (KeyError, ValueError, pa.ArrowException):  # a file without the column holds no windows
+            continue
+        found.update(v for v in table.column(S.SOURCE_VIDEO).to_pylist() if v is not None)
+    return sorted(found)
 
 
 def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cost: float | None = None,
@@ -242,7 +272,9 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
     from pipeline.io.masking import mask_values
     from pipeline.io.output_store import OutputStore, parquet_bytes
     from pipeline.io.sources import read_video_refs
+    from pipeline.config import SourceConfig
     from pipeline.io.storage import join, remove_tree, write_atomic
+    from pipeline.list_ids import CheckIds, IdRegistry, check_list_ids
     from pipeline.resume import scan_output
     from pipeline.runner import RunIncomplete, plan_for, run_job
     from pipeline.skip import RowTally, SkipDone
@@ -257,13 +289,19 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
     pools = plan_for(cfg)  # a job that cannot be scheduled stops here, as the run would
     same_as = caption_identity(cfg.model, cfg.prompt_text()) if cfg.output.recaption_changed else None
     done = scan_output(cfg.output.output, cfg.storage_options).done_ids(cfg.output.retry_errors, same_as)
-    tally = RowTally.remote()
+    if cfg.source.windows:
+        done = pa.concat_arrays([done, pa.array(_done_sources(store, cfg.storage_options), pa.string())])
+    # The list read as the run reads it: the same id check (a list the run refuses is refused here), the same
+    # skip of what is done; what is left is counted by distinct id (a repeated row is captioned once).
+    tally, registry, left = RowTally.remote(), IdRegistry.remote(), IdRegistry.remote()
     refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=cfg.resources.batch_size,
-                           retry=cfg.retry, keep=SampleByKey(sample_size, seed, SkipDone(ray.put(done), tally)))
+                           retry=cfg.retry, keep=SampleByKey(sample_size, seed, CheckIds(registry),
+                                                             SkipDone(ray.put(done), tally), CheckIds(left)))
     blocks = [b for b in refs.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
+    check_list_ids(cfg, ray.get(registry.conflicting_ids.remote()))
     counts = ray.get(tally.totals.remote())
     list_rows, already_done = counts.get("read", 0), counts.get("done", 0)
-    remaining = list_rows - already_done
+    remaining = ray.get(left.distinct_ids.remote())
     sample = smallest_keys(pa.concat_tables(blocks, promote_options="default"), sample_size, seed) if blocks \
         else None
     plan: dict[str, Any] = {"plan_id": plan_id, "output": cfg.output.output, "list_rows": list_rows,
@@ -285,9 +323,11 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
     sample_list = join(scratch, "sample.parquet")
     keep = [c for c in runnable.column_names if c not in (S.ERROR, S.ERROR_STAGE, S.ERROR_REASON)]
     write_atomic(sample_list, parquet_bytes(runnable.select(keep)), cfg.storage_options)
+    # The scratch list is in the pipeline's own columns: only the windows settings carry over.
+    source = SourceConfig(input=sample_list, format="parquet", id_column=S.VIDEO_ID,
+                          **{k: getattr(cfg.source, k) for k in ("window_s", "window_stride_s", "window_scenes")})
     sample_cfg = cfg.model_copy(update={
-        "source": cfg.source.model_copy(update={"input": sample_list, "format": "parquet", "id_column": S.VIDEO_ID,
-                                               "videos_prefix": None, "limit": None, "allow_empty": False}),
+        "source": source,
         "output": cfg.output.model_copy(update={"output": join(scratch, "out"), "retry_errors": False,
                                                "recaption_changed": False}),
     })
@@ -315,10 +355,15 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
                "pool_cpus": pools.decode_concurrency * pools.decode_num_cpus
                + pools.caption_concurrency * pools.caption_num_cpus}
     # What the sample run spent beyond its videos' own work: start-up, model load, the last file.
-    busy = max(sum(v["caption_s"] for v in videos) / cluster["caption_actors"],
-               sum(v["decode_cpu_s"] for v in videos) / cluster["decode_cpus"])
+    busy = max(sum(v["caption_s"] or 0.0 for v in videos) / cluster["caption_actors"],
+               sum(v["decode_cpu_s"] or 0.0 for v in videos) / cluster["decode_cpus"])
     overhead_s = max(0.0, run["wall_s"] - busy)
-    projection = project(videos, remaining, cluster, overhead_s, gpu_hour_cost, cpu_hour_cost, seed)
+    # With clip windows each list row becomes several output rows (videos): the projection is in those.
+    windows_per_row = len(rows) / runnable.num_rows if cfg.source.windows and runnable.num_rows else 1.0
+    projected_videos = max(1, round(remaining * windows_per_row))
+    projection = project(videos, projected_videos, cluster, overhead_s, gpu_hour_cost, cpu_hour_cost, seed)
+    plan["projected_videos"] = projected_videos
+    plan["windows_per_list_row"] = round(windows_per_row, 4) if cfg.source.windows else None
     settings = {"decode_concurrency": pools.decode_concurrency, "decode_num_cpus": pools.decode_num_cpus,
                 "caption_concurrency": pools.caption_concurrency,
                 "max_new_tokens": cfg.generation.max_new_tokens, "engine": summary.get("engine"),
@@ -361,26 +406,55 @@ def _stats(values: list) -> dict | None:
 
 
 # -- a run against its plan ----------------------------------------------------------------------------
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def well_formed(plan) -> bool:
+    """A plan as :func:`plan_job` writes it: an id, and a projection that is None (nothing to run) or holds each
+    compared figure as ``{"value": number or None, "range": [low, high]}``."""
+    if not isinstance(plan, dict) or not isinstance(plan.get("plan_id"), str):
+        return False
+    projection = plan.get("projection")
+    if projection is None:
+        return True
+    if not isinstance(projection, dict):
+        return False
+    for figure in COMPARED:
+        f = projection.get(figure)
+        if f is None:
+            continue
+        bounds = f.get("range") if isinstance(f, dict) else None
+        if not isinstance(bounds, list) or len(bounds) != 2 or not all(b is None or _finite(b) for b in bounds):
+            return False
+        if f.get("value") is not None and not _finite(f["value"]):
+            return False
+    return True
+
+
 def compare_with_plan(run: dict, plan: dict) -> dict | None:
     """Per figure of :data:`COMPARED`: the plan's value and range, the run's, their ratio (run / plan) and
-    whether the run fell in the range; None when the plan projected nothing."""
-    projection = plan.get("projection")
-    if not projection:
+    whether the run fell in the range; None when the plan projected nothing. A figure the plan does not hold as
+    finite numbers is left out (a plan is advice: a damaged one never fails a run)."""
+    projection = plan.get("projection") if isinstance(plan, dict) else None
+    if not isinstance(projection, dict) or not projection:
         return None
     actual = dict(run)
-    if "failure_rate" not in actual and actual.get("videos"):
+    if actual.get("failure_rate") is None and actual.get("videos"):
         actual["failure_rate"] = actual["failed"] / actual["videos"]
     out = {}
     for figure, key in COMPARED.items():
-        planned, got = projection.get(figure) or {}, actual.get(key)
-        value = planned.get("value")
-        if value is None or got is None:
+        planned, got = projection.get(figure), actual.get(key)
+        if not isinstance(planned, dict) or not _finite(planned.get("value")) or not _finite(got):
             continue
-        low, high = planned.get("range") or [None, None]
+        value = planned["value"]
+        bounds = planned.get("range")
+        low, high = bounds if isinstance(bounds, list) and len(bounds) == 2 and all(map(_finite, bounds)) \
+            else (None, None)
         out[figure] = {"planned": value, "range": [low, high], "actual": got,
                        "ratio": round(got / value, 4) if value else None,
-                       "within": low is not None and high is not None and low <= got <= high}
-    return {"plan_id": plan["plan_id"], "figures": out}
+                       "within": low is not None and low <= got <= high}
+    return {"plan_id": str(plan.get("plan_id")), "figures": out} if out else None
 
 
 # -- printing ------------------------------------------------------------------------------------------
@@ -405,7 +479,9 @@ def _size(n: float | None) -> str:
 def format_plan(plan: dict, uri: str | None = None) -> str:
     """The plan for people: what was measured, the projections with their ranges, the suggestions."""
     lines = [f"plan {plan['plan_id']} for {plan['output']}",
-             f"  list: {plan['list_rows']} rows, {plan['already_done']} already done, {plan['remaining']} to caption"]
+             f"  list: {plan['list_rows']} rows, {plan['already_done']} already done, {plan['remaining']} to caption"
+             + (f" (clip windows: {plan['windows_per_list_row']:.3g} per row, {plan['projected_videos']} videos)"
+                if plan.get("windows_per_list_row") else "")]
     projection = plan.get("projection")
     if not projection:
         lines.append(f"  nothing to plan: {plan.get('note', 'nothing left to caption')}")

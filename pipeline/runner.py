@@ -243,14 +243,24 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
                         gpus=plan.caption_concurrency * plan.caption_num_gpus)
     summary["engine"] = engine
     if summary["this_run"]["videos"]:
-        from pipeline.plan import compare_with_plan
-
-        plan = OutputStore(out.output, cfg.storage_options).latest_plan()
-        summary["vs_plan"] = compare_with_plan(summary["this_run"], plan) if plan else None
+        summary["vs_plan"] = _against_plan(out.output, cfg.storage_options, summary["this_run"])
     summary = mask_values(summary)  # URIs with user info or signatures, in paths, errors and the config
     lease.check()
     OutputStore(out.output, cfg.storage_options).write_summary(run_id, summary)
     return summary
+
+
+def _against_plan(output: str, storage_options: dict | None, this_run: dict) -> dict | None:
+    """This run's figures against the output's latest plan; None without one. A plan is advice: nothing about
+    it (unreadable, damaged, a store error) may fail a run that did its work."""
+    from pipeline.plan import compare_with_plan, well_formed
+
+    try:
+        plan = OutputStore(output, storage_options).latest_plan(accept=well_formed)
+        return compare_with_plan(this_run, plan) if plan else None
+    except Exception as exc:  # noqa: BLE001 - see above; the run's summary says nothing of a plan then
+        logger.warning("could not compare this run with its plan (%s): left out of the summary", type(exc).__name__)
+        return None
 
 
 def incompleteness(summary: dict, allow_empty: bool) -> str | None:

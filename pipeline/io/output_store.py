@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import logging
-import posixpath
 import re
 import tarfile
 from collections import Counter
@@ -39,6 +38,7 @@ PARQUET_DIR = "parquet"
 WEBDATASET_DIR = "webdataset"
 RUNS_DIR = "_runs"
 PLANS_DIR = "_plans"  # plans (pipeline.plan): <plan id>.json, and a plan's scratch output while it measures
+MAX_PLAN_BYTES = 10_000_000  # a plan file larger than this is no plan (one is a few KB)
 LEASE_FILE = "_lease.json"
 TEMPORARY_PREFIX = ".tmp-"  # what write_atomic names its temporaries
 _PART = ("part-", ".parquet")
@@ -215,20 +215,26 @@ class OutputStore:
         write_atomic(uri, json.dumps(plan, indent=2, default=str).encode(), self.storage_options)
         return uri
 
-    def latest_plan(self) -> dict | None:
-        """The newest plan written for this output (plan ids sort by time), or None; an unreadable one is
-        skipped with a warning (a plan is advice, never a reason for a run to fail)."""
+    def latest_plan(self, accept: Callable[[dict], bool] | None = None) -> dict | None:
+        """The newest plan written for this output (plan ids sort by time), or None; an unreadable one, or one
+        ``accept`` refuses, is skipped with a warning (a plan is advice, never a reason for a run to fail)."""
         for uri in sorted(list_files(self.plans_uri(), self.storage_options, suffix=".json"), reverse=True):
-            if not posixpath.basename(uri).startswith("plan-"):
+            name = uri.rsplit(f"/{PLANS_DIR}/", 1)[-1]  # a plan lies in _plans/ itself, not in a scratch run
+            if not name.startswith("plan-") or "/" in name:
                 continue
             try:
                 fs, path = get_fs(uri, self.storage_options)
-                with fs.open(path, "r") as f:
-                    plan = json.load(f)
-                if isinstance(plan, dict) and "plan_id" in plan:
+                info = fs.info(path)
+                if info.get("type") != "file" or (info.get("size") or 0) > MAX_PLAN_BYTES:
+                    raise ValueError(f"not a regular file of at most {MAX_PLAN_BYTES} bytes")
+                with fs.open(path, "rb") as f:
+                    plan = json.loads(f.read(MAX_PLAN_BYTES + 1))
+                if isinstance(plan, dict) and isinstance(plan.get("plan_id"), str) and (accept is None
+                                                                                       or accept(plan)):
                     return plan
+                raise ValueError("not a plan")
             except (OSError, ValueError, RecursionError) as exc:
-                logger.warning("plan %s is unreadable (%s): skipped", public_uri(uri), type(exc).__name__)
+                logger.warning("plan %s is unreadable (%s): skipped", public_uri(uri), str(exc)[:100])
         return None
 
     def remove(self, uri: str) -> None:
