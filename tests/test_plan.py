@@ -88,8 +88,9 @@ def test_a_run_is_compared_with_its_plan_figure_by_figure():
     compared = compare_with_plan(run, plan)
     figures = compared["figures"]
     assert compared["plan_id"] == "plan-x"
-    assert figures["decode_cpu_s_per_video"]["ratio"] == pytest.approx(1.0) and figures["decode_cpu_s_per_video"]["within"]
-    assert figures["caption_s_per_video"]["ratio"] == pytest.approx(9.0 / 2.5) and not figures["caption_s_per_video"]["within"]
+    decode, caption = figures["decode_cpu_s_per_video"], figures["caption_s_per_video"]
+    assert decode["ratio"] == pytest.approx(1.0) and decode["within"]
+    assert caption["ratio"] == pytest.approx(9.0 / 2.5) and not caption["within"]
     assert figures["failure_rate"]["actual"] == 0.1
     assert compare_with_plan(run, {"plan_id": "p", "projection": None}) is None
 
