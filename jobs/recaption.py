@@ -3,8 +3,8 @@
 Local (starts its own Ray):
     python jobs/recaption.py --input s3://bucket/list.txt --output s3://bucket/captions \
         --model /models/pllava-7b --lora-alpha 4
-On a cluster:
-    ray job submit --working-dir . -- python jobs/recaption.py --input ... --output ... --config job.yaml
+On a cluster (the pinned Ray's `ray start` turns on token auth; RAY_AUTH_MODE=token sends ~/.ray/auth_token):
+    RAY_AUTH_MODE=token ray job submit --working-dir . -- python jobs/recaption.py --config job.yaml
 The embedded default (generated sample videos, tiny offline model, local Ray):
     python jobs/recaption.py --demo
 """

@@ -2,7 +2,8 @@
 
     python jobs/recaption_inter4k.py --data-root /data/Inter4K --output s3://bucket/inter4k-captions \\
         --model /models/pllava-7b --lora-alpha 4
-    ray job submit --working-dir . -- python jobs/recaption_inter4k.py --data-root s3://bucket/Inter4K ...
+    RAY_AUTH_MODE=token ray job submit --working-dir . -- \\
+        python jobs/recaption_inter4k.py --data-root s3://bucket/Inter4K ...
 
 ``--data-root`` holds ``annotations.json`` (``[{"video_name": "973"}, ...]``) and ``60fps/UHD/{name}.{mp4|mkv|webm}``
 (first existing extension wins). Preset: 16 frames, pooling 16x12x12, greedy decoding, 400 new tokens,

@@ -3,7 +3,7 @@
     python jobs/train_lora.py --data s3://bucket/videochat2_it.json --video-root s3://bucket/videos \\
         --model /models/llava-v1.6-vicuna-7b-hf --output s3://bucket/runs/lora1 --num-workers 8 --use-gpu --epochs 3
     python jobs/train_lora.py --data s3://bucket/captions --model tiny --output /tmp/run --max-steps 20
-    ray job submit --working-dir . -- python jobs/train_lora.py --config train.yaml
+    RAY_AUTH_MODE=token ray job submit --working-dir . -- python jobs/train_lora.py --config train.yaml
 
 --data is a VideoChat2-IT style JSON or the recaption pipeline's output (its Parquet captions). Rerunning
 the same command resumes from the run's latest checkpoint. The result, <output>/weights, loads with
