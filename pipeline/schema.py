@@ -95,7 +95,6 @@ OUTPUT_SCHEMA = pa.schema(
     ]
 )
 OUTPUT_COLUMNS = tuple(OUTPUT_SCHEMA.names)
-INPUT_COLUMNS = (VIDEO_ID, URI, START_S, END_S)
 # Columns that exist only inside the pipeline.
 INTERNAL_COLUMNS = (FRAMES, KEYFRAME_JPEG, READ_RETRIES)
 

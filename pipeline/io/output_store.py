@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.masking import public_uri
-from pipeline.io.storage import get_fs, join, list_files, remove, write_atomic
+from pipeline.io.storage import TEMPORARY_PREFIX, get_fs, join, list_files, remove, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ RUNS_DIR = "_runs"
 PLANS_DIR = "_plans"  # plans (pipeline.plan): <plan id>.json, and a plan's scratch output while it measures
 MAX_PLAN_BYTES = 10_000_000  # a plan file larger than this is no plan (one is a few KB)
 LEASE_FILE = "_lease.json"
-TEMPORARY_PREFIX = ".tmp-"  # what write_atomic names its temporaries
 _PART = ("part-", ".parquet")
 _SHARD = ("shard-", ".tar")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")

@@ -32,6 +32,9 @@ _PERMANENT_ERROR_NAMES = {"ParamValidationError": "bad_path", "InvalidBucketName
 _BAD_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EINVAL}
 
 
+TEMPORARY_PREFIX = ".tmp-"  # what write_atomic names its temporaries (a writer's leftovers are found by it)
+
+
 class RetryPolicy(FrozenSettings):
     """Bounded exponential backoff with jitter for transient object-store errors."""
 
@@ -295,7 +298,7 @@ def write_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None =
         path = local_path(uri)
         folder = os.path.dirname(path) or "."
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+        tmp = os.path.join(folder, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
