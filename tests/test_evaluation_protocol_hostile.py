@@ -385,3 +385,10 @@ def test_a_frame_folder_with_subfolders_and_a_link_loop_counts_entries_and_reads
             sample_frame_folder(FrameFolder(str(folder), fps), SamplingConfig(num_frames=4, image_size=16))
     with pytest.raises(VideoDecodeError, match="bad_clip"):  # negative bounds hold no frame
         sample_frame_folder(FrameFolder(str(folder), 3.0), SamplingConfig(num_frames=4, image_size=16), -5.0, -1.0)
+
+
+def test_a_prompt_file_url_the_store_refuses_is_named_without_its_password():
+    # s3fs refuses "u:hunter2@b" as a bucket name with its own error type, quoting it whole.
+    with pytest.raises(PromptSetError) as info:
+        load_prompt_set("s3://u:hunter2secret@b/prompts.yaml")
+    assert "cannot read" in str(info.value) and "hunter2secret" not in str(info.value)

@@ -248,7 +248,7 @@ def read_prompt_file(path: str) -> dict[str, str]:
             raw = f.read(MAX_SOURCE_BYTES + 1)
     except FileNotFoundError:
         raise PromptSetError(f"no such prompt file: {shown}") from None
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - stores raise their own types, and may quote the URL's user info
         raise PromptSetError(f"{shown}: cannot read ({type(exc).__name__})") from None
     if len(raw) > MAX_SOURCE_BYTES:
         raise PromptSetError(f"{shown}: larger than {MAX_SOURCE_BYTES} bytes: not a prompt file")
