@@ -14,8 +14,6 @@ import time
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Callable
-
 import pyarrow.compute as pc
 import ray
 
@@ -37,6 +35,7 @@ from pipeline.progress import Progress
 from pipeline.sinks import ShardWriter
 from pipeline.list_ids import CheckIds, IdRegistry, check_list_ids
 from pipeline.skip import MarkRepeats, RowTally, SkipDone
+from pipeline.stages import Stage, apply_stages
 from pipeline.io.sources import read_video_refs
 from pipeline.watchdog import describe_cluster, watched
 from pipeline.windows import SplitWindows
@@ -70,72 +69,65 @@ def plan_for(cfg: JobConfig) -> PipelinePlan:
                          res.caption_num_cpus, caption_gpus, nodes=cluster_nodes(), check=not res.autoscaling)
 
 
-def build_pipeline(
+def recaption_stages(
     cfg: JobConfig, prompt: PromptText, run_id: str, done_ref: ray.ObjectRef, plan: PipelinePlan, tally=None,
     engine: str = "hf", guard: LeaseGuard | None = None,
-) -> Callable[[ray.data.Dataset], ray.data.Dataset]:
-    """``VideoRef rows not yet done -> manifest rows`` (one per written file). Lazy: nothing runs until consumed.
-    ``done_ref``: the finished ids (in the object store), for clip windows, whose ids exist only after the split."""
+) -> list[Stage]:
+    """The recaption job's stages, in order, as data: ``VideoRef rows not yet done -> manifest rows`` (one per
+    written file). ``done_ref``: the finished ids (in the object store), for clip windows, whose ids exist
+    only after the split."""
     res = cfg.resources
-    keyframes = "webdataset" in cfg.output.formats and cfg.output.keyframes
-
-    def pipeline(todo: ray.data.Dataset) -> ray.data.Dataset:
-        if cfg.source.windows:  # sources not yet finished become windows; windows already done are dropped
-            todo = todo.map_batches(
-                SplitWindows(cfg.source.window_s, cfg.source.window_stride_s, cfg.source.window_scenes,
-                             cfg.storage_options, tally),
-                batch_format="pyarrow", num_cpus=LIGHT_NUM_CPUS)
-            todo = todo.map_batches(SkipDone(done_ref, tally, counts_reads=False), batch_format="pyarrow",
-                                    num_cpus=LIGHT_NUM_CPUS)
-        todo = todo.map_batches(MarkRepeats, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
-                                num_cpus=SKIP_NUM_CPUS)
-        sampled = todo.map_batches(
-            FrameSampler,
-            fn_constructor_args=(cfg.sampling, cfg.storage_options, cfg.retry, keyframes, res.decode_io_threads,
-                                 res.decode_max_in_memory_mb, crash_journal_dir(run_id), MAX_DECODER_CRASHES,
-                                 res.decode_timeout_s),
-            batch_size=res.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=plan.decode_concurrency),
-            num_cpus=plan.decode_num_cpus,
-            # Restarts are unbounded here because each crash is charged to its video (the crash journal);
-            # a batch is resent a bounded number of times.
-            max_restarts=-1,
-            max_task_retries=MAX_DECODER_CRASHES + 2,
-        )
-        stage_args = (cfg.model, cfg.generation, prompt, cfg.sampling.num_frames, cfg.sampling.image_size,
-                      plan.device, cfg.quality)
-        if engine == "vllm":
-            # Several batches in flight per actor: vLLM schedules their requests together, so a batch's
-            # longest caption never leaves the GPU idle (the pattern of ray.data.llm's engine stage).
-            stage, stage_args = VllmCaptioner, stage_args + (cfg.vllm,)
-            batch_size, in_flight = cfg.vllm.batch_size, cfg.vllm.max_concurrent_batches
-            compute = ray.data.ActorPoolStrategy(size=plan.caption_concurrency,
-                                                 max_tasks_in_flight_per_actor=2 * in_flight)
-            concurrency_args = {"max_concurrency": in_flight}
-        else:
-            stage, batch_size = Captioner, res.batch_size
-            compute, concurrency_args = ray.data.ActorPoolStrategy(size=plan.caption_concurrency), {}
-        captioned = sampled.map_batches(
-            stage,
-            fn_constructor_args=stage_args,
-            batch_size=batch_size,
-            batch_format="pyarrow",
-            compute=compute,
-            num_gpus=plan.caption_num_gpus,
-            num_cpus=plan.caption_num_cpus,
-            max_restarts=CAPTION_MAX_RESTARTS,  # bounded: a captioner that keeps dying ends the job with an error
-            max_task_retries=CAPTION_MAX_RESTARTS,
-            **concurrency_args,
-        )
-        return captioned.map_batches(
-            ShardWriter(cfg.output, run_id, cfg.storage_options, guard),
-            batch_size=res.rows_per_file,
-            batch_format="pyarrow",
-            num_cpus=LIGHT_NUM_CPUS,
-        )
-
-    return pipeline
+    stages = []
+    if cfg.source.windows:  # sources not yet finished become windows; windows already done are dropped
+        stages += [
+            Stage("split_windows", SplitWindows,
+                  dict(window_s=cfg.source.window_s, stride_s=cfg.source.window_stride_s,
+                       scenes=cfg.source.window_scenes, storage_options=cfg.storage_options, tally=tally),
+                  dict(num_cpus=LIGHT_NUM_CPUS)),
+            Stage("skip_done_windows", SkipDone, dict(done_ids=done_ref, tally=tally, counts_reads=False),
+                  dict(num_cpus=LIGHT_NUM_CPUS)),
+        ]
+    stages.append(Stage("mark_repeats", MarkRepeats, {},
+                        dict(compute=ray.data.ActorPoolStrategy(size=1), num_cpus=SKIP_NUM_CPUS)))
+    stages.append(Stage(
+        "decode", FrameSampler,
+        dict(sampling=cfg.sampling, storage_options=cfg.storage_options, retry=cfg.retry,
+             keyframes="webdataset" in cfg.output.formats and cfg.output.keyframes,
+             io_threads=res.decode_io_threads, max_in_memory_mb=res.decode_max_in_memory_mb,
+             journal_dir=crash_journal_dir(run_id), max_crashes=MAX_DECODER_CRASHES,
+             decode_timeout_s=res.decode_timeout_s),
+        dict(batch_size=res.batch_size, compute=ray.data.ActorPoolStrategy(size=plan.decode_concurrency),
+             num_cpus=plan.decode_num_cpus,
+             # Restarts are unbounded here because each crash is charged to its video (the crash journal);
+             # a batch is resent a bounded number of times.
+             max_restarts=-1, max_task_retries=MAX_DECODER_CRASHES + 2),
+    ))
+    caption_args = dict(model_cfg=cfg.model, generation=cfg.generation, prompt=prompt,
+                        num_frames=cfg.sampling.num_frames, image_size=cfg.sampling.image_size, device=plan.device,
+                        quality=cfg.quality)
+    caption_settings = dict(num_gpus=plan.caption_num_gpus, num_cpus=plan.caption_num_cpus,
+                            # bounded: a captioner that keeps dying ends the job with an error
+                            max_restarts=CAPTION_MAX_RESTARTS, max_task_retries=CAPTION_MAX_RESTARTS)
+    if engine == "vllm":
+        # Several batches in flight per actor: vLLM schedules their requests together, so a batch's
+        # longest caption never leaves the GPU idle (the pattern of ray.data.llm's engine stage).
+        in_flight = cfg.vllm.max_concurrent_batches
+        stages.append(Stage(
+            "caption", VllmCaptioner, dict(caption_args, vllm_settings=cfg.vllm),
+            dict(caption_settings, batch_size=cfg.vllm.batch_size, max_concurrency=in_flight,
+                 compute=ray.data.ActorPoolStrategy(size=plan.caption_concurrency,
+                                                    max_tasks_in_flight_per_actor=2 * in_flight)),
+        ))
+    else:
+        stages.append(Stage(
+            "caption", Captioner, caption_args,
+            dict(caption_settings, batch_size=res.batch_size,
+                 compute=ray.data.ActorPoolStrategy(size=plan.caption_concurrency)),
+        ))
+    stages.append(Stage("write", ShardWriter,
+                        dict(out=cfg.output, run_id=run_id, storage_options=cfg.storage_options, guard=guard),
+                        dict(batch_size=res.rows_per_file, num_cpus=LIGHT_NUM_CPUS)))
+    return stages
 
 
 def crash_journal_dir(run_id: str) -> str:
@@ -222,7 +214,8 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
                     read.get("read", 0))
         rows = iter(())
     else:
-        manifests = build_pipeline(cfg, prompt, run_id, done_ref, plan, tally, engine, lease.guard)(todo)
+        stages = recaption_stages(cfg, prompt, run_id, done_ref, plan, tally, engine, lease.guard)
+        manifests = apply_stages(todo, stages)
         rows = watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster)
     for row in rows:
         if lease.lost:

@@ -25,6 +25,7 @@ import torch
 from model.prompts import DEFAULT_RECAPTION_QUERY, DEFAULT_SYSTEM_PROMPT, PromptTemplate
 from pipeline import schema as S
 from pipeline.sampler import FrameSampler, frames_from_bytes
+from pipeline.stages import Stage, apply_stages
 from pipeline.io.output_store import parquet_location
 from pipeline.io.masking import mask_text
 from pipeline.io.storage import get_fs, is_local, join, local_path
@@ -140,16 +141,16 @@ def build_train_dataset(cfg: TrainConfig, decode_concurrency: int = 1,
     for name in (S.ERROR, S.ERROR_STAGE, S.ERROR_REASON):
         table = table.append_column(name, pa.nulls(n, pa.string()))
     blocks = [table.slice(i, 4) for i in range(0, n, 4)]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        FrameSampler,
-        fn_constructor_args=(cfg.sampling, cfg.storage_options),
-        fn_constructor_kwargs={"seed": cfg.run.seed},
-        batch_size=cfg.optim.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=decode_concurrency),
-        num_cpus=decode_num_cpus,
-    )
-    return ds, stats
+    return apply_stages(ray.data.from_arrow(blocks), train_stages(cfg, decode_concurrency, decode_num_cpus)), stats
+
+
+def train_stages(cfg: TrainConfig, decode_concurrency: int = 1, decode_num_cpus: float = 0.5) -> list[Stage]:
+    """Training's stages as data: frames sampled as the recaption job samples them, picks drawn from the run's
+    seed."""
+    return [Stage("decode", FrameSampler,
+                  dict(sampling=cfg.sampling, storage_options=cfg.storage_options, seed=cfg.run.seed),
+                  dict(batch_size=cfg.optim.batch_size, compute=ray.data.ActorPoolStrategy(size=decode_concurrency),
+                       num_cpus=decode_num_cpus))]
 
 
 def _shared_prefix(a: list[int], b: list[int]) -> int:
