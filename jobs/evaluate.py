@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.evaluation.benchmarks import absolute, load_benchmark
     from pipeline.evaluation.judge import JudgeConfig
     from pipeline.evaluation.prompt_set import load_prompt_set
+    from pipeline.evaluation.store import EvaluationStore
     from pipeline.io.masking import mask_text
 
     judged = args.benchmark in ("vcg", "recaption")
@@ -149,13 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 1
     print(E.format_metrics(result))
-    print(f"\npredictions: {mask_text(os.path.join(args.output, E.PREDICTIONS_FILE))}   "
-          f"metrics: {mask_text(os.path.join(args.output, E.METRICS_FILE))}")
+    store = EvaluationStore(args.output)
+    print(f"\npredictions: {mask_text(store.predictions_uri())}   metrics: {mask_text(store.metrics_uri())}")
     if other is not None:
         print("\ncompared with " + mask_text(args.compare) + ":\n" + "\n".join(E.compare(result, other)))
     failed = E.failure(result)
     if failed:  # every question an error: not a result, whatever the accuracy line says
-        where = mask_text(os.path.join(args.output, E.PREDICTIONS_FILE))
+        where = mask_text(store.predictions_uri())
         print(f"error: {failed}; each question's error is in {where}", file=sys.stderr)
         return 1
     return 0 if complete else 1

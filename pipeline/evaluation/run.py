@@ -3,7 +3,7 @@ per-row prompts (resumable like any recaption job), then each answer is scored.
 
 ``OUT/`` holds what the recaption job writes (``parquet/``: the model's answers, ``_runs/``), the question list
 it read (``questions.parquet``), one scored row per question (``predictions/predictions.parquet``) and
-``metrics.json``. Rerunning the same command finishes what a killed run left and scores again; with another
+``metrics.json`` (names and writes: :class:`~pipeline.evaluation.store.EvaluationStore`). Rerunning the same command finishes what a killed run left and scores again; with another
 model or prompt the questions are asked again (``output.recaption_changed``).
 """
 
@@ -23,14 +23,10 @@ from pipeline.evaluation.judge import Judge, JudgeConfig, JudgeRequest, Verdict,
 from pipeline.evaluation.prompt_set import VCG_DIMENSIONS as SCORES
 from pipeline.evaluation.scoring import caption_metrics, check_option, predicted_letter, videomme_letter
 from pipeline.io.masking import public_uri
-from pipeline.io.output_store import OutputStore, parquet_bytes
-from pipeline.io.storage import get_fs, join, without_userinfo, write_atomic
+from pipeline.evaluation.store import METRICS_FILE, PREDICTIONS_FILE, QUESTIONS_FILE, EvaluationStore
+from pipeline.io.storage import without_userinfo
 
 logger = logging.getLogger(__name__)
-
-PREDICTIONS_FILE = "predictions/predictions.parquet"
-METRICS_FILE = "metrics.json"
-QUESTIONS_FILE = "questions.parquet"
 
 # The columns of a prediction row, after the question's own (id, task, video, bounds).
 _ANSWER_COLUMNS = (S.CAPTION, S.ERROR, S.ERROR_STAGE, S.ERROR_REASON, S.MODEL, S.PROMPT_ID, S.NUM_TOKENS,
@@ -46,7 +42,7 @@ def job_layers(bench: B.Benchmark, out: str) -> tuple[dict, dict]:
     if bench.query is not None:  # one query for every video (captions, recaption)
         defaults["prompt"] = bench.query
     fixed: dict[str, Any] = {
-        "source": {"input": join(out, QUESTIONS_FILE), "format": "parquet", "id_column": S.VIDEO_ID},
+        "source": {"input": EvaluationStore(out).questions_uri(), "format": "parquet", "id_column": S.VIDEO_ID},
         "output": {"output": out, "recaption_changed": True},
         "prompt_column": B.PROMPT if B.PROMPT in names else None,
         "reply_prefix_column": B.REPLY_PREFIX if B.REPLY_PREFIX in names else None,
@@ -98,18 +94,16 @@ def evaluate(bench: B.Benchmark, cfg, judge: JudgeConfig | None = None, progress
 def write_questions(questions: pa.Table, out: str, storage_options: dict | None = None) -> str:
     """The question list the pipeline reads, in the output folder: URIs keep what access needs (a signed URL's
     query) but not user info, which is never used for access (:func:`pipeline.io.storage.without_userinfo`)."""
-    uri = join(out, QUESTIONS_FILE)
     if S.URI in questions.column_names:
         index = questions.column_names.index(S.URI)
         uris = [without_userinfo(u) if u is not None else None for u in questions.column(S.URI).to_pylist()]
         questions = questions.set_column(index, S.URI, pa.array(uris, pa.string()))
-    write_atomic(uri, parquet_bytes(questions), storage_options)
-    return uri
+    return EvaluationStore(out, storage_options).write_questions(questions)
 
 
 def read_answers(out: str, storage_options: dict | None = None) -> dict[str, dict]:
     """The newest output row of each question id."""
-    store = OutputStore(out, storage_options)
+    store = EvaluationStore(out, storage_options)
     tables = [store.read_table(f) for f in store.parquet_files()]
     rows: dict[str, dict] = {}
     if not tables:
@@ -266,18 +260,14 @@ def _record(row: dict, dim: str, verdict: Verdict) -> None:
 
 def _previous_judgements(out: str, storage_options: dict | None) -> dict[str, dict]:
     """Verdicts an earlier scoring of this output gave, by request key (judge model and both messages)."""
-    fs, path = get_fs(join(out, PREDICTIONS_FILE), storage_options)
-    if not fs.exists(path):
-        return {}
-    import pyarrow.parquet as pq
-
+    store = EvaluationStore(out, storage_options)
     try:
-        with fs.open(path, "rb") as f:
-            old = pq.read_table(f).to_pylist()
+        table = store.read_predictions()
     except (OSError, pa.ArrowException) as exc:  # only a saving: without it every answer is judged again
-        logger.warning("earlier judgements in %s are unreadable (%s): judging again", public_uri(path),
-                       type(exc).__name__)
+        logger.warning("earlier judgements in %s are unreadable (%s): judging again",
+                       public_uri(store.predictions_uri()), type(exc).__name__)
         return {}
+    old = table.to_pylist() if table is not None else []
     found = {}
     for r in old:
         try:
@@ -410,9 +400,9 @@ PROTOCOLS = {
 
 
 def write_results(out: str, rows: list[dict], result: dict, storage_options: dict | None = None) -> None:
-    table = pa.Table.from_pylist(rows)
-    write_atomic(join(out, PREDICTIONS_FILE), parquet_bytes(table), storage_options)
-    write_atomic(join(out, METRICS_FILE), json.dumps(result, indent=2, default=str).encode(), storage_options)
+    store = EvaluationStore(out, storage_options)
+    store.write_predictions(pa.Table.from_pylist(rows))
+    store.write_metrics(result)
 
 
 def failure(result: dict) -> str | None:
@@ -433,13 +423,9 @@ def read_metrics(out: str, storage_options: dict | None = None) -> dict:
     Raises:
         FileNotFoundError: there is none. ValueError: it is not an evaluation's metrics (named).
     """
-    uri = join(out, METRICS_FILE)
-    fs, path = get_fs(uri, storage_options)
-    with fs.open(path, "r") as f:
-        try:
-            data = json.load(f)
-        except (ValueError, RecursionError) as exc:
-            raise ValueError(f"{public_uri(uri)} is not JSON: {str(exc)[:200]}") from None
+    store = EvaluationStore(out, storage_options)
+    uri = store.metrics_uri()
+    data = store.read_metrics()
     shape = {"benchmark": str, "kind": str, "model": list, "overall": dict, "tasks": dict}
     wrong = [k for k, t in shape.items() if not isinstance(data, dict) or not isinstance(data.get(k), t)]
     if not wrong and not all(isinstance(g, dict) for g in data["tasks"].values()):
@@ -525,3 +511,9 @@ def format_metrics(result: dict) -> str:
         lines.append(f"  prompt strings: {', '.join(prompt_set.get('sources') or ['own'])} (not the reference's: "
                      "give --reference-repo for numbers comparable with the paper's)")
     return "\n".join(lines)
+
+
+# The file names are the store's, also reachable here (E.PREDICTIONS_FILE) for the evaluation's callers.
+__all__ = ["METRICS_FILE", "PREDICTIONS_FILE", "QUESTIONS_FILE", "PROTOCOLS", "UNREADABLE", "compare", "evaluate",
+           "failure", "format_metrics", "job_layers", "limited", "metrics", "read_answers", "read_metrics", "runnable",
+           "score", "write_questions", "write_results"]
