@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         # Checked before the questions are asked: a judge that cannot be used fails now, not after the run.
-        judge = JudgeConfig(args.judge_url, args.judge_model, args.judge_api_key_env) if judged else None
+        judge = JudgeConfig(args.judge_url, args.judge_model, api_key_env=args.judge_api_key_env) if judged \
+            else None
         if judge is not None:
             import openai  # noqa: F401
         if args.benchmark == "captions":

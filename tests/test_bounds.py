@@ -19,7 +19,7 @@ from training.config import TrainConfig
 
 # Every module that defines a settings section (a new section elsewhere must be added here).
 SETTINGS_MODULES = ("model.settings", "pipeline.config", "pipeline.frames", "pipeline.quality", "pipeline.io.storage",
-                    "training.config")
+                    "training.config", "pipeline.evaluation.judge")
 LOWER = (annotated_types.Ge, annotated_types.Gt)
 UPPER = (annotated_types.Le, annotated_types.Lt)
 
@@ -53,7 +53,7 @@ def numbers_without_bounds(annotation, metadata: list, where: str) -> list[str]:
 def test_every_number_of_every_settings_section_has_both_bounds():
     classes = settings_classes()
     assert {"JobConfig", "TrainConfig", "SamplingConfig", "RetryPolicy", "GenerationSettings", "VllmSettings",
-            "QualityThresholds", "OptimConfig"} <= {c.__name__ for c in classes}
+            "QualityThresholds", "OptimConfig", "JudgeConfig"} <= {c.__name__ for c in classes}
     unbounded = [problem for cls in classes for name, field in cls.model_fields.items()
                  for problem in numbers_without_bounds(field.annotation, list(field.metadata), f"{cls.__name__}.{name}")]
     assert not unbounded, unbounded

@@ -26,9 +26,13 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pipeline.io.masking import basic_auth_token, mask_text, masked_logs, public_uri, userinfo_secrets
+from pydantic import Field, ValidationError, field_validator
+
+from model.settings import MAX_TOKENS, MAX_WAIT_S, MAX_WORKERS, FrozenSettings, problems_of
+from pipeline.io.masking import basic_auth_token, mask_text, mask_values, masked_logs, public_uri, userinfo_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -80,39 +84,61 @@ def parse_caption_verdict(reply: str) -> dict:
     return {"pred": pred.strip().lower(), "score": _score(data)}
 
 
-@dataclass(frozen=True)
-class JudgeConfig:
+class JudgeConfig(FrozenSettings):
     """Where the judge is: ``url`` (the API base, e.g. ``http://host:8000/v1``), ``model`` (its name there),
-    the environment variable holding the API key (unset: no key, as a local vLLM server needs none)."""
+    the environment variable holding the API key (unset: no key, as a local vLLM server needs none).
+
+    The key itself is never part of the config (it is read from the environment when the judge is made); the
+    URL's user info, the one secret a config can hold, is masked wherever the config is shown (``repr``,
+    ``str``, :meth:`to_dict`, the errors of a refused config).
+    """
 
     url: str
     model: str
     api_key_env: str = "OPENAI_API_KEY"
-    max_retries: int = 3  # transport errors, 429 and 5xx, with backoff (the client's)
-    attempts: int = 3  # replies that are not the JSON asked for
-    timeout_s: float = 120.0
-    concurrency: int = 8
-    max_tokens: int = 200
+    max_retries: int = Field(3, ge=0, le=100)  # transport errors, 429 and 5xx, with backoff (the client's)
+    attempts: int = Field(3, ge=1, le=100)  # replies that are not the dictionary asked for
+    timeout_s: float = Field(120.0, gt=0, le=MAX_WAIT_S)
+    concurrency: int = Field(8, ge=1, le=MAX_WORKERS)
+    max_tokens: int = Field(200, ge=1, le=MAX_TOKENS)
 
-    def __repr__(self) -> str:  # the URL without its user info, wherever a config is shown
-        return (f"JudgeConfig(url={public_uri(self.url or '')!r}, model={self.model!r}, "
-                f"api_key_env={self.api_key_env!r})")
+    def __init__(self, url: Any = None, model: Any = None, /, **settings: Any) -> None:
+        """``JudgeConfig(url, model, **settings)`` (or every field by name).
 
-    def __post_init__(self) -> None:
-        """Raises: ValueError naming every setting that cannot work (the URL shown without its secrets)."""
-        problems = []
-        parts = urlsplit(self.url or "")
+        Raises:
+            ValueError: ``invalid judge config:`` and every setting that cannot work, each with its name (the URL
+                shown without its secrets).
+        """
+        settings.update({k: v for k, v in (("url", url), ("model", model)) if v is not None})
+        try:
+            super().__init__(**settings)
+        except ValidationError as exc:
+            secrets = userinfo_secrets(settings["url"]) if isinstance(settings.get("url"), str) else []
+            problems = problems_of(exc, type(self))
+            raise ValueError(mask_text("invalid judge config: " + "; ".join(problems), secrets)) from None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            problems.append(f"the judge URL must be http(s)://host[:port]/path, got {public_uri(self.url or '')!r}")
-        if not (self.model or "").strip():
-            problems.append("the judge model name is empty")
-        for name in ("attempts", "concurrency", "max_tokens"):
-            if getattr(self, name) < 1:
-                problems.append(f"judge {name} must be >= 1")
-        if self.max_retries < 0 or self.timeout_s <= 0:
-            problems.append("judge max_retries must be >= 0 and timeout_s > 0")
-        if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError(f"the judge URL must be http(s)://host[:port]/path, got {public_uri(value)!r}")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the judge model name is empty")
+        return value
+
+    def __repr_args__(self):  # repr and str: the URL without its user info
+        for name, value in super().__repr_args__():
+            yield name, public_uri(value) if name == "url" else value
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, credentials masked (the URL's user info)."""
+        return mask_values(self.model_dump(mode="json"))
 
 
 @dataclass(frozen=True)

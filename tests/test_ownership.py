@@ -1,0 +1,40 @@
+"""Each piece of knowledge has one owner: the judge's settings are a checked settings section that never shows a
+credential, configs mask secrets the same way, shared helpers behave as each of their callers needs."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from pipeline.evaluation.judge import JudgeConfig
+
+PASSWORD = "judge-pass-77"
+
+
+def test_the_judge_config_is_a_checked_section_that_never_shows_the_urls_password():
+    judge = JudgeConfig(f"https://user:{PASSWORD}@judge:8000/v1", "m", concurrency=2)
+    assert judge.url == f"https://user:{PASSWORD}@judge:8000/v1"  # the client gets it whole
+    for shown in (repr(judge), str(judge), str(judge.to_dict()), f"{judge}"):
+        assert PASSWORD not in shown and "judge:8000/v1" in shown
+    assert judge.to_dict()["concurrency"] == 2 and pickle.loads(pickle.dumps(judge)) == judge
+    with pytest.raises(ValueError):  # frozen: shared by the judging threads
+        judge.concurrency = 3
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"timeout_s": float("nan")}, "timeout_s: Input should be a finite number"),
+    ({"max_tokens": 10**9}, "max_tokens: Input should be less than or equal to"),
+    ({"attempts": 0}, "attempts: Input should be greater than or equal to 1"),
+    ({"max_retries": -1}, "max_retries: Input should be greater than or equal to 0"),
+    ({"api_key": "sk-x"}, "api_key: unknown key"),
+])
+def test_judge_settings_out_of_bounds_are_refused_by_name(settings, message):
+    with pytest.raises(ValueError, match=message) as info:
+        JudgeConfig(f"http://user:{PASSWORD}@judge/v1", "m", **settings)
+    assert str(info.value).startswith("invalid judge config") and PASSWORD not in str(info.value)
+
+
+def test_a_judge_config_without_a_url_or_model_names_both():
+    with pytest.raises(ValueError, match="url: required; model: required"):
+        JudgeConfig()
