@@ -206,10 +206,6 @@ class JobConfig(Settings):
                           read_system_prompt(self.system_prompt, self.system_prompt_file),
                           self.prompt_column, self.reply_prefix_column)
 
-    def validate(self) -> "JobConfig":
-        """Checked when built; kept so callers can say so."""
-        return self
-
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *more: dict[str, Any]) -> "JobConfig":
         """Build from nested sections (``source:``, ``sampling:``, ...), later dicts overriding earlier ones key

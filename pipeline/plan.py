@@ -281,7 +281,6 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
 
     if sample_size < 1:
         raise ValueError(f"the plan's sample must be at least 1 video, got {sample_size}")
-    cfg.validate()
     started = time.perf_counter()
     plan_id = new_plan_id()
     store = OutputStore(cfg.output.output, cfg.storage_options)

@@ -157,7 +157,6 @@ def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -
         RunIncomplete: the list yielded no rows (unless ``source.allow_empty``), or not every row read was
             accounted for; the summary is written first, with ``complete: false``.
     """
-    cfg.validate()
     prompt = cfg.prompt_text()
     run_id = run_id or new_run_id()
     started = time.perf_counter()

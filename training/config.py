@@ -76,10 +76,6 @@ class TrainConfig(Settings):
     augment_flip: bool = False
     storage_options: SecretOptions = Field(default_factory=StorageOptions)
 
-    def validate(self) -> "TrainConfig":
-        """Checked when built; kept so callers can say so."""
-        return self
-
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *more: dict[str, Any]) -> "TrainConfig":
         """Nested sections like :class:`pipeline.config.JobConfig` (later dicts win); every problem at once."""

@@ -90,7 +90,6 @@ def checkpoint_storage(cfg: TrainConfig) -> RunConfig:
 
 def run_training(cfg: TrainConfig) -> dict:
     """Train (resuming from the run's latest checkpoint when there is one) and export ``<output>/weights``."""
-    cfg.validate()
     init_ray()
     cpus, gpus = cluster_totals()
     cpus_per_worker = plan_training_cpus(cpus, gpus, cfg.run.num_workers, cfg.run.use_gpu, cfg.run.cpus_per_worker,
