@@ -50,6 +50,9 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser.add_argument("--recaption-changed", action="store_true",
                         help="caption again every video whose row was written with another model (checkpoint, "
                              "LoRA, alpha) or prompt (template, system prompt, query); the newest row is kept")
+    parser.add_argument("--compact-after", action="store_true",
+                        help="after the run, merge small output files into files of about output.compact_target_mb "
+                             "(256 MB; see jobs/compact.py)")
     parser.add_argument("--window-s", type=float,
                         help="split each video into windows of this many seconds, each its own row (video_id "
                              "<source id>_t<start ms>-<end ms>, start_s/end_s, source_video)")
@@ -80,6 +83,7 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "window_scenes": ("source", "window_scenes"),
     "allow_empty": ("source", "allow_empty"), "output": ("output", "output"), "formats": ("output", "formats"),
     "retry_errors": ("output", "retry_errors"), "recaption_changed": ("output", "recaption_changed"),
+    "compact_after": ("output", "compact_after"),
     "model": ("model", "model"), "weights_dir": ("model", "weights_dir"), "lora_alpha": ("model", "lora_alpha"),
     "engine": ("model", "engine"), "template": ("model", "template"), "num_frames": ("sampling", "num_frames"),
     "resize": ("sampling", "resize"), "batch_size": ("resources", "batch_size"),

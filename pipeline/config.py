@@ -152,6 +152,9 @@ class OutputConfig(Settings):
     # The output's lease (pipeline.lease): a job whose heartbeat is older than this is taken over; writers stop
     # writing once their own heartbeat is half this old.
     lease_ttl_s: float = Field(120.0, ge=1.0, le=86400.0)
+    # After a run, merge small batch files into files of about compact_target_mb (pipeline.compaction).
+    compact_after: bool = False
+    compact_target_mb: float = Field(256.0, ge=0.001, le=4096.0)
 
     @field_validator("formats")
     @classmethod

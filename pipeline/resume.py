@@ -1,9 +1,10 @@
 """Resume: what an output already holds, which videos to skip, and repairs after a killed or retried run.
 
 A run that dies leaves only whole files (atomic writes) plus maybe hidden temporaries and WebDataset
-tars whose Parquet file was never written. A ``--retry-errors`` run writes a new row for a video whose
-old error row sits in an older file. :func:`reconcile` fixes all three, so the output ends with exactly
-one row per video: a caption beats an error, then the newest row wins.
+tars whose Parquet file was never written; a killed compaction leaves merged files beside their inputs. A
+``--retry-errors`` run writes a new row for a video whose old error row sits in an older file.
+:func:`reconcile` fixes all four, so the output ends with exactly one row per video: a caption beats an
+error, then the newest row wins.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyarrow.compute as pc
 
 from pipeline import schema as S
 from pipeline.io.masking import mask_text
+from pipeline.compaction import finish_compaction
 from pipeline.io.output_store import OutputStore
 
 logger = logging.getLogger(__name__)
@@ -140,6 +142,7 @@ def reconcile_and_scan(output: str, storage_options: dict | None = None, previou
     store = OutputStore(output, storage_options)
     stats = {"temporaries": 0, "orphan_tars": 0, "duplicate_rows": 0}
     check = check or (lambda: None)
+    stats["compacted_inputs"] = finish_compaction(store, check)  # a killed compaction's merged inputs
     for uri in store.temporaries():
         check()
         store.remove(uri)

@@ -22,6 +22,7 @@ from pipeline import schema as S
 from model.settings import resolve_engine
 from pipeline.captioner import Captioner, VllmCaptioner, caption_identity
 from pipeline.cluster import init_ray
+from pipeline.compaction import compact
 from pipeline.config import JobConfig
 from pipeline.lease import LeaseGuard, LeaseLost, OutputLease, lease_lost_in
 from pipeline.metrics import record_manifest
@@ -230,10 +231,16 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     # The output as it is now, from the first scan plus the files this run wrote: no second full scan.
     repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options, previous=before,
                                                written=[m["file"] for m in written if m["file"]], check=lease.check)
+    compaction = None
+    if out.compact_after:
+        compaction = compact(out.output, cfg.storage_options, out.compact_target_mb, check=lease.check)
     counts = ray.get(tally.totals.remote())
     summary = summarise(cfg, run_id, written, wall_s, counts, repaired, repaired_after, after,
                         gpus=plan.caption_concurrency * plan.caption_num_gpus)
     summary["engine"] = engine
+    if compaction is not None:
+        summary["compaction"] = compaction
+        summary["output_total"]["parquet_files"] = compaction["files_after"]
     if summary["this_run"]["videos"]:
         summary["vs_plan"] = _against_plan(out.output, cfg.storage_options, summary["this_run"])
     summary = mask_values(summary)  # URIs with user info or signatures, in paths, errors and the config

@@ -203,10 +203,10 @@ def test_reconcile_removes_temporaries_orphan_shards_and_duplicates(tmp_path):
     (tmp_path / "out" / "webdataset" / "shard-0123456789abcdef.tar").write_bytes(b"orphan")
     (tmp_path / "out" / "parquet" / ".tmp-1234-part-x.parquet").write_bytes(b"half")
     stats = reconcile(out)
-    assert stats == {"temporaries": 1, "orphan_tars": 1, "duplicate_rows": 1}
+    assert stats == {"temporaries": 1, "orphan_tars": 1, "duplicate_rows": 1, "compacted_inputs": 0}
     rows = {r[S.VIDEO_ID]: r for r in read_rows(out)}
     assert sorted(rows) == ["a", "b", "c"] and rows["b"][S.CAPTION] == "caption b"
-    assert reconcile(out) == {"temporaries": 0, "orphan_tars": 0, "duplicate_rows": 0}
+    assert reconcile(out) == {"temporaries": 0, "orphan_tars": 0, "duplicate_rows": 0, "compacted_inputs": 0}
     state = scan_output(out)
     assert sorted(state.done_ids(retry_errors=True).to_pylist()) == ["b", "c"]
     assert sorted(state.done_ids(retry_errors=False).to_pylist()) == ["a", "b", "c"]

@@ -6,6 +6,7 @@ Layout under the output URI::
     webdataset/shard-<h>.tar     {key}.json (caption + metadata) and {key}.jpg (middle keyframe), captioned rows
     _runs/<run_id>.json          run summaries
     _lease.json                  the running job's lease (:mod:`pipeline.lease`)
+    _state/compaction.json       the groups of a compaction in progress (:mod:`pipeline.compaction`)
 
 ``<h>`` names a batch: a hash of the run id and the batch's video ids, so a batch that its run redoes (a retried
 task) gets the same name, and a later run never overwrites an earlier run's file (a ``--recaption-changed`` or
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.masking import public_uri
-from pipeline.io.storage import TEMPORARY_PREFIX, get_fs, join, list_files, remove, write_atomic
+from pipeline.io.storage import TEMPORARY_PREFIX, get_fs, join, list_file_sizes, list_files, remove, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ RUNS_DIR = "_runs"
 PLANS_DIR = "_plans"  # plans (pipeline.plan): <plan id>.json, and a plan's scratch output while it measures
 MAX_PLAN_BYTES = 10_000_000  # a plan file larger than this is no plan (one is a few KB)
 LEASE_FILE = "_lease.json"
+STATE_DIR = "_state"  # the output's bookkeeping beside its data: the compaction journal (pipeline.compaction)
 _PART = ("part-", ".parquet")
 _SHARD = ("shard-", ".tar")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -145,12 +147,20 @@ class OutputStore:
     def plan_uri(self, plan_id: str) -> str:
         return join(self.uri, PLANS_DIR, f"{plan_id}.json")
 
-    def shard_for(self, parquet_uri: str) -> str:
-        """The WebDataset shard written with a Parquet file (same batch name)."""
+    def compaction_journal_uri(self) -> str:
+        return join(self.uri, STATE_DIR, "compaction.json")
+
+    @staticmethod
+    def batch_of(parquet_uri: str) -> str:
+        """The batch name of a Parquet batch file (``part-<name>.parquet``)."""
         name = _name_between(parquet_uri, _PART)
         if name is None:
             raise ValueError(f"{parquet_uri} is not a batch file of this output")
-        return self.shard_uri(name)
+        return name
+
+    def shard_for(self, parquet_uri: str) -> str:
+        """The WebDataset shard written with a Parquet file (same batch name)."""
+        return self.shard_uri(self.batch_of(parquet_uri))
 
     def describe(self, webdataset: bool, run_id: str) -> str:
         """Where a run's results are, for people."""
@@ -165,6 +175,11 @@ class OutputStore:
         """The batch Parquet files (not temporaries or other hidden files)."""
         files = list_files(join(self.uri, PARQUET_DIR), self.storage_options, suffix=_PART[1])
         return [f for f in files if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
+
+    def parquet_sizes(self) -> dict[str, int]:
+        """The batch Parquet files (as :meth:`parquet_files`) and their sizes in bytes, from one listing."""
+        sizes = list_file_sizes(join(self.uri, PARQUET_DIR), self.storage_options, suffix=_PART[1])
+        return {f: n for f, n in sizes.items() if not f.rsplit("/", 1)[-1].startswith((".", "_"))}
 
     def shard_files(self) -> list[str]:
         return list_files(join(self.uri, WEBDATASET_DIR), self.storage_options, suffix=_SHARD[1])
@@ -238,6 +253,16 @@ class OutputStore:
 
     def remove(self, uri: str) -> None:
         remove(uri, self.storage_options)
+
+    def remove_many(self, uris: list[str]) -> None:
+        """Files of this output, in bulk (one DeleteObjects request per 1000 keys on S3); all must exist."""
+        if uris:
+            fs, _ = get_fs(uris[0], self.storage_options)
+            fs.rm([get_fs(uri, self.storage_options)[1] for uri in uris])
+
+    def read_bytes(self, file_uri: str) -> bytes:
+        fs, path = get_fs(file_uri, self.storage_options)
+        return fs.cat_file(path)
 
     # -- reads -----------------------------------------------------------------------------------------
     def read_table(self, file_uri: str, columns: list[str] | None = None) -> pa.Table:

@@ -1,0 +1,172 @@
+"""Compaction: many small batch files merged into few large ones, the output readable and resumable throughout.
+
+A job writes one Parquet file (and one WebDataset shard) per ``rows_per_file`` rows: thousands of files per
+million rows, each listed and opened by every resume scan and every reader. Compaction merges runs of small
+files, in name order, into files of about ``target_mb`` (compressed Parquet bytes). Each merged batch is
+written the way a job writes one (its shard first, then its Parquet file, each atomically) under a new batch
+name, and only then are its inputs removed (each input's Parquet file, then its shard).
+
+A kill at any point loses nothing: before the first merged file is written, the groups are recorded in the
+output's compaction journal (:meth:`OutputStore.compaction_journal_uri`). :func:`finish_compaction`, run by
+:func:`pipeline.resume.reconcile_and_scan` before anything else (so by the next job, compaction or recaption),
+removes the inputs of every group whose merged Parquet file exists, and drops the journal. A group whose merged
+file is missing still has all its inputs; its half-written temporaries and orphan shard are removed as any
+killed writer's. Between a merged file's write and its inputs' removal a reader listing the output sees those
+rows twice (for the time of a few deletes); a kill there leaves them twice until the next job or compaction,
+whose reconcile removes the inputs first.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import pyarrow as pa
+
+from pipeline.io.masking import mask_text
+from pipeline.io.output_store import OutputStore, batch_name
+from pipeline.io.storage import get_fs, write_atomic
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TARGET_MB = 256.0
+MAX_JOURNAL_BYTES = 64 << 20  # a journal past this is not one this module wrote
+
+
+def plan_groups(sizes: dict[str, int], target_bytes: int) -> list[list[str]]:
+    """Runs of files (in name order) to merge: each file smaller than the target joins the current run until
+    the run reaches the target; a file at or above the target stays as it is; runs of one file are left."""
+    groups, current, total = [], [], 0
+    for uri in sorted(sizes):
+        size = sizes[uri]
+        if size >= target_bytes:
+            continue
+        current.append(uri)
+        total += size
+        if total >= target_bytes:
+            groups.append(current)
+            current, total = [], 0
+    if current:
+        groups.append(current)
+    return [g for g in groups if len(g) > 1]
+
+
+def merged_name(inputs: list[str]) -> str:
+    """The merged batch's name: from its inputs' names, so a rerun of the same group writes the same file."""
+    return batch_name([uri.rsplit("/", 1)[-1] for uri in inputs], run_id="compaction")
+
+
+def merge_tables(tables: list[pa.Table]) -> pa.Table:
+    """One table of the inputs' rows, in order; files written by older versions (fewer columns) are widened."""
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def merge_shards(shards: list[bytes]) -> bytes:
+    """One tar holding every member of the given tars, in order."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as dst:
+        for data in shards:
+            with tarfile.open(fileobj=io.BytesIO(data)) as src:
+                for member in src.getmembers():
+                    dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return out.getvalue()
+
+
+def _read_journal(store: OutputStore) -> dict | None:
+    fs, path = get_fs(store.compaction_journal_uri(), store.storage_options)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        data = f.read(MAX_JOURNAL_BYTES + 1)
+    try:
+        journal = json.loads(data)
+        groups = journal["groups"]
+        if not all(isinstance(g["merged"], str) and all(isinstance(i, str) for i in g["inputs"]) for g in groups):
+            raise ValueError
+        return journal
+    except (ValueError, KeyError, TypeError):
+        logger.warning("compaction journal %s is not one: ignored and removed",
+                       mask_text(store.compaction_journal_uri()))
+        return {"groups": []}
+
+
+def finish_compaction(store: OutputStore, check: Callable[[], None] | None = None) -> int:
+    """Finish what a killed compaction left: the inputs of each merged batch that was written are removed
+    (its Parquet file present means the batch is whole). Returns the number of input files removed."""
+    journal = _read_journal(store)
+    if journal is None:
+        return 0
+    check = check or (lambda: None)
+    present, shards = set(store.parquet_files()), set(store.shard_files())
+    removed = 0
+    for group in journal["groups"]:
+        if store.parquet_uri(group["merged"]) not in present:
+            continue  # never written: its inputs are all still there
+        inputs = [store.parquet_uri(name) for name in group["inputs"] if name != group["merged"]]
+        inputs = [uri for uri in inputs if uri in present]
+        if inputs:
+            check()
+            _remove_batches(store, inputs, shards)
+            removed += len(inputs)
+    check()
+    store.remove(store.compaction_journal_uri())
+    if removed:
+        logger.info("finished an interrupted compaction of %s: removed %d merged input files",
+                    mask_text(store.uri), removed)
+    return removed
+
+
+def _remove_batches(store: OutputStore, parquet_uris: list[str], shards: set[str]) -> None:
+    """Batches' Parquet files (one bulk delete), then those of their shards that exist (a shard without its
+    Parquet file is an orphan, never the reverse)."""
+    store.remove_many(parquet_uris)
+    store.remove_many([s for s in map(store.shard_for, parquet_uris) if s in shards])
+
+
+def _merge_group(store: OutputStore, inputs: list[str], shards: set[str], check: Callable[[], None],
+                 reads: ThreadPoolExecutor) -> int:
+    table = merge_tables(list(reads.map(store.read_table, inputs)))
+    present = [s for s in map(store.shard_for, inputs) if s in shards]
+    shard = merge_shards(list(reads.map(store.read_bytes, present))) if present else None
+    check()
+    store.write_batch(merged_name(inputs), table, shard)
+    check()  # once per group: a group's removals take a moment, well inside the lease's half-life
+    _remove_batches(store, inputs, shards)
+    return table.num_rows
+
+
+def compact(output: str, storage_options: dict | None = None, target_mb: float = DEFAULT_TARGET_MB,
+            threads: int = 4, check: Callable[[], None] | None = None) -> dict:
+    """Merge the output's small batch files into files of about ``target_mb``; returns what it did.
+
+    The caller holds the output's lease and has just reconciled it (:func:`pipeline.resume.reconcile_and_scan`:
+    duplicates, temporaries, an earlier compaction's leftovers), so merged files never hold two rows of one
+    video. ``check`` is called before the journal, each merged batch and each group's removals (it raises when
+the lease is lost: a job passes its lease's check).
+    """
+    started = time.perf_counter()
+    check = check or (lambda: None)
+    store = OutputStore(output, storage_options)
+    sizes = store.parquet_sizes()
+    groups = plan_groups(sizes, max(1, int(target_mb * 1024 * 1024)))
+    stats = {"files_before": len(sizes), "groups": len(groups), "files_merged": sum(map(len, groups)),
+             "rows_merged": 0}
+    if groups:
+        check()
+        journal = {"groups": [{"merged": merged_name(g), "inputs": [store.batch_of(u) for u in g]} for g in groups]}
+        write_atomic(store.compaction_journal_uri(), json.dumps(journal).encode(), storage_options)
+        shards = set(store.shard_files())
+        with ThreadPoolExecutor(max(1, threads)) as pool, ThreadPoolExecutor(4 * max(1, threads)) as reads:
+            stats["rows_merged"] = sum(pool.map(lambda g: _merge_group(store, g, shards, check, reads), groups))
+        check()
+        store.remove(store.compaction_journal_uri())
+    stats["files_after"] = stats["files_before"] - stats["files_merged"] + stats["groups"]
+    stats["wall_s"] = round(time.perf_counter() - started, 3)
+    logger.info("compacted %s: %d files -> %d (%d groups, %d rows)", mask_text(output), stats["files_before"],
+                stats["files_after"], stats["groups"], stats["rows_merged"])
+    return stats
