@@ -38,3 +38,22 @@ def test_judge_settings_out_of_bounds_are_refused_by_name(settings, message):
 def test_a_judge_config_without_a_url_or_model_names_both():
     with pytest.raises(ValueError, match="url: required; model: required"):
         JudgeConfig()
+
+
+def test_a_training_config_masks_secrets_in_every_string_as_a_job_config_does():
+    import json
+
+    from pipeline.config import JobConfig
+    from training.config import TrainConfig
+
+    uri, signed = "s3://AKIAX:list-secret@bucket/qa.json", "s3://bucket/videos?X-Amz-Signature=sig-secret"
+    train = TrainConfig.from_dict({"data": {"uri": uri, "video_root": signed}, "run": {"output": uri},
+                                   "storage_options": {"secret": "option-secret"}})
+    job = JobConfig.from_dict({"source": {"input": uri, "videos_prefix": signed}, "output": {"output": uri},
+                               "storage_options": {"secret": "option-secret"}})
+    for cfg in (train, job):
+        shown = json.dumps(cfg.to_dict())
+        assert not [s for s in ("list-secret", "sig-secret", "option-secret") if s in shown], shown
+        assert "s3://***@bucket/qa.json" in shown
+    assert train.to_dict(redacted=False)["data"]["uri"] == uri
+    assert train.to_dict(redacted=False)["storage_options"]["secret"] == "option-secret"
