@@ -3,6 +3,11 @@
 LoRA is always merged into the weights for inference. Missing or unexpected weights and a tokenizer whose
 ``<image>`` id disagrees with the config fail loudly instead of producing a half-random model (the
 reference's most reported failure: blank or garbage captions).
+
+Owns reading a model folder (``load_pllava``, ``weights_identity``, ``caption_settings``) and writing the three
+layouts (``save_published``, ``save_weights_dir``, ``save_merged``). It knows nothing of the tiny model: the
+name ``tiny`` is resolved to a folder by :func:`model.tiny.resolve_model_dir`, which builds it with
+``save_published`` (so the dependency runs one way, tiny -> loading).
 """
 
 from __future__ import annotations
@@ -152,15 +157,6 @@ def _load_into(model: PllavaForConditionalGeneration, tensors: dict[str, torch.T
     model.load_state_dict(tensors, strict=False)
     if getattr(text_config, "tie_word_embeddings", False):
         model.language_model.tie_weights()
-
-
-def resolve_model_dir(name: str) -> str:
-    """``tiny`` -> the offline tiny model's folder (built on first use); anything else as given."""
-    if name == "tiny":
-        from model.tiny import ensure_tiny_pllava
-
-        return ensure_tiny_pllava()
-    return name
 
 
 # What the reference's loader captions a published checkpoint with, whatever its config.json says.

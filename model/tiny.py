@@ -2,6 +2,10 @@
 
 Used by tests and the demo job. The same arguments and seed always give the same bytes, so a
 ``weights_dir`` trained on one tiny model applies to a tiny model built later.
+
+Owns the model name ``tiny`` (:func:`resolve_model_dir`, what the pipeline and training resolve a model name
+with) and its cached folder. Writing the folder is :mod:`model.loading`'s ``save_published``; loading never
+imports this module.
 """
 
 from __future__ import annotations
@@ -198,3 +202,10 @@ def ensure_tiny_pllava(cache_dir: str | None = None, spec: TinySpec = TinySpec()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def resolve_model_dir(name: str) -> str:
+    """``tiny`` -> the offline tiny model's folder (built on first use); anything else as given."""
+    if name == "tiny":
+        return ensure_tiny_pllava()
+    return name

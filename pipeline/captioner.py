@@ -12,7 +12,8 @@ import pyarrow as pa
 import torch
 
 from model import GenerationSettings, VllmSettings, generate_captions, load_pllava
-from model.loading import caption_settings, resolve_model_dir
+from model.loading import caption_settings
+from model.tiny import resolve_model_dir
 from model.prompts import PromptText, prompt_id
 from pipeline import schema as S
 from pipeline.metrics import record_caption_batch

@@ -26,6 +26,11 @@ frames (or decord's filter graph) pays. Here:
    its filters the closest to the reference's two PIL bicubic resizes, see ``bench/frame_sampling.py``).
 
 Containers without packet timestamps fall back to decoding every frame in order.
+
+This is the one PyAV implementation: ``decoder: pyav`` runs it as above, and :mod:`pipeline.frames` runs it
+with ``trust_header=False`` for what decord cannot open (no demux index, no header cross-check: frames are
+counted by decoding and decoded in order). The sampling rules it applies (clip bounds, frame indices, pixel
+limit, sizes) are :mod:`pipeline.sampling`'s.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+
+from pipeline.sampling import (SampledVideo, VideoDecodeError, VideoInfo, check_pixels, clip_bounds, decode_size,
+                               segment_indices, segment_ranges, to_model_frames)
 
 RESIZE_FILTER = "BILINEAR"
 
@@ -146,10 +154,12 @@ def _frames(container, stream, index: FrameIndex, key_index: int, keep: set[int]
         yield from codec.decode(packet)  # the demuxer's empty end packet flushes the decoder
 
 
-def _open_stream(container, threads: int):
+def _open_stream(container, threads: int | None):
+    """The first video stream, with FFmpeg's frame threads at ``threads`` (None: PyAV's defaults)."""
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    stream.thread_count = threads
+    if threads is not None:
+        stream.thread_type = "AUTO"
+        stream.thread_count = threads
     return stream
 
 
@@ -234,7 +244,8 @@ def decode_nearest_reference(source, index: FrameIndex, segments: list[tuple[int
     return out
 
 
-def decode_in_order(source, wanted: list[int], last: int, size: tuple[int, int], threads: int) -> dict[int, np.ndarray]:
+def decode_in_order(source, wanted: list[int], last: int, size: tuple[int, int], threads: int | None
+                    ) -> dict[int, np.ndarray]:
     """The fallback: decode frames in order up to ``last``, converting the ``wanted`` ones."""
     targets = set(wanted)
     out: dict[int, np.ndarray] = {}
@@ -252,15 +263,17 @@ def _convert(frame, size: tuple[int, int]) -> np.ndarray:
     return frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation=RESIZE_FILTER)
 
 
-def sample_with_pyav(source, cfg, start_s, end_s, rng):
-    """:func:`pipeline.frames.sample_frames` on the one-pass PyAV path (``SamplingConfig.decoder = "pyav"``).
+def sample_with_pyav(source, cfg, start_s, end_s, rng, *, trust_header: bool = True) -> SampledVideo:
+    """:func:`pipeline.frames.sample_frames` with PyAV: the one-pass path of ``SamplingConfig.decoder = "pyav"``,
+    or with ``trust_header=False`` the path for files decord cannot open.
+
+    ``trust_header=False`` trusts nothing of the header: no demux index (frames are counted by decoding them,
+    then decoded in order, at PyAV's default threads), no check of the frame count it claims, and a stream
+    whose header gives no frame size is not refused as ``bad_header`` up front.
 
     Raises:
         VideoDecodeError: no video stream, too large, empty, bad clip bounds, or frames that cannot be decoded.
     """
-    from pipeline.frames import (SampledVideo, VideoDecodeError, VideoInfo, _bounds, _check_pixels, decode_size,
-                                 segment_indices, segment_ranges, to_model_frames)
-
     with _open(source) as container:
         if not container.streams.video:
             raise VideoDecodeError("no_video_stream", "the file has no video stream")
@@ -269,16 +282,18 @@ def sample_with_pyav(source, cfg, start_s, end_s, rng):
         rate = stream.average_rate or stream.guessed_rate
         claimed = int(stream.frames or 0)  # the container's frame count, where it keeps one (mp4)
         skip = skip_mode(stream.codec_context.name)
-    if not width or not height:
+    if trust_header and (not width or not height):
         raise VideoDecodeError("bad_header", "the video stream has no frame size")
-    _check_pixels(width, height, cfg)
+    check_pixels(width, height, cfg)
     fps = float(rate) if rate else 0.0
-    try:
-        index = frame_timestamps(source, cfg.max_frames)
-    except NoTimestamps:
-        index = None
-    except OverflowError as exc:
-        raise VideoDecodeError("too_large", str(exc)) from exc
+    index = None
+    if trust_header:
+        try:
+            index = frame_timestamps(source, cfg.max_frames)
+        except NoTimestamps:
+            pass
+        except OverflowError as exc:
+            raise VideoDecodeError("too_large", str(exc)) from exc
     if index is None:
         num_total = _count_frames(source, cfg.max_frames)
     else:
@@ -288,7 +303,7 @@ def sample_with_pyav(source, cfg, start_s, end_s, rng):
                                                     f"holds {num_total}")
     if fps <= 0:
         fps = 25.0  # GIFs without timing: assume 25 fps as the reference does
-    first, last = _bounds(fps, num_total, start_s, end_s)
+    first, last = clip_bounds(fps, num_total, start_s, end_s)
     indices = segment_indices(num_total, cfg.num_frames, first, last, cfg.mode, rng)
     size = decode_size(width, height, cfg)
     wanted = [int(i) for i in indices]
@@ -304,7 +319,8 @@ def sample_with_pyav(source, cfg, start_s, end_s, rng):
         except FrameMissed:
             index, snapped = None, {}  # timestamps the decoder does not keep to: count frames instead
     if index is None:
-        picked = decode_in_order(source, wanted, max(wanted), size, cfg.decode_threads)
+        threads = cfg.decode_threads if trust_header else None
+        picked = decode_in_order(source, wanted, max(wanted), size, threads)
     missing = sorted({t for n, t in enumerate(wanted) if n not in snapped} - set(picked))
     if missing:
         raise VideoDecodeError("decode_failed", f"pyav: frames {missing[:4]} of {num_total} could not be decoded")
@@ -315,8 +331,6 @@ def sample_with_pyav(source, cfg, start_s, end_s, rng):
 
 
 def _count_frames(source, max_frames: int) -> int:
-    from pipeline.frames import VideoDecodeError
-
     count = 0
     with _open(source) as container:
         for _ in container.decode(container.streams.video[0]):

@@ -48,7 +48,7 @@ def test_clip_bounds_follow_the_reference_rule(tmp_path, decoder):
 
 
 def test_random_clip_bounds_match_the_reference_rule():
-    from pipeline.frames import _bounds
+    from pipeline.sampling import clip_bounds as _bounds
 
     rng = np.random.default_rng(0)
     for _ in range(500):

@@ -24,7 +24,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from model import load_pllava
-from model.loading import resolve_model_dir
+from model.tiny import resolve_model_dir
 from training.config import TrainConfig
 from training.data import collate
 
