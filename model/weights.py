@@ -82,6 +82,14 @@ def normalise_key(key: str) -> str:
     return published_key(key)
 
 
+def lora_half(key: str) -> tuple[str, str] | None:
+    """A LoRA tensor's key in any supported layout -> ``(target module, "a" | "b")`` under this project's names
+    (``language_model.base_model.model.<m>.lora_A.default.weight`` -> ``("language_model.<m>", "a")``); None for
+    any other key."""
+    match = _LORA_RE.match(normalise_key(key))
+    return (match["module"], match["which"].lower()) if match else None
+
+
 def published_key(key: str) -> str:
     """A model parameter name -> its published name.
 
@@ -133,7 +141,7 @@ def lora_keys(folder: str) -> str | None:
     for path in paths:
         with safe_open(path, framework="pt") as f:
             for key in f.keys():
-                if _LORA_RE.match(normalise_key(key)):
+                if lora_half(key):
                     if key.startswith(_PEFT_PREFIX):
                         return "peft"
                     style = "plain"
@@ -150,12 +158,13 @@ def read_weights(folder: str, device: str | torch.device = "cpu") -> WeightSet:
                 if raw_key in UNUSED_BASE_KEYS:
                     out.ignored.append(raw_key)
                     continue
-                key = normalise_key(raw_key)
-                match = _LORA_RE.match(key)
-                if match:
-                    pair = out.lora.setdefault(match["module"], LoraPair(match["module"]))
-                    setattr(pair, match["which"].lower(), f.get_tensor(raw_key))
+                half = lora_half(raw_key)
+                if half:
+                    module, which = half
+                    pair = out.lora.setdefault(module, LoraPair(module))
+                    setattr(pair, which, f.get_tensor(raw_key))
                     continue
+                key = normalise_key(raw_key)
                 if key in out.tensors:
                     raise ValueError(f"{folder}: two tensors map to the same name {key!r}")
                 out.tensors[key] = f.get_tensor(raw_key)

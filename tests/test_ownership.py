@@ -57,3 +57,30 @@ def test_a_training_config_masks_secrets_in_every_string_as_a_job_config_does():
         assert "s3://***@bucket/qa.json" in shown
     assert train.to_dict(redacted=False)["data"]["uri"] == uri
     assert train.to_dict(redacted=False)["storage_options"]["secret"] == "option-secret"
+
+
+def test_lora_keys_are_parsed_in_one_place_for_loading_and_for_exporting_a_training_run(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from model.weights import lora_half, read_weights
+    from training.config import TrainConfig
+    from training.trainer import export_weights_dir
+
+    module = "model.layers.0.self_attn.q_proj"
+    assert lora_half(f"language_model.base_model.model.{module}.lora_B.default.weight") == (
+        f"language_model.{module}", "b")
+    assert lora_half(f"language_model.{module}.lora_A.weight") == (f"language_model.{module}", "a")
+    assert lora_half(f"language_model.{module}.weight") is None and lora_half("multi_modal_projector.w") is None
+    # A training checkpoint's trainable tensors (PEFT names) -> a weights_dir the loader reads back whole.
+    a, b = torch.ones(2, 4), torch.full((3, 2), 2.0)
+    save_file({f"language_model.base_model.model.{module}.lora_A.default.weight": a,
+               f"language_model.base_model.model.{module}.lora_B.default.weight": b,
+               "multi_modal_projector.linear_1.weight": torch.zeros(3, 3)}, str(tmp_path / "trainable.safetensors"))
+    cfg = TrainConfig.from_dict({"data": {"uri": "qa.json"}, "run": {"output": str(tmp_path)}})
+    out = export_weights_dir(str(tmp_path / "trainable.safetensors"), cfg, str(tmp_path / "weights"), {})
+    weights = read_weights(out)
+    assert list(weights.lora) == [f"language_model.{module}"] and weights.lora_rank == 2
+    assert torch.equal(weights.lora[f"language_model.{module}"].a, a)
+    assert torch.equal(weights.lora[f"language_model.{module}"].b, b)
+    assert list(weights.tensors) == ["multi_modal_projector.linear_1.weight"]

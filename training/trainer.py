@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 
 from ray.train import RunConfig, ScalingConfig, TrainingFailedError
@@ -14,7 +13,7 @@ from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file
 
 from model.loading import save_weights_dir
-from model.weights import LoraPair
+from model.weights import LoraPair, lora_half
 from pipeline.resources import cluster_nodes, cluster_totals, plan_training_cpus
 from pipeline.cluster import init_ray
 from pipeline.io.storage import get_fs, is_local, join, local_path
@@ -27,7 +26,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 TRAIN_DECODE_NUM_CPUS = 0.5  # the one decode actor that feeds the workers
 WEIGHTS_DIR = "weights"
-_PEFT_LORA = re.compile(r"^language_model\.base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.default\.weight$")
 
 
 def _cause_of_type(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -59,11 +57,11 @@ def export_weights_dir(trainable_path: str, cfg: TrainConfig, out_uri: str, extr
     projector = {k: v for k, v in state.items() if k.startswith("multi_modal_projector.")}
     pairs: dict[str, LoraPair] = {}
     for key, tensor in state.items():
-        match = _PEFT_LORA.match(key)
-        if match:
-            module = "language_model." + match["module"]
+        half = lora_half(key)  # PEFT's names: language_model.base_model.model.<module>.lora_A.default.weight
+        if half:
+            module, which = half
             pair = pairs.setdefault(module, LoraPair(module))
-            setattr(pair, match["ab"].lower(), tensor)
+            setattr(pair, which, tensor)
     settings = {"r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
                 "target_modules": list(cfg.lora.target_modules), "base_model": cfg.model, **extra}
     with tempfile.TemporaryDirectory() as tmp:
