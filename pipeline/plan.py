@@ -14,7 +14,7 @@
    the sample shows a bottleneck (:func:`suggest`), as YAML for ``--config``;
 4. writes the plan to ``<output>/_plans/<plan id>.json`` (:class:`~pipeline.io.output_store.OutputStore`) and
    removes the scratch output. A later run's summary compares its own figures with the latest plan
-   (:func:`compare_with_plan`).
+   (:func:`pipeline.plan_check.compare_with_plan`).
 """
 
 from __future__ import annotations
@@ -37,13 +37,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE = 200
 BOOTSTRAP_ROUNDS = 1000
-# The figures a run's summary is compared on: (plan projection key, summary "this_run" key).
-COMPARED = {
-    "videos_per_s": "videos_per_s",
-    "decode_cpu_s_per_video": "decode_cpu_s_per_video",
-    "caption_s_per_video": "caption_s_per_video",
-    "failure_rate": "failure_rate",
-}
 
 
 # -- the sample ----------------------------------------------------------------------------------------
@@ -402,58 +395,6 @@ def _stats(values: list) -> dict | None:
     if not values:
         return None
     return {"mean": float(np.mean(values)), "p50": float(np.median(values)), "max": float(np.max(values))}
-
-
-# -- a run against its plan ----------------------------------------------------------------------------
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def well_formed(plan) -> bool:
-    """A plan as :func:`plan_job` writes it: an id, and a projection that is None (nothing to run) or holds each
-    compared figure as ``{"value": number or None, "range": [low, high]}``."""
-    if not isinstance(plan, dict) or not isinstance(plan.get("plan_id"), str):
-        return False
-    projection = plan.get("projection")
-    if projection is None:
-        return True
-    if not isinstance(projection, dict):
-        return False
-    for figure in COMPARED:
-        f = projection.get(figure)
-        if f is None:
-            continue
-        bounds = f.get("range") if isinstance(f, dict) else None
-        if not isinstance(bounds, list) or len(bounds) != 2 or not all(b is None or _finite(b) for b in bounds):
-            return False
-        if f.get("value") is not None and not _finite(f["value"]):
-            return False
-    return True
-
-
-def compare_with_plan(run: dict, plan: dict) -> dict | None:
-    """Per figure of :data:`COMPARED`: the plan's value and range, the run's, their ratio (run / plan) and
-    whether the run fell in the range; None when the plan projected nothing. A figure the plan does not hold as
-    finite numbers is left out (a plan is advice: a damaged one never fails a run)."""
-    projection = plan.get("projection") if isinstance(plan, dict) else None
-    if not isinstance(projection, dict) or not projection:
-        return None
-    actual = dict(run)
-    if actual.get("failure_rate") is None and actual.get("videos"):
-        actual["failure_rate"] = actual["failed"] / actual["videos"]
-    out = {}
-    for figure, key in COMPARED.items():
-        planned, got = projection.get(figure), actual.get(key)
-        if not isinstance(planned, dict) or not _finite(planned.get("value")) or not _finite(got):
-            continue
-        value = planned["value"]
-        bounds = planned.get("range")
-        low, high = bounds if isinstance(bounds, list) and len(bounds) == 2 and all(map(_finite, bounds)) \
-            else (None, None)
-        out[figure] = {"planned": value, "range": [low, high], "actual": got,
-                       "ratio": round(got / value, 4) if value else None,
-                       "within": low is not None and low <= got <= high}
-    return {"plan_id": str(plan.get("plan_id")), "figures": out} if out else None
 
 
 # -- printing ------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pipeline.compaction import compact
 from pipeline.config import JobConfig
 from pipeline.lease import LeaseGuard, LeaseLost, OutputLease, lease_lost_in
 from pipeline.metrics import record_manifest
+from pipeline.plan_check import compare_with_plan, well_formed
 from pipeline.io.masking import mask_values
 from pipeline.resources import (LIGHT_NUM_CPUS, SKIP_NUM_CPUS, PipelinePlan, cluster_nodes, cluster_totals,
                                  plan_pipeline)
@@ -252,8 +253,6 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
 def _against_plan(output: str, storage_options: dict | None, this_run: dict) -> dict | None:
     """This run's figures against the output's latest plan; None without one. A plan is advice: nothing about
     it (unreadable, damaged, a store error) may fail a run that did its work."""
-    from pipeline.plan import compare_with_plan, well_formed
-
     try:
         plan = OutputStore(output, storage_options).latest_plan(accept=well_formed)
         return compare_with_plan(this_run, plan) if plan else None

@@ -11,7 +11,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "model", "training", "jobs")
 # Cycles that predate this test, to be removed; a new one fails it.
-KNOWN_CYCLES = {frozenset({"pipeline.plan", "pipeline.runner"})}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def project_modules() -> dict[str, pathlib.Path]:

@@ -11,7 +11,8 @@ import pytest
 
 from helpers import job_config
 from pipeline import schema as S
-from pipeline.plan import compare_with_plan, format_plan, project, sample_key, smallest_keys, suggest
+from pipeline.plan import format_plan, project, sample_key, smallest_keys, suggest
+from pipeline.plan_check import compare_with_plan
 
 CLUSTER = {"caption_actors": 2, "gpus_per_caption_actor": 1.0, "decode_cpus": 4.0, "pool_cpus": 6.0}
 

@@ -18,7 +18,8 @@ import pytest
 from helpers import job_config
 from pipeline import schema as S
 from pipeline.io.output_store import OutputStore
-from pipeline.plan import compare_with_plan, new_plan_id, project, well_formed
+from pipeline.plan import new_plan_id, project
+from pipeline.plan_check import compare_with_plan, well_formed
 from pipeline.runner import format_summary
 
 CLUSTER = {"caption_actors": 1, "gpus_per_caption_actor": 1.0, "decode_cpus": 1.0, "pool_cpus": 2.0}
