@@ -8,7 +8,8 @@
   (``read_video_refs(...).count()``), the floor any job over that list pays.
 - ``scan``: ``--files`` one-row Parquet files of an output on a loopback S3 endpoint (moto's server): a full
   resume scan (what every job does first) against the after-run scan that reuses it and reads only the 10
-  files a run wrote (what the job does last since the second full scan was removed).
+  files a run wrote (what the job does last since the second full scan was removed); then the output is
+  compacted (``jobs/compact.py``) and the full scan timed again.
 - ``names``: ``--names`` Inter4K annotation names against a folder on the same endpoint (half of them
   missing): one listing for all names (what the list reader does) against one existence check per
   extension and name (what it did before).
@@ -120,10 +121,11 @@ def _utc_now():
     return datetime.now(timezone.utc)
 
 
-def bench_scan(files: int) -> None:
+def bench_scan(files: int, compact_mb: float = 64.0) -> None:
     import pyarrow as pa
     import s3fs
 
+    from pipeline.compaction import compact
     from pipeline import schema as S
     from pipeline.io.output_store import parquet_bytes
     from pipeline.resume import reconcile_and_scan, scan_output
@@ -160,6 +162,16 @@ def bench_scan(files: int) -> None:
     print(f"  after-run repair + state, full scan (before): {t_after_full:.1f} s")
     print(f"  after-run repair + state, reusing the first scan (now): {t_after:.2f} s: "
           f"{t_after_full / t_after:.1f}x faster")
+    started = time.perf_counter()
+    stats = compact(out, target_mb=compact_mb, threads=4)
+    t_compact = time.perf_counter() - started
+    started = time.perf_counter()
+    compacted = scan_output(out)
+    t_compacted = time.perf_counter() - started
+    assert compacted.rows.num_rows == files + 10 and len(compacted.files) == stats["files_after"]
+    print(f"  compaction to {compact_mb:g} MB files: {stats['files_before']} files -> {stats['files_after']} in "
+          f"{t_compact:.1f} s; full resume scan after it: {t_compacted:.2f} s, {t_full / t_compacted:.0f}x faster "
+          "than before it")
 
 
 def bench_names(names: int) -> None:

@@ -2,12 +2,14 @@
 
     python jobs/compact.py s3://bucket/captions                 # files of about 256 MB
     python jobs/compact.py ./captions --target-mb 64
+    python jobs/compact.py s3://bucket/captions --config job.yaml   # the job's storage_options and lease TTL
 
 The output's lease is held throughout (no job writes meanwhile; a running job makes this stop, naming it). The
 output is repaired first, as a job repairs it. Each merged file is written (WebDataset shard, then Parquet)
 before its inputs are removed, so the output stays readable and a kill at any moment loses no row: rerun the
 command, or any job on the output, to finish. A job can also compact at its end (``--compact-after``, or
-``output.compact_after`` in its config). S3 credentials and endpoint come from the usual AWS variables.
+``output.compact_after`` in its config). S3 credentials and endpoint come from the usual AWS variables, or
+from the ``storage_options`` of a job's YAML given with ``--config``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from jobs.flags import yaml_layer  # noqa: E402
 from jobs.query_captions import bounded  # noqa: E402
 
 
@@ -32,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "already are left as they are")
     parser.add_argument("--threads", type=bounded(int, 1, 64), default=4,
                         help="groups merged at once (each holds its rows in memory: about 3-5x --target-mb)")
-    parser.add_argument("--lease-ttl-s", type=bounded(float, 1, 86400), default=120.0,
-                        help="the output lease's time to live (as output.lease_ttl_s of a job)")
+    parser.add_argument("--lease-ttl-s", type=bounded(float, 1, 86400), default=None,
+                        help="the output lease's time to live (default: the --config's output.lease_ttl_s, or 120)")
+    parser.add_argument("--config", help="a recaption job's YAML: its storage_options (and output.lease_ttl_s) "
+                                         "are used; nothing else of it")
     return parser
 
 
@@ -49,14 +54,20 @@ def main(argv: list[str] | None = None) -> int:
 
     output = args.output
     try:
-        fs, path = get_fs(output)
+        storage_options, ttl_s = job_settings(args.config)
+    except ValueError as exc:
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
+        return 2
+    ttl_s = args.lease_ttl_s or ttl_s
+    try:
+        fs, path = get_fs(output, storage_options)
         if not fs.isdir(path):
             print(f"error: {mask_text(output)} is not a recaption output (no such folder)", file=sys.stderr)
             return 2
         run_id = "compact-" + new_run_id()
-        with OutputLease(output, run_id, ttl_s=args.lease_ttl_s) as lease:
-            repaired, _ = reconcile_and_scan(output, check=lease.check)
-            stats = compact(output, target_mb=args.target_mb, threads=args.threads, check=lease.check)
+        with OutputLease(output, run_id, storage_options, ttl_s=ttl_s) as lease:
+            repaired, _ = reconcile_and_scan(output, storage_options, check=lease.check)
+            stats = compact(output, storage_options, args.target_mb, args.threads, check=lease.check)
     except OutputBusy as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -65,6 +76,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(mask_values({"output": output, "repairs": repaired, **stats}), indent=2))
     return 0
+
+
+def job_settings(config: str | None) -> tuple[dict, float]:
+    """The storage options and lease time to live of a job's YAML (defaults without one).
+
+    Raises:
+        ValueError: the file, or those two settings, are not valid.
+    """
+    from pipeline.config import OutputConfig
+    from pipeline.io.masking import StorageOptions
+
+    raw = yaml_layer(config)
+    options, output = raw.get("storage_options") or {}, raw.get("output") or {}
+    if not isinstance(options, dict) or not isinstance(output, dict):
+        raise ValueError(f"{config}: storage_options and output must be mappings")
+    ttl_s = OutputConfig.model_validate({"output": "-", "lease_ttl_s": output.get("lease_ttl_s", 120.0)}).lease_ttl_s
+    return StorageOptions(options), ttl_s
 
 
 if __name__ == "__main__":
