@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +16,42 @@ from model.tiny import TinySpec, save_tiny_pllava  # noqa: E402
 from pipeline.generated_videos import write_video  # noqa: E402
 from helpers import LORA_RANK, free_port, job_config, start_moto  # noqa: E402,F401 - fixtures below use them
 
+# -- the fast tier ---------------------------------------------------------------------------------------
+# `pytest -m "not slow"` is the inner loop; CI runs everything. Slow: a test that starts Ray, a subprocess job
+# or a browser, or takes more than a few seconds. A test that reaches Ray through a fixture (``ray_local``, or one
+# built on it such as ``two_runs``: pytest's fixture closure lists both) is marked here; subprocess, browser and
+# merely long tests carry ``@pytest.mark.slow`` themselves. A test outside the slow tier that starts Ray another
+# way fails in its teardown, so it cannot slip into the inner loop unnoticed.
+STARTS_RAY = frozenset({"ray_local"})
+_RAY_BEFORE = pytest.StashKey[bool]()  # whether Ray was up when the test's setup began
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if STARTS_RAY.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_RAY_BEFORE] = _ray_running()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    started = not item.stash.get(_RAY_BEFORE, True) and _ray_running()
+    try:
+        return (yield)
+    finally:
+        if started and item.get_closest_marker("slow") is None:
+            pytest.fail(f"{item.nodeid} started Ray but is not marked slow: use the ray_local fixture or "
+                        "mark it @pytest.mark.slow (see tests/conftest.py)", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from helpers import ROOT, job_config, slow_job_command
 from pipeline import schema as S
@@ -67,6 +68,7 @@ def test_a_video_that_always_kills_its_decoder_becomes_an_error_row(ray_local, t
     assert summary["complete"] and summary["this_run"]["videos"] == 2
 
 
+@pytest.mark.slow
 def test_a_killed_caption_actor_is_restarted_and_the_job_finishes(tmp_path):
     out = str(tmp_path / "out")
     job = subprocess.Popen(slow_job_command(tmp_path, num_videos=6, tokens=300),

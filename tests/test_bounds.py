@@ -99,6 +99,7 @@ def test_negative_and_nested_numbers_are_refused():
         JobConfig.from_dict(BASE, {"resources": {"decode_max_in_memory_mb": -5}})
 
 
+@pytest.mark.slow
 def test_the_recaption_command_refuses_a_huge_batch_before_ray_starts(tmp_path):
     import json
     import subprocess

@@ -23,6 +23,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_captions_a_published_checkpoint_like_the_reference_loader(tiny_lora_dir, video_dir):
     # A published-layout folder (LoRA un-merged under PEFT names) captions with the reference's 16 frames and
     # 16x12x12 pooling, whatever its config.json says (the tiny config says 4 frames, 4x6x6).

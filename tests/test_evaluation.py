@@ -62,6 +62,7 @@ def test_caption_metrics_on_crafted_pairs():
     assert scores["rouge_l"] == pytest.approx(1 / 3)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not java_available(), reason="the PTB tokenizer and METEOR need Java (.ci/run installs it)")
 def test_caption_metrics_with_java_use_the_ptb_tokenizer_and_meteor():
     same = "A man rides a brown horse along the beach."

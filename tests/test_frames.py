@@ -180,7 +180,8 @@ def full_frames(path, indices):
     return np.stack([frames[int(i)] for i in indices])
 
 
-@pytest.mark.parametrize("size", [(3840, 2160), (1280, 720), (720, 1280)], ids=["4K", "720p", "9:16"])
+@pytest.mark.parametrize("size", [pytest.param((3840, 2160), marks=pytest.mark.slow), (1280, 720), (720, 1280)],
+                         ids=["4K", "720p", "9:16"])
 def test_reference_resize_gives_the_reference_pixels(tmp_path, size):
     path = write_video(str(tmp_path / "clip.mp4"), *size, num_frames=12, fps=12, detail=True, seed=5)
     for decoder in DECODERS:

@@ -57,6 +57,7 @@ def cards(driver):
     return driver.find_elements(By.CSS_SELECTOR, ".card")
 
 
+@pytest.mark.slow
 def test_gallery_loads_from_disk_pages_and_searches(browser, galleries):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -94,6 +95,7 @@ def test_gallery_loads_from_disk_pages_and_searches(browser, galleries):
     assert [c.get_attribute("data-id") for c in shown] == [target]
 
 
+@pytest.mark.slow
 def test_compare_mode_shows_both_runs(browser, galleries):
     from selenium.webdriver.common.by import By
 
@@ -150,6 +152,7 @@ def test_gallery_json_is_escaped_for_script_elements(hostile_gallery):
     assert all(len(name) < 40 for name in os.listdir(os.path.join(site, "thumbs")))
 
 
+@pytest.mark.slow
 def test_markup_in_title_path_ids_uris_captions_errors_and_models_stays_text(browser, hostile_gallery):
     from selenium.webdriver.common.by import By
 
@@ -191,6 +194,7 @@ def foreign_gallery(tmp_path_factory):
     return str(root / "site")
 
 
+@pytest.mark.slow
 def test_markup_in_a_foreign_files_numeric_columns_stays_out_of_the_page(browser, foreign_gallery):
     from selenium.webdriver.common.by import By
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import s3fs
 
 from pipeline.generated_videos import write_video
@@ -38,6 +39,7 @@ def peak_rss(uri: str, limit_mb: float) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_large_object_is_decoded_without_holding_it_in_memory(s3_endpoint, tmp_path):
     # A real clip (index first) followed by 200 MB that no decoder reads: the object's size is what counts here.
     path = write_video(str(tmp_path / "big.mp4"), 160, 120, 24, 12, seed=3, faststart=True)

@@ -134,6 +134,7 @@ def test_duckdb_reads_no_files_unless_free_sql_is_asked_for(mixed_output, tmp_pa
     assert free.sql(f"select * from read_csv('{tmp_path / 'private.csv'}')").to_pylist() == [{"secret": 42}]
 
 
+@pytest.mark.slow
 def test_query_command_rejects_a_where_with_two_statements(mixed_output, tmp_path):
     import subprocess
     import sys
@@ -173,6 +174,7 @@ def query_command(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_query_command_times_out_and_names_bad_sql_and_missing_outputs(mixed_output, tmp_path):
     (empty := tmp_path / "empty" / "parquet").mkdir(parents=True)
     slow = query_command(mixed_output, "--where", ENDLESS, "--timeout-s", "1")
@@ -196,6 +198,7 @@ def test_query_command_times_out_and_names_bad_sql_and_missing_outputs(mixed_out
     assert "--limit: must be between 1 and" in problems["bad limit"].stderr
 
 
+@pytest.mark.slow
 def test_a_listing_reads_only_the_rows_it_shows(mixed_output):
     q = CaptionQuery([str(mixed_output)], timeout_s=5)
     # A hundred billion rows listed in a blink: only the first three are ever produced.

@@ -81,6 +81,7 @@ def test_the_default_command_finishes_on_two_cpus(small_lists, listing):
         assert noise not in result.stdout + result.stderr, noise
 
 
+@pytest.mark.slow
 def test_an_oversized_setting_fails_within_seconds_saying_why(small_lists, tmp_path):
     (tmp_path / "big.yaml").write_text("resources: {ray_num_cpus: 2, decode_concurrency: 8, decode_num_cpus: 1}\n")
     started = time.monotonic()

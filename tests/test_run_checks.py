@@ -19,6 +19,7 @@ def test_a_list_that_yields_no_rows_is_an_error_unless_allowed(ray_local, tmp_pa
     assert summary["this_run"]["list_rows"] == 0 and summary["complete"] is True
 
 
+@pytest.mark.slow
 def test_the_command_exits_non_zero_naming_the_empty_list(tmp_path):
     listing = tmp_path / "empty.txt"
     listing.write_text("\n")

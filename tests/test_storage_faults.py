@@ -1,7 +1,7 @@
 """Object-store faults on every path (list read, video reads, output writes, the lease): a proxy on loopback in
 front of the S3 server answers 503 SlowDown, drops connections and delays requests on a fixed pattern. The job
 ends with one row per input and nothing lost, in bounded time; the summary reports the retries that reached our
-layer (the FrameSampler's count is checked exactly against a flaky HTTP server in test_storage_and_config)."""
+layer (the FrameSampler's count is checked exactly against a flaky HTTP server in test_storage)."""
 
 import io
 import json

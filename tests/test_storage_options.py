@@ -66,6 +66,7 @@ def test_headers_are_sent_with_http_reads():
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_the_job_script_stops_with_the_config_error_not_a_traceback(tmp_path):
     (tmp_path / "job.yaml").write_text(f"storage_options: {{headers: {{Authorization: '{SECRET}'}}}}\n")
     result = subprocess.run([sys.executable, "jobs/recaption.py", "--input", "s3://bucket/list.txt", "--output",

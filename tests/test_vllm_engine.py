@@ -54,6 +54,7 @@ def six_videos() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def engine(stopping_tiny, tmp_path_factory):
+    """A vLLM engine (its engine-core process takes ~15 s to start on 2 CPUs: the tests using it are slow)."""
     model, processor = load_pllava(stopping_tiny, lora_alpha=LORA_ALPHA, device="cpu")
     settings = VllmSettings(enforce_eager=True, cache_dir=str(tmp_path_factory.mktemp("vllm_cache")))
     engine = VllmCaptionEngine(model, processor, SETTINGS, settings, max_prompt_tokens=400)
@@ -61,6 +62,7 @@ def engine(stopping_tiny, tmp_path_factory):
     engine.shutdown()
 
 
+@pytest.mark.slow
 def test_greedy_captions_equal_the_hf_engine(engine, stopping_tiny, six_videos):
     model, processor = load_pllava(stopping_tiny, lora_alpha=LORA_ALPHA, device="cpu")
     lengths = {len(processor.tokenizer(processor.render(p))["input_ids"]) for p in PROMPTS}
@@ -73,6 +75,7 @@ def test_greedy_captions_equal_the_hf_engine(engine, stopping_tiny, six_videos):
     assert len({r.text for r in got}) == len(got)  # different videos and prompts, different captions
 
 
+@pytest.mark.slow
 def test_reply_prefixes_continue_as_on_the_hf_engine(engine, stopping_tiny, six_videos):
     """Per-row prompts (evaluation questions): each reply opened with its own prefix, as hf generates it."""
     model, processor = load_pllava(stopping_tiny, lora_alpha=LORA_ALPHA, device="cpu")
@@ -82,6 +85,7 @@ def test_reply_prefixes_continue_as_on_the_hf_engine(engine, stopping_tiny, six_
     assert expected[0] != generate_captions(model, processor, torch.from_numpy(six_videos[:1]), PROMPTS[0], SETTINGS)[0]
 
 
+@pytest.mark.slow
 def test_many_batches_in_flight_give_the_same_captions(engine, six_videos):
     import asyncio
 
@@ -92,6 +96,7 @@ def test_many_batches_in_flight_give_the_same_captions(engine, six_videos):
     assert first == second == third == engine.caption(six_videos, PROMPTS)
 
 
+@pytest.mark.slow
 def test_a_video_vllm_rejects_fails_alone(engine, six_videos):
     too_long = "describe " * (engine.max_model_len + 10)
     results = engine.caption(six_videos[:3], ["Describe.", too_long, "Hi"])
@@ -99,6 +104,7 @@ def test_a_video_vllm_rejects_fails_alone(engine, six_videos):
     assert results[0].text and results[2].text
 
 
+@pytest.mark.slow
 def test_a_dead_engine_is_rebuilt_once_then_the_caller_is_told(engine, six_videos):
     import psutil
 
