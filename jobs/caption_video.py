@@ -19,10 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from jobs.flags import add_prompt_arguments, add_resize_argument  # noqa: E402
 from pipeline.frames import SamplingConfig, VideoDecodeError, sample_frames  # noqa: E402
 from pipeline.io.masking import mask_text  # noqa: E402
-from pipeline.io.storage import ReadError  # noqa: E402
+from pipeline.io.storage import SPOOL_ABOVE_MB, ReadError  # noqa: E402
 from pipeline.sampler import fetch_video  # noqa: E402
-
-SPOOL_ABOVE_BYTES = 64 * 1024 * 1024  # objects larger than this are copied to a local file, not held in memory
 
 
 def _parse_pooling(text: str | None) -> tuple[int, int, int] | None:
@@ -82,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spool = tempfile.TemporaryDirectory(prefix="pllava-caption-")
     try:  # the sampler's own read (bounded retries; large objects spooled), before the slow model load
-        source = fetch_video(args.video, spool.name, SPOOL_ABOVE_BYTES)
+        source = fetch_video(args.video, spool.name, SPOOL_ABOVE_MB << 20)
     except ReadError as exc:
         print(f"error: cannot read {mask_text(args.video)}: {exc}", file=sys.stderr)
         return 2

@@ -12,9 +12,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, CLIPVisionModel
 
 from model.configuration_pllava import PllavaConfig
+from model.prompts import IGNORE_INDEX
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-IGNORE_INDEX = -100
 
 
 class PllavaMultiModalProjector(nn.Module):

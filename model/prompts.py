@@ -21,6 +21,8 @@ import hashlib
 from dataclasses import dataclass
 
 IMAGE_TOKEN = "<image>"
+# The label of a token no loss is taken on (the prompt, padding, the video's place): torch's cross-entropy default.
+IGNORE_INDEX = -100
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful video describer. You are shown frames sampled evenly from one video clip, in order. "
@@ -198,6 +200,7 @@ def prompt_id(template: PromptTemplate, rendered: str) -> str:
 
 __all__ = [
     "IMAGE_TOKEN",
+    "IGNORE_INDEX",
     "DEFAULT_SYSTEM_PROMPT",
     "DEFAULT_RECAPTION_QUERY",
     "PromptTemplate",

@@ -8,6 +8,7 @@ problem at once, each with its key path.
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,6 +22,12 @@ MAX_BATCH = 4096  # videos per batch
 MAX_WORKERS = 10_000  # actors, workers, Ray CPUs
 MAX_WAIT_S = 7 * 86400.0  # any timeout or period: a week
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16")
+
+
+def project_cache_dir(*parts: str) -> str:
+    """This project's cache folder on this machine, ``~/.cache/pllava-recaption`` (or a folder under it): what
+    is built once per machine and reused, the tiny model and vLLM's language-model exports."""
+    return os.path.join(os.path.expanduser("~"), ".cache", "pllava-recaption", *parts)
 
 
 class Settings(BaseModel):

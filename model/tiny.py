@@ -22,6 +22,7 @@ from model.loading import save_published
 from model.modeling_pllava import PllavaForConditionalGeneration
 from model.processing_pllava import PllavaProcessor
 from model.prompts import IMAGE_TOKEN, get_template
+from model.settings import project_cache_dir
 from model.weights import LoraPair
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 as in the Vicuna/LLaMA vocabulary
@@ -185,7 +186,7 @@ def ensure_tiny_pllava(cache_dir: str | None = None, spec: TinySpec = TinySpec()
     import shutil
     import tempfile
 
-    root = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "pllava-recaption")
+    root = cache_dir or project_cache_dir()
     tag = hashlib.sha1(f"{TINY_FORMAT_VERSION}{spec!r}".encode()).hexdigest()[:10]
     target = os.path.join(root, f"tiny-{tag}")
     if os.path.isfile(os.path.join(target, "config.json")):

@@ -15,7 +15,7 @@ import torch
 
 from model.modeling_pllava import PllavaForConditionalGeneration
 from model.processing_pllava import PllavaProcessor
-from model.settings import GenerationSettings
+from model.settings import GenerationSettings, project_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float
 
 
 def default_cache_dir() -> str:
-    return os.path.join(os.path.expanduser("~"), ".cache", "pllava-recaption", "vllm")
+    return project_cache_dir("vllm")
 
 
 def export_language_model(

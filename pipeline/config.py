@@ -14,7 +14,7 @@ from model.settings import (ENGINES, MAX_BATCH, MAX_WAIT_S, MAX_WORKERS, Generat
                             load_settings)
 from pipeline.frames import SamplingConfig
 from pipeline.io.masking import StorageOptions, mask_values, redact
-from pipeline.io.storage import RetryPolicy
+from pipeline.io.storage import SPOOL_ABOVE_MB, RetryPolicy
 from pipeline.io.storage_options import storage_option_problems
 from pipeline.quality import QualityThresholds
 
@@ -122,7 +122,7 @@ class ResourceConfig(Settings):
     decode_num_cpus: float | None = Field(None, ge=0, le=1024)
     decode_io_threads: int = Field(4, ge=1, le=256)
     # Larger objects are streamed to a local file before decoding (0: always).
-    decode_max_in_memory_mb: float = Field(64, ge=0, le=65536)
+    decode_max_in_memory_mb: float = Field(SPOOL_ABOVE_MB, ge=0, le=65536)
     # One video's decode past this: decode/timeout (None: none).
     decode_timeout_s: float | None = Field(600.0, gt=0, le=MAX_WAIT_S)
     caption_concurrency: int | None = Field(None, ge=1, le=MAX_WORKERS)

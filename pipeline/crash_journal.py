@@ -13,17 +13,9 @@ import hashlib
 import logging
 import os
 
+from pipeline.lease import process_alive
+
 logger = logging.getLogger(__name__)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CrashJournal:
@@ -42,7 +34,7 @@ class CrashJournal:
             if not name.endswith(".inflight") or not name[: -len(".inflight")].isdigit():
                 continue
             pid = int(name[: -len(".inflight")])
-            if pid == os.getpid() or _alive(pid):
+            if pid == os.getpid() or process_alive(pid):
                 continue
             path = os.path.join(self.folder, name)
             try:

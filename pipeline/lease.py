@@ -44,6 +44,18 @@ def process_space() -> str:
         return ""
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine's pid namespace exists. Only a process known to be gone is gone:
+    one that cannot be asked (no permission to signal it, a pid out of range) counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
 class OutputBusy(RuntimeError):
     """Another live job holds the output's lease."""
 
@@ -91,13 +103,7 @@ def _process_gone(record: LeaseRecord) -> bool:
     space = process_space()
     if record.host != socket.gethostname() or not space or record.space != space:
         return False
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return False
-    return False
+    return not process_alive(record.pid)
 
 
 class LeaseGuard:

@@ -21,7 +21,8 @@ from pipeline.crash_journal import CrashJournal
 from pipeline.frame_folders import FrameFolder, sample_frame_folder
 from pipeline.frames import SampledVideo, SamplingConfig, VideoDecodeError, sample_frames
 from pipeline.io.masking import mask_text
-from pipeline.io.storage import ReadError, RetryPolicy, check_local_file, is_local, local_path, read_or_spool
+from pipeline.io.storage import (SPOOL_ABOVE_MB, ReadError, RetryPolicy, check_local_file, is_local, local_path,
+                                 read_or_spool)
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class FrameSampler:
         retry: RetryPolicy = RetryPolicy(),
         keyframes: bool = False,
         io_threads: int = 4,
-        max_in_memory_mb: float = 64,
+        max_in_memory_mb: float = SPOOL_ABOVE_MB,
         journal_dir: str | None = None,
         max_crashes: int = 2,
         decode_timeout_s: float | None = None,

@@ -84,3 +84,41 @@ def test_lora_keys_are_parsed_in_one_place_for_loading_and_for_exporting_a_train
     assert torch.equal(weights.lora[f"language_model.{module}"].a, a)
     assert torch.equal(weights.lora[f"language_model.{module}"].b, b)
     assert list(weights.tensors) == ["multi_modal_projector.linear_1.weight"]
+
+
+def test_one_liveness_check_serves_the_lease_and_the_crash_journal(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.crash_journal import CrashJournal
+    from pipeline.lease import process_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert process_alive(os.getpid()) and not process_alive(child.pid)
+    assert process_alive(2**80)  # cannot be asked: alive (never judged gone), not an OverflowError
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    (folder / f"{child.pid}.inflight").write_text("killer")
+    (folder / f"{2**80}.inflight").write_text("unknown")
+    journal = CrashJournal(str(folder))
+    assert journal.crashes("killer") == 1 and journal.crashes("unknown") == 0
+
+
+def test_values_defined_once_are_the_same_everywhere():
+    import inspect
+
+    from model.modeling_pllava import IGNORE_INDEX as MODEL_IGNORE
+    from model.prompts import IGNORE_INDEX
+    from model.settings import project_cache_dir
+    from model.vllm_inputs import default_cache_dir
+    from pipeline.config import ResourceConfig
+    from pipeline.io.storage import SPOOL_ABOVE_MB
+    from pipeline.sampler import FrameSampler
+    from training.data import IGNORE_INDEX as TRAINING_IGNORE
+
+    assert IGNORE_INDEX == MODEL_IGNORE == TRAINING_IGNORE == -100
+    assert default_cache_dir() == project_cache_dir("vllm") and project_cache_dir().endswith(".cache/pllava-recaption")
+    assert ResourceConfig().decode_max_in_memory_mb == SPOOL_ABOVE_MB == 64
+    assert inspect.signature(FrameSampler).parameters["max_in_memory_mb"].default == SPOOL_ABOVE_MB

@@ -22,7 +22,7 @@ import pyarrow.dataset as pds
 import ray
 import torch
 
-from model.prompts import DEFAULT_RECAPTION_QUERY, DEFAULT_SYSTEM_PROMPT, PromptTemplate
+from model.prompts import DEFAULT_RECAPTION_QUERY, DEFAULT_SYSTEM_PROMPT, IGNORE_INDEX, PromptTemplate
 from pipeline import schema as S
 from pipeline.sampler import FrameSampler, frames_from_bytes
 from pipeline.stages import Stage, apply_stages
@@ -34,7 +34,6 @@ from training.config import TrainConfig
 logger = logging.getLogger(__name__)
 
 TURNS = "turns"  # JSON text: {"system": str, "qa": [[question, answer], ...]}
-IGNORE_INDEX = -100
 
 
 MAX_DATA_JSON_BYTES = 2 << 30  # a VideoChat2 list is read whole: a few hundred MB for millions of questions

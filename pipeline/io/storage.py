@@ -233,6 +233,9 @@ def read_or_spool(uri: str, spool_dir: str, max_in_memory_bytes: int, storage_op
 
 
 SPOOL_CHUNK_BYTES = 8 * 1024 * 1024
+# Objects larger than this are streamed to a local file before decoding, not held in memory (the default of the
+# job's resources.decode_max_in_memory_mb, of the sampler's and of caption_video's).
+SPOOL_ABOVE_MB = 64
 
 
 def count_newlines(uri: str, end: int, storage_options: dict[str, Any] | None = None,
