@@ -60,7 +60,6 @@ class WeightSet:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     lora: dict[str, LoraPair] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
 
     @property
     def lora_rank(self) -> int | None:
@@ -152,7 +151,6 @@ def read_weights(folder: str, device: str | torch.device = "cpu") -> WeightSet:
     """Read every tensor of a folder, normalising names and splitting out LoRA pairs."""
     out = WeightSet()
     for path in safetensors_files(folder):
-        out.files.append(path)
         with safe_open(path, framework="pt", device=str(device)) as f:
             for raw_key in f.keys():
                 if raw_key in UNUSED_BASE_KEYS:

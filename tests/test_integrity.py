@@ -140,7 +140,7 @@ def test_nan_ids_in_a_float_id_column_are_blank_and_derived_from_the_uri(tmp_pat
 
     table = pa.table({"video_id": pa.array([float("nan"), float("nan"), 7.0]), "uri": ["/v/a.mp4", "/v/b.mp4",
                                                                                         "/v/c.mp4"]})
-    refs = NormaliseRefs(SourceConfig(input=str(tmp_path / "l.parquet")), "parquet", str(tmp_path), None)(table)
+    refs = NormaliseRefs(SourceConfig(input=str(tmp_path / "l.parquet")), "parquet", str(tmp_path))(table)
     assert refs.column("video_id").to_pylist() == [stable_video_id("/v/a.mp4"), stable_video_id("/v/b.mp4"), "7.0"]
 
 

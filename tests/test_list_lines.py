@@ -14,7 +14,7 @@ from pipeline.io.sources import NormaliseRefs, stable_video_id
 def video_refs(data: bytes, fmt: str, name: str = "/lists/l", **cfg) -> list[dict]:
     """The VideoRef rows the reading task makes of a list file's bytes."""
     table = parse_list(data, fmt, name)
-    return NormaliseRefs(SourceConfig(input=name, **cfg), fmt, "/videos", None)(table).to_pylist()
+    return NormaliseRefs(SourceConfig(input=name, **cfg), fmt, "/videos")(table).to_pylist()
 
 
 def outcome(rows):

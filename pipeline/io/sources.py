@@ -104,13 +104,10 @@ class NormaliseRefs:
     clip bounds that are not seconds, or (annotations) names a missing video becomes an error row of stage
     ``source``: one bad line never aborts the job."""
 
-    def __init__(self, cfg: SourceConfig, fmt: str, base: str, storage_options: dict | None,
-                 retry: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(self, cfg: SourceConfig, fmt: str, base: str) -> None:
         self.cfg = cfg
         self.fmt = fmt
         self.base = base
-        self.storage_options = storage_options or {}
-        self.retry = retry
 
     def _uri_columns(self, table: pa.Table) -> list[str]:
         """The columns a row's URI is taken from, first non-blank wins (JSONL rows may differ in their keys)."""
@@ -487,7 +484,7 @@ def read_video_refs(
     base = cfg.videos_prefix or (_parent(cfg.input) if fmt != "prefix" else cfg.input)
     if is_local(base) and not base.startswith("/") and "://" not in base:
         base = posixpath.abspath(base)
-    normalise = NormaliseRefs(cfg, fmt, base, storage_options, retry)
+    normalise = NormaliseRefs(cfg, fmt, base)
     if not cfg.limit:
         return _read_list(cfg, fmt, base, storage_options, rows_per_block, retry, _Prepare(normalise, keep))
     # After normalisation: comments and blank lines are not videos, so --limit counts videos.
