@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.io.storage import read_text_bounded
+
 
 def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
     """``--prompt``/``--prompt-file``, ``--system-prompt``/``--system-prompt-file`` and ``--template``."""
@@ -117,24 +119,13 @@ def yaml_layer(path: str | None) -> dict[str, Any]:
     """The config layer a YAML file sets (empty without one).
 
     Raises:
-        ValueError: the file is missing, over :data:`MAX_YAML_BYTES`, not UTF-8, not YAML within the bounds of
-            :func:`load_yaml`, or not a mapping.
+        ValueError: the file is missing, unreadable, over :data:`MAX_YAML_BYTES` or not UTF-8
+            (:class:`pipeline.io.storage.TextFileError`), not YAML within the bounds of :func:`load_yaml`, or not a
+            mapping.
     """
     if not path:
         return {}
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_YAML_BYTES + 1)
-    except FileNotFoundError:
-        raise ValueError(f"config file {path} not found") from None
-    except OSError as exc:
-        raise ValueError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_YAML_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MiB; a config file is a few kilobytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    text = read_text_bounded(path, MAX_YAML_BYTES, what="config file", hint="a config file is a few kilobytes")
     data = load_yaml(text, path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file holds sections (a YAML mapping), got {type(data).__name__}")

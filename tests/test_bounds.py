@@ -165,7 +165,7 @@ def test_bad_yaml_files_are_named_with_what_is_wrong(tmp_path, text, message):
 
 
 def test_a_missing_config_file_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match=r"config file .*nothing.yaml not found"):
+    with pytest.raises(ValueError, match=r"config file .*nothing.yaml: not found"):
         yaml_layer(str(tmp_path / "nothing.yaml"))
 
 

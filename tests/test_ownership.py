@@ -4,6 +4,7 @@ credential, configs mask secrets the same way, shared helpers behave as each of 
 from __future__ import annotations
 
 import pickle
+import re
 
 import pytest
 
@@ -122,3 +123,73 @@ def test_values_defined_once_are_the_same_everywhere():
     assert default_cache_dir() == project_cache_dir("vllm") and project_cache_dir().endswith(".cache/pllava-recaption")
     assert ResourceConfig().decode_max_in_memory_mb == SPOOL_ABOVE_MB == 64
     assert inspect.signature(FrameSampler).parameters["max_in_memory_mb"].default == SPOOL_ABOVE_MB
+
+
+def _callers():
+    """The three bounded text reads, each raising its own error type: ``(name, read(path), error, module, limit)``."""
+    from jobs import flags
+    from pipeline.evaluation import prompt_set
+    from training import data
+
+    return [("config", flags.yaml_layer, ValueError, flags, "MAX_YAML_BYTES"),
+            ("prompts", prompt_set.read_prompt_file, prompt_set.PromptSetError, prompt_set, "MAX_SOURCE_BYTES"),
+            ("training", lambda p: data._read_items(p, {}), data.TrainingDataError, data, "MAX_DATA_JSON_BYTES")]
+
+
+@pytest.mark.parametrize("caller", [c[0] for c in _callers()])
+def test_one_bounded_text_read_names_the_file_for_each_caller_in_its_own_error_type(tmp_path, monkeypatch, caller):
+    _, read, error, module, limit = next(c for c in _callers() if c[0] == caller)
+    monkeypatch.setattr(module, limit, 64)
+    cases = {"missing.txt": (None, ": not found"), "big.txt": (b"x" * 65, ": larger than 64 bytes"),
+             "latin.txt": (b"[\"caf\xe9\"]", ": not UTF-8 text (byte 5)"), "folder": ("dir", ": cannot read")}
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content == "dir":
+            path.mkdir()
+        elif content is not None:
+            path.write_bytes(content)
+        with pytest.raises(error, match=re.escape(message)) as info:
+            read(str(path))
+        assert str(path) in str(info.value)
+
+
+def test_the_bounded_read_reads_at_most_one_byte_past_its_limit_and_hides_user_info(monkeypatch):
+    import fsspec
+
+    from pipeline.io.storage import TextFileError, read_text_bounded
+
+    class Endless:
+        read_sizes: list[int] = []
+
+        def read(self, n):
+            self.read_sizes.append(n)
+            return b"y" * n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    class Fs:
+        def open(self, path, mode):
+            return Endless()
+
+    from pipeline.io import storage
+
+    with monkeypatch.context() as patched:
+        patched.setattr(storage, "get_fs", lambda uri, options=None: (Fs(), uri))
+        with pytest.raises(TextFileError, match="thing endless: larger than 1 MiB; a hint") as info:
+            read_text_bounded("endless", 1 << 20, what="thing", hint="a hint")
+    assert info.value.reason == "too_large" and Endless.read_sizes == [(1 << 20) + 1]
+    uri = "memory://reader:hidden-pass@bucket/t.txt"
+    with fsspec.open(uri, "w") as f:
+        f.write("kept")
+    try:
+        assert read_text_bounded(uri, 10, keep_userinfo=True) == "kept"  # as prompt files are read
+        with pytest.raises(TextFileError) as info:  # user info dropped, as every other read: memory://bucket/t.txt
+            read_text_bounded(uri, 10, what="list")
+    finally:
+        fsspec.filesystem("memory").rm("/reader:hidden-pass@bucket", recursive=True)
+    assert info.value.reason == "not_found" and "hidden-pass" not in str(info.value)
+    assert str(info.value) == "list memory://bucket/t.txt: not found"

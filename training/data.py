@@ -28,7 +28,7 @@ from pipeline.sampler import FrameSampler, frames_from_bytes
 from pipeline.stages import Stage, apply_stages
 from pipeline.io.output_store import parquet_location
 from pipeline.io.masking import mask_text
-from pipeline.io.storage import get_fs, is_local, join, local_path
+from pipeline.io.storage import TextFileError, get_fs, is_local, join, local_path, read_text_bounded
 from training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -59,18 +59,14 @@ def _absolute(uri: str) -> str:
 
 
 def _read_items(uri: str, storage_options: dict) -> list:
-    fs, path = get_fs(uri, storage_options)
     shown = mask_text(uri)
     try:
-        with fs.open(path, "rb") as f:
-            raw = f.read(MAX_DATA_JSON_BYTES + 1)
-    except FileNotFoundError:
-        raise TrainingDataError(f"{shown}: not found") from None
-    if len(raw) > MAX_DATA_JSON_BYTES:
-        raise TrainingDataError(f"{shown}: larger than {MAX_DATA_JSON_BYTES >> 30} GiB; split it")
+        text = read_text_bounded(uri, MAX_DATA_JSON_BYTES, storage_options, what="training list", hint="split it")
+    except TextFileError as exc:
+        raise TrainingDataError(str(exc)) from None
     try:
-        items = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested past the parser's stack
+        items = json.loads(text.removeprefix("\ufeff"))  # a byte order mark, as json.loads takes one in bytes
+    except (ValueError, RecursionError) as exc:  # not JSON, or nested past the parser's stack
         raise TrainingDataError(f"{shown}: not a JSON list of items: {str(exc)[:200]}") from None
     if not isinstance(items, list):
         raise TrainingDataError(f"{shown}: a JSON list of items is expected, got {type(items).__name__}")

@@ -28,6 +28,7 @@ import yaml
 
 from model.prompts import DEFAULT_RECAPTION_QUERY, DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
 from pipeline.io.masking import public_uri
+from pipeline.io.storage import TextFileError, read_text_bounded
 
 # The VCG judge's dimensions, in the order results are shown; each has a system and a user entry.
 VCG_DIMENSIONS = ("correctness", "detail", "context", "temporal", "consistency")
@@ -240,22 +241,12 @@ def read_prompt_file(path: str) -> dict[str, str]:
         PromptSetError: unreadable, not UTF-8, not YAML, not a mapping, a name given twice, an unknown name or a
             value that is not a usable string (:func:`_check`).
     """
-    import fsspec
-
     shown = public_uri(path)
     try:
-        with fsspec.open(path, "rb") as f:
-            raw = f.read(MAX_SOURCE_BYTES + 1)
-    except FileNotFoundError:
-        raise PromptSetError(f"no such prompt file: {shown}") from None
-    except Exception as exc:  # noqa: BLE001 - stores raise their own types, and may quote the URL's user info
-        raise PromptSetError(f"{shown}: cannot read ({type(exc).__name__})") from None
-    if len(raw) > MAX_SOURCE_BYTES:
-        raise PromptSetError(f"{shown}: larger than {MAX_SOURCE_BYTES} bytes: not a prompt file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PromptSetError(f"{shown}: not UTF-8 text (byte {exc.start})") from None
+        text = read_text_bounded(path, MAX_SOURCE_BYTES, what="prompt file", hint="not a prompt file",
+                                 keep_userinfo=True)
+    except TextFileError as exc:
+        raise PromptSetError(str(exc)) from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:

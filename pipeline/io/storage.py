@@ -202,6 +202,54 @@ def read_block(uri: str, offset: int, length: int, storage_options: dict[str, An
     return with_retries(uri, "reading", fetch, retry)
 
 
+class TextFileError(ValueError):
+    """A text file that cannot be read whole. ``reason``: ``not_found``, ``unreadable``, ``too_large`` or
+    ``not_utf8``; the message names the file, without its credentials."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def read_text_bounded(uri: str, max_bytes: int, storage_options: dict[str, Any] | None = None, what: str = "file",
+                      hint: str = "", keep_userinfo: bool = False) -> str:
+    """The text of a UTF-8 file (a config, a prompt set, a list read whole) of at most ``max_bytes``: at most
+    ``max_bytes + 1`` bytes are read, so a huge or endless file costs no more than that. The URI's user info is
+    dropped as :func:`get_fs` drops it, unless ``keep_userinfo``: then fsspec gets the URI as given (HTTP basic
+    auth, a path that holds an ``@``), as prompt files are read.
+
+    Raises:
+        TextFileError: ``<what> <uri>: not found``, ``...: cannot read (<why>)``, ``...: larger than <size>``
+            (then ``; <hint>``) or ``...: not UTF-8 text (byte <n>)``.
+    """
+    shown = f"{what} {public_uri(uri)}"
+    try:
+        fs, path = url_to_fs(uri, **(storage_options or {})) if keep_userinfo else get_fs(uri, storage_options)
+        with fs.open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise TextFileError("not_found", f"{shown}: not found") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - stores raise their own types, and may quote the URI's user info
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise TextFileError("unreadable", f"{shown}: cannot read ({mask_text(str(why), userinfo_secrets(uri))})"
+                            ) from None
+    if len(raw) > max_bytes:
+        raise TextFileError("too_large", f"{shown}: larger than {_size(max_bytes)}" + (f"; {hint}" if hint else ""))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TextFileError("not_utf8", f"{shown}: not UTF-8 text (byte {exc.start})") from None
+
+
 def read_or_spool(uri: str, spool_dir: str, max_in_memory_bytes: int, storage_options: dict[str, Any] | None = None,
                   retry: RetryPolicy = RetryPolicy(), on_retry=None) -> bytes | str:
     """The object's bytes when it is at most ``max_in_memory_bytes``; else a copy streamed to a file under
