@@ -4,7 +4,7 @@ A run that dies leaves only whole files (atomic writes) plus maybe hidden tempor
 tars whose Parquet file was never written; a killed compaction leaves merged files beside their inputs. A
 ``--retry-errors`` run writes a new row for a video whose old error row sits in an older file.
 :func:`reconcile` fixes all four, so the output ends with exactly one row per video: a caption beats an
-error, then the newest row wins.
+error, then the newest row wins (:data:`PREFERRED_ROW`, the rule every reader of an id's several rows follows).
 """
 
 from __future__ import annotations
@@ -51,7 +51,12 @@ class OutputState:
 
 
 def _read_columns(store: OutputStore, uri: str) -> pa.Table:
-    table = store.read_table(uri, columns=_SCAN_COLUMNS)
+    return row_keys(store.read_table(uri, columns=_SCAN_COLUMNS), uri)
+
+
+def row_keys(table: pa.Table, uri: str) -> pa.Table:
+    """What the scan keeps of a Parquet file's rows, and what :func:`preferred_rows` judges them by: ``video_id``,
+    ``ok`` (no error), ``created_at``, ``model``, ``prompt_id``, ``file`` (``uri``), ``row`` (the position)."""
     return pa.table({
         S.VIDEO_ID: table.column(S.VIDEO_ID),
         "ok": pc.is_null(table.column(S.ERROR)),
@@ -94,23 +99,43 @@ def _file_name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
+# Which of an id's rows counts where an output holds several (a --retry-errors or --recaption-changed run's new
+# row beside the old one, before or without the repair): a caption beats an error, then the newest row, then the
+# later file, then the first row of a file. A caption is never hidden by a later failure to caption the video again
+# (a retry that failed once more, a new model's failed attempt): the caption stays what the output says of the
+# video, and a caller that needs this run's own row checks its model and prompt_id (the evaluation does, and scores
+# another model's caption as no answer). One rule for every reader: reconcile keeps this row and drops the others,
+# the evaluation reads it as a question's answer.
+PREFERRED_ROW = [("ok", "descending"), (S.CREATED_AT, "descending"), ("file", "descending"), ("row", "ascending")]
+
+
+def preferred_rows(rows: pa.Table) -> tuple[list[int], list[int]]:
+    """Positions in ``rows`` (:func:`row_keys` of one or more files) of each id's preferred row
+    (:data:`PREFERRED_ROW`), and of every other row."""
+    indexed = rows.append_column("_position", pa.array(range(rows.num_rows), pa.int64()))
+    order = indexed.sort_by([(S.VIDEO_ID, "ascending"), *PREFERRED_ROW])
+    kept: list[int] = []
+    others: list[int] = []
+    seen: set[str] = set()
+    for video_id, position in zip(order.column(S.VIDEO_ID).to_pylist(), order.column("_position").to_pylist()):
+        (others if video_id in seen else kept).append(position)
+        seen.add(video_id)
+    return kept, others
+
+
 def _losing_rows(state: OutputState) -> dict[str, set[int]]:
-    """For ids present more than once: file -> positions of the rows to drop from it. Exactly one row per id
-    is kept: a caption beats an error, then the newest, then the later file, then the first row of a file."""
+    """For ids present more than once: file -> positions of the rows to drop from it (all but the preferred
+    row, :data:`PREFERRED_ROW`)."""
     rows = state.rows
     counts = pc.value_counts(rows.column(S.VIDEO_ID).combine_chunks())
     dup_ids = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
     if len(dup_ids) == 0:
         return {}
     dups = rows.filter(pc.is_in(rows.column(S.VIDEO_ID), value_set=dup_ids))
-    order = dups.sort_by([(S.VIDEO_ID, "ascending"), ("ok", "descending"), (S.CREATED_AT, "descending"),
-                          ("file", "descending"), ("row", "ascending")])
+    files, positions = dups.column("file").to_pylist(), dups.column("row").to_pylist()
     drop: dict[str, set[int]] = {}
-    seen: set[str] = set()
-    for video_id, file, row in zip(*(order.column(c).to_pylist() for c in (S.VIDEO_ID, "file", "row"))):
-        if video_id in seen:
-            drop.setdefault(file, set()).add(row)
-        seen.add(video_id)
+    for index in preferred_rows(dups)[1]:
+        drop.setdefault(files[index], set()).add(positions[index])
     return drop
 
 

@@ -193,3 +193,31 @@ def test_the_bounded_read_reads_at_most_one_byte_past_its_limit_and_hides_user_i
         fsspec.filesystem("memory").rm("/reader:hidden-pass@bucket", recursive=True)
     assert info.value.reason == "not_found" and "hidden-pass" not in str(info.value)
     assert str(info.value) == "list memory://bucket/t.txt: not found"
+
+
+def test_the_evaluation_reads_the_row_reconcile_keeps_a_caption_before_a_later_error(tmp_path):
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from pipeline import schema as S
+    from pipeline.evaluation.run import read_answers
+    from pipeline.io.output_store import OutputStore
+    from pipeline.resume import reconcile, scan_output
+
+    def batch(name, rows):  # (id, caption, error, hour)
+        table = pa.table({S.VIDEO_ID: [r[0] for r in rows], S.CAPTION: [r[1] for r in rows],
+                          S.ERROR: [r[2] for r in rows],
+                          S.CREATED_AT: pa.array([datetime(2026, 1, 1, r[3], tzinfo=timezone.utc) for r in rows],
+                                                 S.OUTPUT_SCHEMA.field(S.CREATED_AT).type),
+                          S.MODEL: ["m"] * len(rows), S.PROMPT_ID: ["p"] * len(rows)})
+        OutputStore(str(tmp_path)).write_batch(name, table)
+
+    batch("first", [("a", "an old caption", None, 1), ("b", "older", None, 1), ("c", None, "old error", 1)])
+    batch("second", [("a", None, "a later failure", 2), ("b", "newer", None, 2), ("c", None, "new error", 2)])
+    expected = {"a": "an old caption", "b": "newer", "c": None}
+    answers = read_answers(str(tmp_path))
+    assert {k: v[S.CAPTION] for k, v in answers.items()} == expected and answers["c"][S.ERROR] == "new error"
+    assert reconcile(str(tmp_path))["duplicate_rows"] == 3
+    assert len(scan_output(str(tmp_path)).rows) == 3
+    assert {k: v[S.CAPTION] for k, v in read_answers(str(tmp_path)).items()} == expected  # the same rows, kept

@@ -3,8 +3,9 @@ per-row prompts (resumable like any recaption job), then each answer is scored.
 
 ``OUT/`` holds what the recaption job writes (``parquet/``: the model's answers, ``_runs/``), the question list
 it read (``questions.parquet``), one scored row per question (``predictions/predictions.parquet``) and
-``metrics.json`` (names and writes: :class:`~pipeline.evaluation.store.EvaluationStore`). Rerunning the same command finishes what a killed run left and scores again; with another
-model or prompt the questions are asked again (``output.recaption_changed``).
+``metrics.json`` (their names and writes: :class:`~pipeline.evaluation.store.EvaluationStore`). Rerunning the
+same command finishes what a killed run left and scores again; with another model or prompt the questions are
+asked again (``output.recaption_changed``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pipeline.evaluation.scoring import caption_metrics, check_option, predicted
 from pipeline.io.masking import public_uri
 from pipeline.evaluation.store import METRICS_FILE, PREDICTIONS_FILE, QUESTIONS_FILE, EvaluationStore
 from pipeline.io.storage import without_userinfo
+from pipeline.resume import preferred_rows, row_keys
 
 logger = logging.getLogger(__name__)
 
@@ -102,17 +104,19 @@ def write_questions(questions: pa.Table, out: str, storage_options: dict | None 
 
 
 def read_answers(out: str, storage_options: dict | None = None) -> dict[str, dict]:
-    """The newest output row of each question id."""
+    """Each question id's answer: of its rows in the output, the one the output keeps
+    (:data:`pipeline.resume.PREFERRED_ROW`: a caption beats an error, then the newest), so the answer read is the
+    one :func:`pipeline.resume.reconcile` leaves, whether or not the run got as far as its repair. A caption another
+    model or prompt wrote is no answer of this run: :func:`score` tells it by its ``model`` and ``prompt_id``."""
     store = EvaluationStore(out, storage_options)
-    tables = [store.read_table(f) for f in store.parquet_files()]
-    rows: dict[str, dict] = {}
+    files = store.parquet_files()
+    tables = [store.read_table(f) for f in files]
     if not tables:
-        return rows
-    for row in pa.concat_tables(tables, promote_options="default").to_pylist():
-        old = rows.get(row[S.VIDEO_ID])
-        if old is None or (row[S.CREATED_AT] or 0) >= (old[S.CREATED_AT] or 0):
-            rows[row[S.VIDEO_ID]] = row
-    return rows
+        return {}
+    keys = pa.concat_tables([row_keys(t, f) for t, f in zip(tables, files)])
+    kept, _ = preferred_rows(keys)
+    answers = pa.concat_tables(tables, promote_options="default").take(sorted(kept))
+    return {row[S.VIDEO_ID]: row for row in answers.to_pylist()}
 
 
 def score(bench: B.Benchmark, answers: dict[str, dict], judge: JudgeConfig | None = None, out: str | None = None,
