@@ -112,7 +112,7 @@ class World:
         self.lenient_faults = lenient_faults
         self.steps: list[str] = []
         self.weights = weights or {"run": 4, "rerun": 3, "conflict": 0.7, "mutate": 2.5, "kill": 1.5,
-                                   "concurrent": 0.7, "pause": 0.4}
+                                   "concurrent": 0.7, "pause": 0.4, "compact": 1.0}
         self.secrets = [f"planted/userinfo+secret-{seed}", f"planted-signature-{seed}",
                         f"planted-storage-secret-{seed}"]
         (self.root / "videos").mkdir(parents=True, exist_ok=True)
@@ -393,6 +393,42 @@ class World:
         else:
             self._judge_exit(rc, err, listing)
 
+    def op_compact(self) -> None:
+        """jobs/compact.py on the output (files merged to a tiny target, so there is something to merge),
+        SIGKILLed at a random moment half the time: a compaction never loses or repeats a row, and a finished
+        one leaves the output clean."""
+        if not self._exists(self.output):
+            return
+        kill = self.rng.random() < 0.5
+        at_journal = self.rng.random() < 0.6  # right after it records its groups: mid-merge, mostly
+        delay = self.rng.uniform(0.0, 0.2) if at_journal else self.rng.uniform(0.5, 8.0)
+        settings = self.root / "lists" / f"compact-{len(self.steps)}.yaml"
+        settings.write_text(yaml.safe_dump({"storage_options": self.storage_options}))
+        target_mb = self.rng.choice([0.005, 0.02, 0.1])
+        when = f"{delay:.2f} s after its journal" if at_journal else f"after {delay:.1f} s"
+        self.note(f"compact to {target_mb} MB" + (f", kill -9 {when}" if kill else ""))
+        proc = self._spawn([sys.executable, "jobs/compact.py", self.output, "--target-mb", str(target_mb),
+                            "--threads", str(self.rng.choice([1, 3])), "--config", str(settings)])
+        if kill:
+            journal = self._path("_state", "compaction.json")
+            while at_journal and proc.poll() is None and not self._exists(journal):
+                time.sleep(0.01)
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        rc, err = self._collect(proc)
+        if rc == -signal.SIGKILL:
+            self.note("  killed")
+            self.check(clean=False)
+        elif rc == 0:
+            self.check(clean=True, what="a compaction")
+        elif rc == 1 and self._excused("failed"):
+            self.note(f"  ended failed: {err.strip().splitlines()[-1][:200] if err.strip() else ''}")
+            self.check(clean=False)
+        else:
+            self.fail(f"jobs/compact.py exited {rc}: {err[-3000:]}")
+
     def _snapshot(self) -> set[tuple[str, object]]:
         """The output's files with their versions (mtime or ETag), less the lease (taken before any write)."""
         if self.direct is not None:
@@ -592,7 +628,7 @@ class World:
         from pipeline.io.output_store import LEASE_FILE, TEMPORARY_PREFIX
 
         names = [p.rsplit("/", 1)[-1] for p in self._files()]
-        leftovers = [n for n in names if n.startswith(TEMPORARY_PREFIX) or n == LEASE_FILE]
+        leftovers = [n for n in names if n.startswith(TEMPORARY_PREFIX) or n in (LEASE_FILE, "compaction.json")]
         if leftovers:
             self.fail(f"I6: left behind after a clean finish: {leftovers}")
 
