@@ -136,7 +136,8 @@ def bench_scan(files: int, compact_mb: float = 64.0) -> None:
 
     def one(i: int) -> None:
         row = {S.VIDEO_ID: [f"v{i}"], S.URI: [f"/v/{i}.mp4"], S.ERROR: pa.nulls(1, pa.string()),
-               S.CAPTION: [f"caption {i}"], S.CREATED_AT: pa.array([_utc_now()], S.OUTPUT_SCHEMA.field(S.CREATED_AT).type),
+               S.CAPTION: [f"caption {i}"],
+               S.CREATED_AT: pa.array([_utc_now()], S.OUTPUT_SCHEMA.field(S.CREATED_AT).type),
                S.MODEL: ["tiny"], S.PROMPT_ID: ["p"]}
         fs.pipe_file(f"scan/out/parquet/part-{i:016x}.parquet", parquet_bytes(pa.table(row)))
 
@@ -178,7 +179,7 @@ def bench_names(names: int) -> None:
     import s3fs
 
     from pipeline.io.sources import resolve_names
-    from pipeline.io.storage import ReadError, join, object_info
+    from pipeline.io.storage import StorageError, join, object_info
 
     fs = s3fs.S3FileSystem()
     fs.mkdir("names")
@@ -192,7 +193,7 @@ def bench_names(names: int) -> None:
             try:
                 object_info(join(base, f"{name}.{ext}"))
                 return ext
-            except ReadError:
+            except StorageError:
                 continue
         return None
 

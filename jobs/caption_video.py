@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from jobs.flags import add_prompt_arguments, add_resize_argument  # noqa: E402
 from pipeline.frames import SamplingConfig, VideoDecodeError, sample_frames  # noqa: E402
 from pipeline.io.masking import mask_text  # noqa: E402
-from pipeline.io.storage import SPOOL_ABOVE_MB, ReadError  # noqa: E402
+from pipeline.io.storage import SPOOL_ABOVE_MB, StorageError  # noqa: E402
 from pipeline.sampler import fetch_video  # noqa: E402
 
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     spool = tempfile.TemporaryDirectory(prefix="pllava-caption-")
     try:  # the sampler's own read (bounded retries; large objects spooled), before the slow model load
         source = fetch_video(args.video, spool.name, SPOOL_ABOVE_MB << 20)
-    except ReadError as exc:
+    except StorageError as exc:
         print(f"error: cannot read {mask_text(args.video)}: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()

@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.frames import SampledVideo, SamplingConfig, VideoDecodeError, VideoInfo, decode_size, \
     segment_indices, to_model_frames
-from pipeline.io.storage import ReadError, RetryPolicy, get_fs, join, read_bytes, with_retries
+from pipeline.io.storage import StorageError, RetryPolicy, get_fs, join, read_bytes, with_retries
 
 DECODER_NAME = "frames"  # the ``decoder`` column of rows read from frame folders
 MAX_FPS = 10_000.0  # a higher frame rate is no frame folder (and would overflow the frame numbers of a bound)
@@ -91,7 +91,7 @@ def sample_frame_folder(folder: FrameFolder, cfg: SamplingConfig, start_s: float
     """Sample ``cfg.num_frames`` frames of a frame folder (module docstring).
 
     Raises:
-        ReadError: the folder or a sampled frame's file is missing or cannot be read.
+        StorageError: the folder or a sampled frame's file is missing or cannot be read.
         VideoDecodeError: a bad rate, an empty folder, bounds outside it, a file that is not an image.
     """
     try:
@@ -113,8 +113,8 @@ def sample_frame_folder(folder: FrameFolder, cfg: SamplingConfig, start_s: float
         lambda n: read_bytes(join(folder.uri, names[n]), storage_options, retry), unique)
     try:
         pictures = dict(zip(unique, fetch))
-    except ReadError as exc:
-        raise ReadError(exc.reason, f"a sampled frame of the folder: {exc}") from exc
+    except StorageError as exc:
+        raise StorageError(exc.reason, f"a sampled frame of the folder: {exc}") from exc
     decoded = {n: _model_frame(data, names[n], cfg) for n, data in pictures.items()}
     width, height = decoded[unique[0]][1]
     frames = np.stack([decoded[int(n)][0] for n in numbers])

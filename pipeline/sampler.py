@@ -21,7 +21,7 @@ from pipeline.crash_journal import CrashJournal
 from pipeline.frame_folders import FrameFolder, sample_frame_folder
 from pipeline.frames import SampledVideo, SamplingConfig, VideoDecodeError, sample_frames
 from pipeline.io.masking import mask_text
-from pipeline.io.storage import (SPOOL_ABOVE_MB, ReadError, RetryPolicy, check_local_file, is_local, local_path,
+from pipeline.io.storage import (SPOOL_ABOVE_MB, StorageError, RetryPolicy, check_local_file, is_local, local_path,
                                  read_or_spool)
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def fetch_video(uri: str, spool_dir: str, max_in_memory_bytes: int, storage_opti
     a local copy of an object larger than ``max_in_memory_bytes`` under ``spool_dir`` (bounded retries).
 
     Raises:
-        ReadError: missing, forbidden, not a file, or transient failures that outlasted the retries.
+        StorageError: missing, forbidden, not a file, or transient failures that outlasted the retries.
     """
     if is_local(uri):
         path = local_path(uri)
@@ -114,12 +114,12 @@ class FrameSampler:
     def __del__(self) -> None:
         shutil.rmtree(getattr(self, "spool_dir", ""), ignore_errors=True)
 
-    def _fetch(self, uri: str, retries: list[int]) -> str | bytes | ReadError:
+    def _fetch(self, uri: str, retries: list[int]) -> str | bytes | StorageError:
         """The video's local path or bytes, or its read error; ``retries[0]`` counts transient failures."""
         try:
             return fetch_video(uri, self.spool_dir, self.max_in_memory_bytes, self.storage_options, self.retry,
                                on_retry=lambda: retries.__setitem__(0, retries[0] + 1))
-        except ReadError as exc:
+        except StorageError as exc:
             return exc
 
     def _enforce_time_limit(self) -> None:
@@ -143,7 +143,7 @@ class FrameSampler:
         try:
             return sample_frames(source, self.sampling, start_s, end_s, rng=self.rng)
         except OSError as exc:  # the local file vanished or became unreadable between the check and the decode
-            raise ReadError("not_found" if isinstance(exc, FileNotFoundError) else "io",
+            raise StorageError("not_found" if isinstance(exc, FileNotFoundError) else "io",
                             f"{type(exc).__name__}: {exc}") from exc
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -173,7 +173,7 @@ class FrameSampler:
         for i, row in enumerate(rows):
             video, started, cpu_s = None, time.perf_counter(), None
             source = fetched.get(i)
-            if isinstance(source, ReadError):
+            if isinstance(source, StorageError):
                 errors[i], stages[i], reasons[i] = f"read: {source}", S.STAGE_READ, source.reason
             elif source is not None and self.journal and (reason := self.journal.skip_reason(row[S.VIDEO_ID])):
                 errors[i] = (f"decode: took longer than {self.decode_timeout_s:g} s; not decoded again"
@@ -189,7 +189,7 @@ class FrameSampler:
                     cpu_started = time.process_time()
                     video = self._sample(source, row[S.START_S], row[S.END_S])
                     cpu_s = time.process_time() - cpu_started
-                except ReadError as exc:
+                except StorageError as exc:
                     errors[i], stages[i], reasons[i] = f"read: {exc}", S.STAGE_READ, exc.reason
                 except VideoDecodeError as exc:
                     errors[i], stages[i], reasons[i] = f"decode: {exc}", S.STAGE_DECODE, exc.reason

@@ -12,7 +12,7 @@ import pytest
 from pipeline import schema as S
 from pipeline.frame_folders import FrameFolder, frame_numbers, sample_frame_folder
 from pipeline.frames import SamplingConfig, VideoDecodeError
-from pipeline.io.storage import ReadError, RetryPolicy
+from pipeline.io.storage import StorageError, RetryPolicy
 
 
 def reference_numbers(count: int, segments: int, fps: float, bound: tuple[float, float] | None) -> list[int]:
@@ -95,13 +95,13 @@ def test_a_bad_frame_rate_is_a_decode_error(tmp_path, fps):
 
 def test_missing_folders_files_and_broken_images_are_clear_errors(tmp_path):
     cfg, fast = SamplingConfig(num_frames=4, image_size=16), RetryPolicy(attempts=1)
-    with pytest.raises(ReadError) as info:
+    with pytest.raises(StorageError) as info:
         sample_frame_folder(FrameFolder(str(tmp_path / "nowhere"), 3.0), cfg, retry=fast)
     assert info.value.reason == "not_found"
     gappy = _write_folder(tmp_path / "gappy", 12)
     (tmp_path / "gappy" / "00002.jpg").unlink()
     (tmp_path / "gappy" / "zz.txt").write_text("keeps the count at 12")  # so 00002.jpg is a sampled frame
-    with pytest.raises(ReadError, match="00002.jpg") as info:
+    with pytest.raises(StorageError, match="00002.jpg") as info:
         sample_frame_folder(FrameFolder(gappy, 3.0), cfg, retry=fast)
     assert info.value.reason == "not_found"
     broken = _write_folder(tmp_path / "broken", 3)

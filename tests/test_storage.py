@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from pipeline.io.storage import ReadError, RetryPolicy, permanent_reason, read_bytes, with_retries, write_atomic
+from pipeline.io.storage import StorageError, RetryPolicy, permanent_reason, read_bytes, with_retries, write_atomic
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.02)
 
@@ -75,7 +75,7 @@ def test_transient_errors_are_retried_until_the_read_succeeds(flaky):
 
 def test_retries_are_bounded(flaky):
     server, url = flaky(failures=100)
-    with pytest.raises(ReadError, match="after 4 attempts") as info:
+    with pytest.raises(StorageError, match="after 4 attempts") as info:
         read_bytes(f"{url}/video.mp4", retry=FAST)
     assert info.value.reason == "io"
 
@@ -83,14 +83,14 @@ def test_retries_are_bounded(flaky):
 @pytest.mark.parametrize(("path", "reason"), [("/missing", "not_found"), ("/forbidden", "permission")])
 def test_permanent_errors_fail_at_once(flaky, path, reason):
     server, url = flaky(failures=0)
-    with pytest.raises(ReadError) as info:
+    with pytest.raises(StorageError) as info:
         read_bytes(url + path, retry=FAST)
     assert info.value.reason == reason
     assert server.requests <= 2  # no retry loop (fsspec may HEAD then GET once)
 
 
 def test_local_missing_file(tmp_path):
-    with pytest.raises(ReadError) as info:
+    with pytest.raises(StorageError) as info:
         read_bytes(f"file://{tmp_path}/nope.mp4", retry=FAST)
     assert info.value.reason == "not_found"
 
@@ -121,7 +121,7 @@ def test_a_client_side_validation_error_is_not_retried():
         calls.append(1)
         raise botocore.ParamValidationError(report='Invalid bucket name "KEY:SECRET@bucket"')
 
-    with pytest.raises(ReadError) as info:
+    with pytest.raises(StorageError) as info:
         with_retries("s3://KEY:SECRET@bucket/v.mp4", "reading", bad_request, FAST)
     assert info.value.reason == "bad_path" and len(calls) == 1
     assert "SECRET" not in str(info.value) and "s3://bucket/v.mp4" in str(info.value)

@@ -20,7 +20,7 @@ import os
 from typing import Any, Iterator
 
 from pipeline.io.masking import mask_text
-from pipeline.io.storage import (ReadError, get_fs, is_local, local_path, read_bytes, remove, with_retries,
+from pipeline.io.storage import (StorageError, get_fs, is_local, local_path, read_bytes, remove, with_retries,
                                  write_atomic)
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class LeaseObject:
             return self._s3_read()
         try:
             data = read_bytes(self.uri, self.storage_options)
-        except ReadError as exc:
+        except StorageError as exc:
             if exc.reason == "not_found":
                 return None, None
             raise OSError(str(exc)) from exc
@@ -146,7 +146,7 @@ class LeaseObject:
 
         try:
             result = with_retries(self.uri, action, attempt)
-        except ReadError as exc:
+        except StorageError as exc:
             raise OSError(str(exc)) from exc
         if conflict:
             raise conflict[0]

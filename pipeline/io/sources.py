@@ -25,7 +25,7 @@ from pipeline.config import VIDEO_EXTENSIONS, SourceConfig
 from pipeline.io.list_lines import BAD_ROW, BAD_ROW_DIGEST, INTERNAL_COLUMNS, parse_list
 from pipeline.io.masking import public_uri
 from pipeline.resources import LIGHT_NUM_CPUS
-from pipeline.io.storage import (ReadError, RetryPolicy, count_newlines, find_fresh, get_fs, is_local, join,
+from pipeline.io.storage import (StorageError, RetryPolicy, count_newlines, find_fresh, get_fs, is_local, join,
                                  list_files, object_info, read_block, read_bytes, unstrip, with_retries)
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def _list_error(exc: "ray.exceptions.RayTaskError") -> Exception:
     """What a failed list-reading task means to the caller: a read failure or an unusable list, with a one-line
     message (not the task's traceback); any other failure as it was."""
     cause = exc.as_instanceof_cause()
-    if isinstance(cause, ReadError):
+    if isinstance(cause, StorageError):
         return VideoListError(f"could not read the video list: {cause}")
     if isinstance(cause, (KeyError, ValueError)):  # raised by the list code itself with a message for the user
         original = getattr(exc, "cause", None) or cause
@@ -262,7 +262,7 @@ def _read_list(cfg: SourceConfig, fmt: str, base: str, storage_options: dict | N
             streams = [_read_list_blocks.options(num_cpus=READ_NUM_CPUS).remote(
                 chunk, fmt, storage_options, retry, rows_per_block, len(pieces), prepare) for chunk in pieces]
             return ray.data.from_arrow_refs([block for stream in streams for block in stream])
-        except ReadError as exc:
+        except StorageError as exc:
             raise VideoListError(f"could not read the video list: {exc}") from exc
         except ray.exceptions.RayTaskError as exc:
             raise _list_error(exc) from exc
@@ -435,7 +435,7 @@ def resolve_names(names: list[str], base: str, extensions: tuple[str, ...], stor
 
     try:
         present, listing_error = with_retries(base, "listing", listing, retry), None
-    except ReadError as exc:
+    except StorageError as exc:
         present, listing_error = set(), (exc.reason, f"source: {exc}")
     suffixes = [ext.lstrip(".") for ext in extensions]
     out = []
@@ -477,7 +477,7 @@ def read_video_refs(
     if fmt != "prefix":
         try:
             object_info(cfg.input, storage_options, retry)
-        except ReadError as exc:
+        except StorageError as exc:
             if exc.reason == "not_found":
                 raise FileNotFoundError(f"video list {public_uri(cfg.input)} does not exist") from exc
             raise VideoListError(f"could not read the video list: {exc}") from exc

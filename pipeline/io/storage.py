@@ -46,9 +46,9 @@ class RetryPolicy(FrozenSettings):
         return min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
 
 
-class ReadError(Exception):
-    """An object could not be read. ``reason`` is ``not_found``, ``permission``, ``not_a_file``, ``bad_path``
-    or ``io`` (retries spent).
+class StorageError(Exception):
+    """A read, write or listing of the store failed. ``reason`` is ``not_found``, ``permission``,
+    ``not_a_file``, ``bad_path`` or ``io`` (retries spent).
 
     Permanent failures fail at once; anything else (timeouts, resets, throttling, 5xx) is retried with
     backoff up to ``RetryPolicy.attempts`` times. The message never holds the URI's credentials.
@@ -145,7 +145,7 @@ def with_retries(uri: str, action: str, call, retry: RetryPolicy = RetryPolicy()
     each retry (to count them).
 
     Raises:
-        ReadError: a permanent failure (at once) or the retries are spent (reason ``io``); its message names
+        StorageError: a permanent failure (at once) or the retries are spent (reason ``io``); its message names
             ``action`` and the URI without credentials.
     """
     shown, secrets = public_uri(uri), userinfo_secrets(uri)
@@ -159,9 +159,9 @@ def with_retries(uri: str, action: str, call, retry: RetryPolicy = RetryPolicy()
             shown_exc = exc.__cause__ if reason is None and exc.__cause__ is not None else exc
             detail = mask_text(f"{type(shown_exc).__name__}: {shown_exc}", secrets)
             if reason is not None:
-                raise ReadError(reason, f"{action} {shown}: {detail}") from exc
+                raise StorageError(reason, f"{action} {shown}: {detail}") from exc
             if attempt + 1 == retry.attempts:
-                raise ReadError("io", f"{action} {shown}: transient I/O failure, {detail} "
+                raise StorageError("io", f"{action} {shown}: transient I/O failure, {detail} "
                                       f"(after {retry.attempts} attempts)") from exc
             delay = retry.delay_s(attempt)
             if on_retry is not None:
@@ -178,7 +178,7 @@ def read_bytes(
     """The whole object, retrying transient failures with backoff.
 
     Raises:
-        ReadError: a permanent failure (missing, refused, not a file, bad path), or the retries are spent.
+        StorageError: a permanent failure (missing, refused, not a file, bad path), or the retries are spent.
     """
     def fetch() -> bytes:
         fs, path = get_fs(uri, storage_options)
@@ -193,7 +193,7 @@ def read_block(uri: str, offset: int, length: int, storage_options: dict[str, An
     ``read_block``): consecutive blocks split a text file into whole lines, each line in exactly one block.
 
     Raises:
-        ReadError: as :func:`read_bytes`.
+        StorageError: as :func:`read_bytes`.
     """
     def fetch() -> bytes:
         fs, path = get_fs(uri, storage_options)
@@ -256,7 +256,7 @@ def read_or_spool(uri: str, spool_dir: str, max_in_memory_bytes: int, storage_op
     ``spool_dir`` (its path; the caller removes it), so memory does not grow with object size.
 
     Raises:
-        ReadError: as :func:`read_bytes`.
+        StorageError: as :func:`read_bytes`.
     """
     def fetch() -> bytes | str:
         fs, path = get_fs(uri, storage_options)
@@ -291,7 +291,7 @@ def count_newlines(uri: str, end: int, storage_options: dict[str, Any] | None = 
     """How many ``\\n`` bytes the object holds before byte ``end`` (read in chunks, never held whole).
 
     Raises:
-        ReadError: as :func:`read_bytes`.
+        StorageError: as :func:`read_bytes`.
     """
     def count() -> int:
         fs, path = get_fs(uri, storage_options)
@@ -310,7 +310,7 @@ def object_info(uri: str, storage_options: dict[str, Any] | None = None,
     """fsspec ``info`` of an object; unlike ``fs.exists`` a transient failure is retried, not taken for absence.
 
     Raises:
-        ReadError: ``not_found`` only when the store says so; ``io`` when it could not be asked.
+        StorageError: ``not_found`` only when the store says so; ``io`` when it could not be asked.
     """
     def info() -> dict[str, Any]:
         fs, path = get_fs(uri, storage_options)
@@ -323,7 +323,7 @@ def check_local_file(path: str) -> None:
     """A local path names a readable regular file.
 
     Raises:
-        ReadError: ``not_found``, ``permission``, ``not_a_file`` (a folder or a device) or ``bad_path``
+        StorageError: ``not_found``, ``permission``, ``not_a_file`` (a folder or a device) or ``bad_path``
             (a NUL byte, a name too long, a path under a regular file).
     """
     try:
@@ -332,7 +332,7 @@ def check_local_file(path: str) -> None:
         with open(path, "rb"):
             pass
     except (OSError, ValueError) as exc:
-        raise ReadError(permanent_reason(exc) or "io", f"{path}: {type(exc).__name__}: {exc}") from exc
+        raise StorageError(permanent_reason(exc) or "io", f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
 def write_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None = None,
@@ -366,7 +366,7 @@ def write_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None =
 
     try:
         with_retries(uri, "writing", put, retry, on_retry)
-    except ReadError as exc:
+    except StorageError as exc:
         raise OSError(str(exc)) from exc
 
 
@@ -402,7 +402,7 @@ def list_files(uri: str, storage_options: dict[str, Any] | None = None, suffix: 
 
     try:
         return with_retries(uri, "listing", find, retry)
-    except ReadError as exc:
+    except StorageError as exc:
         raise OSError(str(exc)) from exc
 
 
@@ -419,7 +419,7 @@ def list_file_sizes(uri: str, storage_options: dict[str, Any] | None = None, suf
 
     try:
         return with_retries(uri, "listing", find, retry)
-    except ReadError as exc:
+    except StorageError as exc:
         raise OSError(str(exc)) from exc
 
 
