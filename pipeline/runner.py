@@ -1,7 +1,8 @@
-"""Compose the stages into one Ray Data pipeline and run a recaption job with resume and a run summary.
+"""Run a recaption job: its stage list (:func:`recaption_stages`, data a test can inspect), resume, the
+output's lease, the run summary, and compaction at the end when asked.
 
-Where the job runs (local Ray or a cluster) is decided here and only here; what each stage does lives in
-plain functions and small callable classes.
+Where the job runs (local Ray or a cluster) and with what pools is decided here and only here; what each stage
+does lives in small callable classes, declared as :class:`~pipeline.stages.Stage` s.
 """
 
 from __future__ import annotations
