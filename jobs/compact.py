@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 2
     ttl_s = args.lease_ttl_s or ttl_s
+    if not output.strip() or not output.split("://", 1)[-1].strip("/"):
+        print(f"error: {output!r} names no output folder", file=sys.stderr)
+        return 2
     try:
         fs, path = get_fs(output, storage_options)
         if not fs.isdir(path):
@@ -74,8 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {type(exc).__name__}: {mask_text(str(exc))}", file=sys.stderr)
         return 1
+    except (ValueError, TypeError, ImportError) as exc:  # an unknown store, a bad option, an unreadable file
+        print(f"error: {type(exc).__name__}: {mask_text(str(exc), storage_secrets(storage_options))}",
+              file=sys.stderr)
+        return 2
     print(json.dumps(mask_values({"output": output, "repairs": repaired, **stats}), indent=2))
     return 0
+
+
+def storage_secrets(options: dict) -> list[str]:
+    """The string values of storage options, to mask in messages (a misspelt option's value may be a key)."""
+    found = []
+    for value in options.values():
+        if isinstance(value, dict):
+            found += storage_secrets(value)
+        elif isinstance(value, str) and len(value) >= 4:
+            found.append(value)
+    return found
 
 
 def job_settings(config: str | None) -> tuple[dict, float]:

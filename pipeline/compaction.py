@@ -28,6 +28,7 @@ from typing import Callable
 
 import pyarrow as pa
 
+from pipeline import schema as S
 from pipeline.io.masking import mask_text
 from pipeline.io.output_store import OutputStore, batch_name
 from pipeline.io.storage import get_fs, write_atomic
@@ -38,32 +39,39 @@ DEFAULT_TARGET_MB = 256.0
 MAX_JOURNAL_BYTES = 64 << 20  # a journal past this is not one this module wrote
 
 
-def plan_groups(sizes: dict[str, int], target_bytes: int) -> list[list[str]]:
-    """Runs of files (in name order) to merge: each file smaller than the target joins the current run until
-    the run reaches the target; a file at or above the target stays as it is; runs of one file are left."""
-    groups, current, total = [], [], 0
-    for uri in sorted(sizes):
-        size = sizes[uri]
-        if size >= target_bytes:
+def plan_groups(sizes: dict[str, tuple[int, int]], target_bytes: int) -> list[list[str]]:
+    """Runs of batches (in name order) to merge, from each batch's ``(Parquet bytes, shard bytes)``: a batch
+    smaller than the target in both joins the current run until the run's Parquet or shard bytes reach the
+    target; a batch at or above it stays as it is; runs of one batch are left."""
+    groups, current, parquet, shards = [], [], 0, 0
+    for name in sorted(sizes):
+        p, s = sizes[name]
+        if p >= target_bytes or s >= target_bytes:
             continue
-        current.append(uri)
-        total += size
-        if total >= target_bytes:
+        if current and (parquet + p > target_bytes or shards + s > target_bytes):
             groups.append(current)
-            current, total = [], 0
+            current, parquet, shards = [], 0, 0
+        current.append(name)
+        parquet, shards = parquet + p, shards + s
     if current:
         groups.append(current)
     return [g for g in groups if len(g) > 1]
 
 
 def merged_name(inputs: list[str]) -> str:
-    """The merged batch's name: from its inputs' names, so a rerun of the same group writes the same file."""
-    return batch_name([uri.rsplit("/", 1)[-1] for uri in inputs], run_id="compaction")
+    """The merged batch's name: from its inputs' batch names, so a rerun of the same group writes the same
+    file, and a journal's pairing of a merged batch with its inputs can be checked."""
+    return batch_name(list(inputs), run_id="compaction")
 
 
 def merge_tables(tables: list[pa.Table]) -> pa.Table:
-    """One table of the inputs' rows, in order; files written by older versions (fewer columns) are widened."""
-    return pa.concat_tables(tables, promote_options="default")
+    """One table of the inputs' rows, in order; files written by older versions (fewer columns, narrower
+    types) are widened.
+
+    Raises:
+        pyarrow.ArrowException: columns of one name whose types cannot be widened to one.
+    """
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def merge_shards(shards: list[bytes]) -> bytes:
@@ -86,29 +94,44 @@ def _read_journal(store: OutputStore) -> dict | None:
     try:
         journal = json.loads(data)
         groups = journal["groups"]
-        if not all(isinstance(g["merged"], str) and all(isinstance(i, str) for i in g["inputs"]) for g in groups):
+        if not all(isinstance(g["merged"], str) and isinstance(g["inputs"], list)
+                   and all(isinstance(i, str) for i in g["inputs"]) for g in groups):
             raise ValueError
         return journal
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         logger.warning("compaction journal %s is not one: ignored and removed",
                        mask_text(store.compaction_journal_uri()))
         return {"groups": []}
 
 
+def _ids(store: OutputStore, name: str) -> set[str] | None:
+    """The video ids of a batch, or None when its Parquet file cannot be read."""
+    try:
+        return set(store.read_table(store.parquet_uri(name), columns=[S.VIDEO_ID]).column(S.VIDEO_ID).to_pylist())
+    except (OSError, pa.ArrowException) as exc:
+        logger.warning("batch %s cannot be read (%s)", name, str(exc)[:200])
+        return None
+
+
 def finish_compaction(store: OutputStore, check: Callable[[], None] | None = None) -> int:
-    """Finish what a killed compaction left: the inputs of each merged batch that was written are removed
-    (its Parquet file present means the batch is whole). Returns the number of input files removed."""
+    """Finish what a killed compaction left: the inputs of each merged batch that was written are removed.
+    An input goes only when the journal's merged name is the one its inputs make and the merged file holds
+    every id of that input (a damaged journal or merged file removes nothing). Returns the inputs removed."""
     journal = _read_journal(store)
     if journal is None:
         return 0
     check = check or (lambda: None)
-    present, shards = set(store.parquet_files()), set(store.shard_files())
+    present, shards = set(store.batch_names()), store.shard_batches()
     removed = 0
     for group in journal["groups"]:
-        if store.parquet_uri(group["merged"]) not in present:
-            continue  # never written: its inputs are all still there
-        inputs = [store.parquet_uri(name) for name in group["inputs"] if name != group["merged"]]
-        inputs = [uri for uri in inputs if uri in present]
+        merged, inputs = group["merged"], [n for n in group["inputs"] if n != group["merged"]]
+        if merged not in present or merged_name(group["inputs"]) != merged:
+            continue  # never written (its inputs are all still there), or not a group this module made
+        inputs = [n for n in inputs if n in present]
+        kept = _ids(store, merged) if inputs else None
+        if kept is None:
+            continue
+        inputs = [n for n in inputs if (ids := _ids(store, n)) is not None and ids <= kept]
         if inputs:
             check()
             _remove_batches(store, inputs, shards)
@@ -121,17 +144,25 @@ def finish_compaction(store: OutputStore, check: Callable[[], None] | None = Non
     return removed
 
 
-def _remove_batches(store: OutputStore, parquet_uris: list[str], shards: set[str]) -> None:
+def _remove_batches(store: OutputStore, names: list[str], shards: set[str]) -> None:
     """Batches' Parquet files (one bulk delete), then those of their shards that exist (a shard without its
     Parquet file is an orphan, never the reverse)."""
-    store.remove_many(parquet_uris)
-    store.remove_many([s for s in map(store.shard_for, parquet_uris) if s in shards])
+    store.remove_many([store.parquet_uri(n) for n in names])
+    store.remove_many([store.shard_uri(n) for n in names if n in shards])
 
 
 def _merge_group(store: OutputStore, inputs: list[str], shards: set[str], check: Callable[[], None],
-                 reads: ThreadPoolExecutor) -> int:
-    table = merge_tables(list(reads.map(store.read_table, inputs)))
-    present = [s for s in map(store.shard_for, inputs) if s in shards]
+                 reads: ThreadPoolExecutor) -> int | None:
+    """One group merged and its inputs removed: its rows; None (nothing written or removed) when the inputs'
+    columns cannot be merged (the warning names the files)."""
+    tables = list(reads.map(lambda n: store.read_table(store.parquet_uri(n)), inputs))
+    try:
+        table = merge_tables(tables)
+    except pa.ArrowException as exc:
+        logger.warning("batches %s not merged: their columns do not fit one schema (%s)",
+                       ", ".join(f"part-{n}.parquet" for n in inputs), str(exc)[:300])
+        return None
+    present = [store.shard_uri(n) for n in inputs if n in shards]
     shard = merge_shards(list(reads.map(store.read_bytes, present))) if present else None
     check()
     store.write_batch(merged_name(inputs), table, shard)
@@ -152,20 +183,24 @@ the lease is lost: a job passes its lease's check).
     started = time.perf_counter()
     check = check or (lambda: None)
     store = OutputStore(output, storage_options)
-    sizes = store.parquet_sizes()
+    parquet, shard_sizes = store.batch_sizes(), store.shard_sizes()
+    sizes = {name: (size, shard_sizes.get(name, 0)) for name, size in parquet.items()}
     groups = plan_groups(sizes, max(1, int(target_mb * 1024 * 1024)))
     stats = {"files_before": len(sizes), "groups": len(groups), "files_merged": sum(map(len, groups)),
              "rows_merged": 0}
     if groups:
         check()
-        journal = {"groups": [{"merged": merged_name(g), "inputs": [store.batch_of(u) for u in g]} for g in groups]}
+        journal = {"groups": [{"merged": merged_name(g), "inputs": g} for g in groups]}
         write_atomic(store.compaction_journal_uri(), json.dumps(journal).encode(), storage_options)
-        shards = set(store.shard_files())
+        shards = set(shard_sizes)
         with ThreadPoolExecutor(max(1, threads)) as pool, ThreadPoolExecutor(4 * max(1, threads)) as reads:
-            stats["rows_merged"] = sum(pool.map(lambda g: _merge_group(store, g, shards, check, reads), groups))
+            merged = list(pool.map(lambda g: _merge_group(store, g, shards, check, reads), groups))
+        stats["rows_merged"] = sum(rows for rows in merged if rows is not None)
+        stats["groups_skipped"] = merged.count(None)
         check()
         store.remove(store.compaction_journal_uri())
-    stats["files_after"] = stats["files_before"] - stats["files_merged"] + stats["groups"]
+    stats.setdefault("groups_skipped", 0)
+    stats["files_after"] = len(store.batch_names())
     stats["wall_s"] = round(time.perf_counter() - started, 3)
     logger.info("compacted %s: %d files -> %d (%d groups, %d rows)", mask_text(output), stats["files_before"],
                 stats["files_after"], stats["groups"], stats["rows_merged"])

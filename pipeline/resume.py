@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema as S
-from pipeline.io.masking import mask_text
+from pipeline.io.masking import mask_text, public_uri
 from pipeline.compaction import finish_compaction
 from pipeline.io.output_store import OutputStore
 
@@ -50,8 +50,17 @@ class OutputState:
         return pc.unique(table.column(S.VIDEO_ID).combine_chunks())
 
 
+class UnreadableOutputFile(ValueError):
+    """A Parquet file of the output cannot be read as one (damaged, truncated, not Parquet)."""
+
+
 def _read_columns(store: OutputStore, uri: str) -> pa.Table:
-    return row_keys(store.read_table(uri, columns=_SCAN_COLUMNS), uri)
+    try:
+        table = store.read_table(uri, columns=_SCAN_COLUMNS)
+    except pa.ArrowException as exc:
+        raise UnreadableOutputFile(f"{public_uri(uri)} is not a readable Parquet file ({str(exc)[:200]}): move it "
+                                   "out of the output (its rows are lost) and run again") from exc
+    return row_keys(table, uri)
 
 
 def row_keys(table: pa.Table, uri: str) -> pa.Table:

@@ -48,6 +48,11 @@ def small_output(root: str, batches: int = 9, per_batch: int = 3) -> OutputStore
     return store
 
 
+def largest(store: OutputStore) -> int:
+    """The largest Parquet file or shard of the output, in bytes (a tar is at least 10 KiB: its padding)."""
+    return max([*store.batch_sizes().values(), *store.shard_sizes().values()])
+
+
 def contents(store: OutputStore) -> tuple[list[tuple], list[tuple[str, bytes]]]:
     """Every row (as sorted tuples of id, caption, error) and every shard member (name, bytes), sorted."""
     rows = []
@@ -66,7 +71,7 @@ def test_small_files_are_merged_to_the_target_size_with_every_row_and_sample_onc
     store = small_output(str(tmp_path))
     before = contents(store)
     sizes = store.parquet_sizes()
-    target_mb = 3.5 * max(sizes.values()) / 2**20  # about four files per merged file
+    target_mb = 3.5 * largest(store) / 2**20  # three or four batches per merged batch
     stats = compact(str(tmp_path), target_mb=target_mb)
     assert stats["files_before"] == 9 and stats["files_after"] == len(store.parquet_files()) < 9
     assert stats["rows_merged"] == sum(len(store.read_table(u)) for u in store.parquet_files()
@@ -95,14 +100,16 @@ def test_an_output_on_s3_is_compacted_through_the_same_calls(s3_endpoint):
     assert reconcile_and_scan("s3://compaction/out")[0]["compacted_inputs"] == 0
 
 
-def test_grouping_keeps_large_files_and_never_merges_one_file_alone():
-    sizes = {"a": 10, "b": 10, "c": 100, "d": 10, "e": 95, "f": 10}
-    assert plan_groups(sizes, 25) == [["a", "b", "d"]]  # c and e stay; f alone is left as it is
-    assert plan_groups({"a": 10}, 25) == [] and plan_groups({}, 25) == []
-    assert plan_groups({"a": 30, "b": 40}, 25) == []  # each at the target already
-    assert all(len(g) > 1 for g in plan_groups({str(i): 7 for i in range(10)}, 20))
-    assert merged_name(["x/part-1.parquet", "x/part-2.parquet"]) == merged_name(["y/part-1.parquet",
-                                                                                  "y/part-2.parquet"])
+def test_grouping_keeps_large_batches_and_never_merges_one_alone():
+    parquet_only = {name: (size, 0) for name, size in {"a": 10, "b": 10, "c": 100, "d": 10, "e": 95, "f": 10}.items()}
+    assert plan_groups(parquet_only, 25) == [["a", "b"], ["d", "f"]]  # c and e stay as they are
+    assert plan_groups({"a": (10, 0)}, 25) == [] and plan_groups({}, 25) == []
+    assert plan_groups({"a": (30, 0), "b": (40, 0)}, 25) == []  # each at the target already
+    assert all(len(g) > 1 for g in plan_groups({str(i): (7, 0) for i in range(10)}, 20))
+    # Shards count too: keyframes make a batch's shard far larger than its Parquet file.
+    assert plan_groups({"a": (1, 12), "b": (1, 12), "c": (1, 12)}, 25) == [["a", "b"]]
+    assert plan_groups({"a": (1, 30), "b": (1, 1), "c": (1, 1)}, 25) == [["b", "c"]]
+    assert merged_name(["b1", "b2"]) == merged_name(["b1", "b2"]) != merged_name(["b1", "b3"])
 
 
 class Stop(Exception):
@@ -113,7 +120,7 @@ class Stop(Exception):
 def test_a_compaction_stopped_at_any_check_loses_and_duplicates_nothing(tmp_path, stop_at):
     store = small_output(str(tmp_path))
     before = contents(store)
-    target_mb = 2.5 * max(store.parquet_sizes().values()) / 2**20
+    target_mb = 2.5 * largest(store) / 2**20
     calls = []
 
     def check():
@@ -140,6 +147,7 @@ def test_inputs_half_removed_when_killed_are_finished_from_the_journal(tmp_path)
     (merged,) = store.parquet_files()
     # ...then the state of a kill after the merged file and one input's removal: the others are back.
     journal = {"groups": [{"merged": store.batch_of(merged), "inputs": [store.batch_of(u) for u in inputs]}]}
+    assert journal["groups"][0]["merged"] == merged_name(journal["groups"][0]["inputs"])
     for uri in inputs[1:]:
         name = store.batch_of(uri)
         ids = [f"v{int(name[1:]):02d}-{i}" for i in range(3)]

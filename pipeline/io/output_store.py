@@ -181,6 +181,23 @@ class OutputStore:
         sizes = list_file_sizes(join(self.uri, PARQUET_DIR), self.storage_options, suffix=_PART[1])
         return {f: n for f, n in sizes.items() if not f.rsplit("/", 1)[-1].startswith((".", "_"))}
 
+    def batch_sizes(self) -> dict[str, int]:
+        """Batch name -> Parquet bytes, for the files named as batches (``part-<name>.parquet``). Names, not
+        URIs: a listing spells URIs its own way (absolute, without user info), the store as it was given."""
+        return {name: size for uri, size in self.parquet_sizes().items()
+                if (name := _name_between(uri, _PART)) is not None}
+
+    def batch_names(self) -> list[str]:
+        return sorted(self.batch_sizes())
+
+    def shard_sizes(self) -> dict[str, int]:
+        """Batch name -> WebDataset shard bytes, for the batches that have a shard."""
+        sizes = list_file_sizes(join(self.uri, WEBDATASET_DIR), self.storage_options, suffix=_SHARD[1])
+        return {name: size for uri, size in sizes.items() if (name := _name_between(uri, _SHARD)) is not None}
+
+    def shard_batches(self) -> set[str]:
+        return set(self.shard_sizes())
+
     def shard_files(self) -> list[str]:
         return list_files(join(self.uri, WEBDATASET_DIR), self.storage_options, suffix=_SHARD[1])
 
