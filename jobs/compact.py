@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="size of the merged Parquet files, compressed (default 256); files this large "
                              "already are left as they are")
     parser.add_argument("--threads", type=bounded(int, 1, 64), default=4,
-                        help="groups merged at once (each holds its rows in memory: about 3-5x --target-mb)")
+                        help="groups merged at once (each in memory: its rows, about 3-5x its Parquet bytes, "
+                             "plus twice its shards; both at most --target-mb)")
     parser.add_argument("--lease-ttl-s", type=bounded(float, 1, 86400), default=None,
                         help="the output lease's time to live (default: the --config's output.lease_ttl_s, or 120)")
     parser.add_argument("--config", help="a recaption job's YAML: its storage_options (and output.lease_ttl_s) "
