@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.compaction import compact
     from pipeline.io.masking import mask_text, mask_values
     from pipeline.io.storage import get_fs
+    from pipeline.io.storage_options import option_secrets
     from pipeline.lease import OutputBusy, OutputLease
     from pipeline.resume import reconcile_and_scan
     from pipeline.runner import new_run_id
@@ -79,22 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(exc).__name__}: {mask_text(str(exc))}", file=sys.stderr)
         return 1
     except (ValueError, TypeError, ImportError) as exc:  # an unknown store, a bad option, an unreadable file
-        print(f"error: {type(exc).__name__}: {mask_text(str(exc), storage_secrets(storage_options))}",
+        print(f"error: {type(exc).__name__}: {mask_text(str(exc), option_secrets(storage_options))}",
               file=sys.stderr)
         return 2
     print(json.dumps(mask_values({"output": output, "repairs": repaired, **stats}), indent=2))
     return 0
-
-
-def storage_secrets(options: dict) -> list[str]:
-    """The string values of storage options, to mask in messages (a misspelt option's value may be a key)."""
-    found = []
-    for value in options.values():
-        if isinstance(value, dict):
-            found += storage_secrets(value)
-        elif isinstance(value, str) and len(value) >= 4:
-            found.append(value)
-    return found
 
 
 def job_settings(config: str | None) -> tuple[dict, float]:

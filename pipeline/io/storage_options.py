@@ -37,7 +37,7 @@ def storage_option_problems(storage_options: dict[str, Any] | None, uris: list[s
             continue  # a filesystem that is not installed says so when it is used
         except (TypeError, ValueError, KeyError) as exc:
             problems.append(f"storage_options: the {protocol}:// filesystem refuses them: "
-                            f"{mask_text(str(exc), _option_secrets(options))}")
+                            f"{mask_text(str(exc), option_secrets(options))}")
             continue
         problems += [f"storage_options.{key} (value {MASK}): {why}" for key, why in _refused(fs, protocol)]
     return problems
@@ -80,12 +80,12 @@ def _refused(fs: fsspec.AbstractFileSystem, protocol: str) -> list[tuple[str, st
     return refused
 
 
-def _option_secrets(options: dict[str, Any]) -> list[str]:
+def option_secrets(options: dict[str, Any]) -> list[str]:
     """The string values of the options, to scrub from a library's error text that may quote them."""
     found = []
     for value in options.values():
         if isinstance(value, dict):
-            found += _option_secrets(value)
+            found += option_secrets(value)
         elif isinstance(value, str) and len(value) >= 4:
             found.append(value)
     return found
