@@ -4,8 +4,8 @@ reference's protocol. Runs on the recaption pipeline, resumable.
 
     python jobs/evaluate.py --benchmark mvbench --data /data/MVBench --model /models/pllava-7b --lora-alpha 4 \
         --output runs/mvbench-base
-    python jobs/evaluate.py --benchmark mvbench --data /data/MVBench --model /models/pllava-7b --lora-alpha 4 \
-        --weights-dir runs/lora/weights --output runs/mvbench-lora --compare runs/mvbench-base
+    python jobs/evaluate.py --benchmark mvbench --data /data/MVBench --model /models/llava-v1.6-vicuna-7b-hf \
+        --weights-dir runs/lora/weights --output runs/mvbench-lora --compare runs/mvbench-base  # its training base
     python jobs/evaluate.py --benchmark vcg --data vcg/Benchmarking_QA --video-root vcg/Videos/Benchmarking \
         --judge-url http://judge-host:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct --output runs/vcg
     # numbers comparable with the PLLaVA paper's: the reference's own prompt strings, from a checkout of it
