@@ -175,7 +175,7 @@ def test_a_damaged_journal_is_dropped_and_removes_nothing(tmp_path):
 def test_the_compact_command_holds_the_lease_and_reports(tmp_path):
     small_output(str(tmp_path / "out"))
     lease = OutputStore(str(tmp_path / "out")).lease_uri()
-    run = [sys.executable, os.path.join(ROOT, "jobs", "compact.py"), str(tmp_path / "out"), "--target-mb", "0.01"]
+    run = [sys.executable, os.path.join(ROOT, "jobs", "compact.py"), str(tmp_path / "out"), "--target-mb", "0.1"]
     done = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
