@@ -50,9 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.io.masking import mask_text, mask_values
     from pipeline.io.storage import get_fs
     from pipeline.io.storage_options import option_secrets
-    from pipeline.lease import OutputBusy, OutputLease
+    from pipeline.lease import OutputBusy, OutputLease, new_run_id
     from pipeline.resume import reconcile_and_scan
-    from pipeline.runner import new_run_id
 
     output = args.output
     try:

@@ -9,7 +9,6 @@ from typing import Any
 
 import yaml
 
-from pipeline.io.storage import read_text_bounded
 
 
 def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +124,8 @@ def yaml_layer(path: str | None) -> dict[str, Any]:
     """
     if not path:
         return {}
+    from pipeline.io.storage import read_text_bounded  # here: --help and flag parsing stay light
+
     text = read_text_bounded(path, MAX_YAML_BYTES, what="config file", hint="a config file is a few kilobytes")
     data = load_yaml(text, path) or {}
     if not isinstance(data, dict):

@@ -2,14 +2,15 @@
 
 A job writes one Parquet file (and one WebDataset shard) per ``rows_per_file`` rows: thousands of files per
 million rows, each listed and opened by every resume scan and every reader. Compaction merges runs of small
-files, in name order, into files of about ``target_mb`` (compressed Parquet bytes). Each merged batch is
-written the way a job writes one (its shard first, then its Parquet file, each atomically) under a new batch
-name, and only then are its inputs removed (each input's Parquet file, then its shard).
+batches, in name order, into batches whose Parquet file and shard each stay within ``target_mb``. Each merged
+batch is written the way a job writes one (its shard first, then its Parquet file, each atomically) under a new
+batch name, and only then are its inputs removed (their Parquet files, then their shards).
 
 A kill at any point loses nothing: before the first merged file is written, the groups are recorded in the
 output's compaction journal (:meth:`OutputStore.compaction_journal_uri`). :func:`finish_compaction`, run by
 :func:`pipeline.resume.reconcile_and_scan` before anything else (so by the next job, compaction or recaption),
-removes the inputs of every group whose merged Parquet file exists, and drops the journal. A group whose merged
+removes the inputs of every group whose merged Parquet file exists and holds their ids, and drops the journal.
+Batches are matched by name, never by URI spelling (listings spell URIs their own way). A group whose merged
 file is missing still has all its inputs; its half-written temporaries and orphan shard are removed as any
 killed writer's. Between a merged file's write and its inputs' removal a reader listing the output sees those
 rows twice (for the time of a few deletes); a kill there leaves them twice until the next job or compaction,
@@ -121,7 +122,7 @@ def finish_compaction(store: OutputStore, check: Callable[[], None] | None = Non
     if journal is None:
         return 0
     check = check or (lambda: None)
-    present, shards = set(store.batch_names()), store.shard_batches()
+    present, shards = set(store.batch_sizes()), set(store.shard_sizes())
     removed = 0
     for group in journal["groups"]:
         merged, inputs = group["merged"], [n for n in group["inputs"] if n != group["merged"]]
@@ -178,7 +179,7 @@ def compact(output: str, storage_options: dict | None = None, target_mb: float =
     The caller holds the output's lease and has just reconciled it (:func:`pipeline.resume.reconcile_and_scan`:
     duplicates, temporaries, an earlier compaction's leftovers), so merged files never hold two rows of one
     video. ``check`` is called before the journal, each merged batch and each group's removals (it raises when
-the lease is lost: a job passes its lease's check).
+    the lease is lost: a job passes its lease's check).
     """
     started = time.perf_counter()
     check = check or (lambda: None)
@@ -186,8 +187,8 @@ the lease is lost: a job passes its lease's check).
     parquet, shard_sizes = store.batch_sizes(), store.shard_sizes()
     sizes = {name: (size, shard_sizes.get(name, 0)) for name, size in parquet.items()}
     groups = plan_groups(sizes, max(1, int(target_mb * 1024 * 1024)))
-    stats = {"files_before": len(sizes), "groups": len(groups), "files_merged": sum(map(len, groups)),
-             "rows_merged": 0}
+    stats = {"files_before": len(sizes), "groups": len(groups), "files_merged": sum(map(len, groups))}
+    merged: list[int | None] = []
     if groups:
         check()
         journal = {"groups": [{"merged": merged_name(g), "inputs": g} for g in groups]}
@@ -195,12 +196,12 @@ the lease is lost: a job passes its lease's check).
         shards = set(shard_sizes)
         with ThreadPoolExecutor(max(1, threads)) as pool, ThreadPoolExecutor(4 * max(1, threads)) as reads:
             merged = list(pool.map(lambda g: _merge_group(store, g, shards, check, reads), groups))
-        stats["rows_merged"] = sum(rows for rows in merged if rows is not None)
-        stats["groups_skipped"] = merged.count(None)
         check()
         store.remove(store.compaction_journal_uri())
-    stats.setdefault("groups_skipped", 0)
-    stats["files_after"] = len(store.batch_names())
+    done = [group for group, rows in zip(groups, merged) if rows is not None]
+    stats["rows_merged"] = sum(rows for rows in merged if rows is not None)
+    stats["groups_skipped"] = len(groups) - len(done)
+    stats["files_after"] = len(sizes) - sum(map(len, done)) + len(done)
     stats["wall_s"] = round(time.perf_counter() - started, 3)
     logger.info("compacted %s: %d files -> %d (%d groups, %d rows)", mask_text(output), stats["files_before"],
                 stats["files_after"], stats["groups"], stats["rows_merged"])

@@ -13,7 +13,7 @@ from model.prompts import TEMPLATES, PromptText, read_prompt, read_system_prompt
 from model.settings import (ENGINES, MAX_BATCH, MAX_WAIT_S, MAX_WORKERS, GenerationSettings, Settings, VllmSettings,
                             load_settings)
 from pipeline.frames import SamplingConfig
-from pipeline.io.masking import StorageOptions, mask_values, redact
+from pipeline.io.masking import StorageOptions, redacted_config
 from pipeline.io.storage import SPOOL_ABOVE_MB, RetryPolicy
 from pipeline.io.storage_options import storage_option_problems
 from pipeline.quality import QualityThresholds
@@ -222,8 +222,4 @@ class JobConfig(Settings):
     def to_dict(self, redacted: bool = True) -> dict[str, Any]:
         """Plain data. ``redacted`` (the default) masks credentials: ``storage_options`` by key and value, every
         other string (``source.input``, ``output.output``, ...) by value shape (URL user info, signed URLs)."""
-        data = self.model_dump(mode="json")
-        if redacted:
-            data = mask_values(data)
-            data["storage_options"] = redact(self.storage_options)
-        return data
+        return redacted_config(self) if redacted else self.model_dump(mode="json")

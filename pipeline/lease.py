@@ -21,7 +21,9 @@ import os
 import socket
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 
 from pipeline.io.lease_object import LeaseConflict, LeaseObject
 from pipeline.io.masking import mask_text
@@ -31,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 120.0
 MAX_TTL_S = 86400.0  # a record's own time to live is believed up to this (a hostile record cannot block for ever)
+
+
+def new_run_id() -> str:
+    """A run's id (the name its lease and summary carry): UTC time to the second and a random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 def process_space() -> str:

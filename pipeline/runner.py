@@ -12,9 +12,8 @@ import logging
 import os
 import tempfile
 import time
-import uuid
 from collections import Counter
-from datetime import datetime, timezone
+
 import pyarrow.compute as pc
 import ray
 
@@ -25,7 +24,7 @@ from pipeline.captioner import Captioner, VllmCaptioner, caption_identity
 from pipeline.cluster import init_ray
 from pipeline.compaction import compact
 from pipeline.config import JobConfig
-from pipeline.lease import LeaseGuard, LeaseLost, OutputLease, lease_lost_in
+from pipeline.lease import LeaseGuard, LeaseLost, OutputLease, lease_lost_in, new_run_id
 from pipeline.metrics import record_manifest
 from pipeline.plan_check import compare_with_plan, well_formed
 from pipeline.io.masking import mask_values
@@ -136,10 +135,6 @@ def recaption_stages(
 def crash_journal_dir(run_id: str) -> str:
     """Node-local folder where this run's decode actors note the video in progress (see CrashJournal)."""
     return os.path.join(tempfile.gettempdir(), "pllava-crash-journal", run_id)
-
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 def run_job(cfg: JobConfig, run_id: str | None = None, progress: bool = False) -> dict:

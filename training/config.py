@@ -9,7 +9,7 @@ from pydantic import Field
 from model.settings import MAX_BATCH, MAX_SEED, MAX_TOKENS, MAX_WORKERS, Settings, load_settings
 from pipeline.config import SecretOptions
 from pipeline.frames import SamplingConfig
-from pipeline.io.masking import StorageOptions, mask_values, redact
+from pipeline.io.masking import StorageOptions, redacted_config
 
 DATA_KINDS = ("videochat2", "captions")
 
@@ -85,8 +85,4 @@ class TrainConfig(Settings):
         """Plain data. ``redacted`` (the default) masks credentials as :meth:`pipeline.config.JobConfig.to_dict`
         does: ``storage_options`` by key and value, every other string (``data.uri``, ``run.output``, ...) by
         value shape (URL user info, signed URLs)."""
-        data = self.model_dump(mode="json")
-        if redacted:
-            data = mask_values(data)
-            data["storage_options"] = redact(self.storage_options)
-        return data
+        return redacted_config(self) if redacted else self.model_dump(mode="json")

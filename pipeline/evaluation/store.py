@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline.io.masking import public_uri
 from pipeline.io.output_store import OutputStore, write_parquet
-from pipeline.io.storage import get_fs, join, write_atomic
+from pipeline.io.storage import get_fs, join
 
 QUESTIONS_FILE = "questions.parquet"
 PREDICTIONS_FILE = "predictions/predictions.parquet"
@@ -50,9 +50,7 @@ class EvaluationStore(OutputStore):
         return uri
 
     def write_metrics(self, metrics: dict) -> str:
-        uri = self.metrics_uri()
-        write_atomic(uri, json.dumps(metrics, indent=2, default=str).encode(), self.storage_options)
-        return uri
+        return self.write_json(self.metrics_uri(), metrics)
 
     # -- reads -----------------------------------------------------------------------------------------
     def read_predictions(self) -> pa.Table | None:

@@ -85,6 +85,15 @@ def is_secret_key(key: Any) -> bool:
     return any(marker in str(key).lower() for marker in SECRET_KEY_MARKERS)
 
 
+def redacted_config(config) -> dict[str, Any]:
+    """A job or training config (a pydantic model with ``storage_options``) as plain data with credentials
+    masked: ``storage_options`` by key and value, every other string by value shape (URL user info, signed
+    URLs)."""
+    data = mask_values(config.model_dump(mode="json"))
+    data["storage_options"] = redact(config.storage_options)
+    return data
+
+
 def redact(options: Any) -> Any:
     """A copy of storage options (or any credentials structure) with secrets masked by key and by value."""
     if isinstance(options, dict):

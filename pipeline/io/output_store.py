@@ -173,8 +173,7 @@ class OutputStore:
     # -- listings --------------------------------------------------------------------------------------
     def parquet_files(self) -> list[str]:
         """The batch Parquet files (not temporaries or other hidden files)."""
-        files = list_files(join(self.uri, PARQUET_DIR), self.storage_options, suffix=_PART[1])
-        return [f for f in files if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
+        return list(self.parquet_sizes())
 
     def parquet_sizes(self) -> dict[str, int]:
         """The batch Parquet files (as :meth:`parquet_files`) and their sizes in bytes, from one listing."""
@@ -187,16 +186,10 @@ class OutputStore:
         return {name: size for uri, size in self.parquet_sizes().items()
                 if (name := _name_between(uri, _PART)) is not None}
 
-    def batch_names(self) -> list[str]:
-        return sorted(self.batch_sizes())
-
     def shard_sizes(self) -> dict[str, int]:
         """Batch name -> WebDataset shard bytes, for the batches that have a shard."""
         sizes = list_file_sizes(join(self.uri, WEBDATASET_DIR), self.storage_options, suffix=_SHARD[1])
         return {name: size for uri, size in sizes.items() if (name := _name_between(uri, _SHARD)) is not None}
-
-    def shard_batches(self) -> set[str]:
-        return set(self.shard_sizes())
 
     def shard_files(self) -> list[str]:
         return list_files(join(self.uri, WEBDATASET_DIR), self.storage_options, suffix=_SHARD[1])
@@ -236,15 +229,16 @@ class OutputStore:
         else:
             write_parquet(parquet_uri, keep, self.storage_options)
 
-    def write_summary(self, run_id: str, summary: dict) -> str:
-        uri = self.summary_uri(run_id)
-        write_atomic(uri, json.dumps(summary, indent=2, default=str).encode(), self.storage_options)
+    def write_json(self, uri: str, data: dict) -> str:
+        """``data`` as indented JSON at ``uri``, atomically; returns the URI."""
+        write_atomic(uri, json.dumps(data, indent=2, default=str).encode(), self.storage_options)
         return uri
 
+    def write_summary(self, run_id: str, summary: dict) -> str:
+        return self.write_json(self.summary_uri(run_id), summary)
+
     def write_plan(self, plan_id: str, plan: dict) -> str:
-        uri = self.plan_uri(plan_id)
-        write_atomic(uri, json.dumps(plan, indent=2, default=str).encode(), self.storage_options)
-        return uri
+        return self.write_json(self.plan_uri(plan_id), plan)
 
     def latest_plan(self, accept: Callable[[dict], bool] | None = None) -> dict | None:
         """The newest plan written for this output (plan ids sort by time), or None; an unreadable one, or one

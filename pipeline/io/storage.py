@@ -388,27 +388,18 @@ def find_fresh(fs: fsspec.AbstractFileSystem, path: str, detail: bool = False):
 
 def list_files(uri: str, storage_options: dict[str, Any] | None = None, suffix: str = "",
                retry: RetryPolicy = RetryPolicy()) -> list[str]:
-    """Full URIs of the files under ``uri`` ending in ``suffix`` (empty when the folder does not exist);
+    """Full URIs of the files under ``uri`` ending in ``suffix``, sorted (empty when the folder does not exist);
     transient store failures are retried like reads.
 
     Raises:
         OSError: a permanent failure, or the retries are spent.
     """
-    def find() -> list[str]:
-        fs, path = get_fs(uri, storage_options)
-        if not fs.exists(path):
-            return []
-        return sorted(unstrip(fs, p, uri) for p in find_fresh(fs, path) if p.endswith(suffix))
-
-    try:
-        return with_retries(uri, "listing", find, retry)
-    except StorageError as exc:
-        raise OSError(str(exc)) from exc
+    return list(list_file_sizes(uri, storage_options, suffix, retry))
 
 
 def list_file_sizes(uri: str, storage_options: dict[str, Any] | None = None, suffix: str = "",
                     retry: RetryPolicy = RetryPolicy()) -> dict[str, int]:
-    """:func:`list_files` with each file's size in bytes, from the same listing (no request per file)."""
+    """:func:`list_files` with each file's size in bytes, from one listing (no request per file)."""
     def find() -> dict[str, int]:
         fs, path = get_fs(uri, storage_options)
         if not fs.exists(path):
