@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pipeline.compaction import compact
     from pipeline.io.masking import mask_text, mask_values
-    from pipeline.io.storage import get_fs
+    from pipeline.io.storage import StorageError, get_fs, with_retries
     from pipeline.io.storage_options import option_secrets
     from pipeline.lease import OutputBusy, OutputLease, new_run_id
     from pipeline.resume import reconcile_and_scan
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         fs, path = get_fs(output, storage_options)
-        if not fs.isdir(path):
+        if not with_retries(output, "listing", lambda: fs.isdir(path)):  # store errors as StorageError
             print(f"error: {mask_text(output)} is not a recaption output (no such folder)", file=sys.stderr)
             return 2
         run_id = "compact-" + new_run_id()
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except OutputBusy as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
         print(f"error: {type(exc).__name__}: {mask_text(str(exc))}", file=sys.stderr)
         return 1
     except (ValueError, TypeError, ImportError) as exc:  # an unknown store, a bad option, an unreadable file

@@ -15,7 +15,7 @@ import pytest
 from pipeline.compaction import compact, finish_compaction
 from pipeline.io.output_store import OutputStore, webdataset_tar
 from pipeline.resume import reconcile_and_scan
-from test_compaction import batch, contents, small_output
+from test_compaction import ROOT, batch, contents, small_output
 
 
 class Stop(Exception):
@@ -196,3 +196,18 @@ def test_a_job_compacting_an_output_given_with_user_info_keeps_its_keyframes(ray
     run_job(job_config(str(tmp_path / "list.txt"), out))
     members = contents(OutputStore("s3://hostile-job/out"))[1]
     assert len([m for m in members if m[0].endswith(".json")]) == 4
+
+
+@pytest.mark.slow
+def test_an_s3_output_without_credentials_is_one_line_error_without_the_url_password(tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "compact.py"),
+                           "s3://AKIAEXAMPLE:hunter2@no-bucket/out"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 1 and done.stderr.splitlines()[-1].startswith("error: StorageError:"), done.stderr
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
