@@ -32,7 +32,7 @@ import pyarrow as pa
 from pipeline import schema as S
 from pipeline.io.masking import mask_text
 from pipeline.io.output_store import OutputStore, batch_name
-from pipeline.io.storage import get_fs, write_atomic
+from pipeline.io.storage import get_fs, with_retries, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +87,18 @@ def merge_shards(shards: list[bytes]) -> bytes:
 
 
 def _read_journal(store: OutputStore) -> dict | None:
-    fs, path = get_fs(store.compaction_journal_uri(), store.storage_options)
-    if not fs.exists(path):
+    uri = store.compaction_journal_uri()
+
+    def fetch() -> bytes | None:
+        fs, path = get_fs(uri, store.storage_options)
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "rb") as f:
+            return f.read(MAX_JOURNAL_BYTES + 1)
+
+    data = with_retries(uri, "reading", fetch)  # every job's reconcile reads it: a transient error is retried
+    if data is None:
         return None
-    with fs.open(path, "rb") as f:
-        data = f.read(MAX_JOURNAL_BYTES + 1)
     try:
         journal = json.loads(data)
         groups = journal["groups"]
@@ -156,7 +163,10 @@ def _merge_group(store: OutputStore, inputs: list[str], shards: set[str], check:
                  reads: ThreadPoolExecutor) -> int | None:
     """One group merged and its inputs removed: its rows; None (nothing written or removed) when the inputs'
     columns cannot be merged (the warning names the files)."""
-    tables = list(reads.map(lambda n: store.read_table(store.parquet_uri(n)), inputs))
+    def read(uri: str, how: Callable[[str], object]):
+        return with_retries(uri, "reading", lambda: how(uri))
+
+    tables = list(reads.map(lambda n: read(store.parquet_uri(n), store.read_table), inputs))
     try:
         table = merge_tables(tables)
     except pa.ArrowException as exc:
@@ -164,7 +174,7 @@ def _merge_group(store: OutputStore, inputs: list[str], shards: set[str], check:
                        ", ".join(f"part-{n}.parquet" for n in inputs), str(exc)[:300])
         return None
     present = [store.shard_uri(n) for n in inputs if n in shards]
-    shard = merge_shards(list(reads.map(store.read_bytes, present))) if present else None
+    shard = merge_shards(list(reads.map(lambda uri: read(uri, store.read_bytes), present))) if present else None
     check()
     store.write_batch(merged_name(inputs), table, shard)
     check()  # once per group: a group's removals take a moment, well inside the lease's half-life

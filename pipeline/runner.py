@@ -33,6 +33,7 @@ from pipeline.resources import (LIGHT_NUM_CPUS, SKIP_NUM_CPUS, PipelinePlan, clu
 from pipeline.resume import OutputState, reconcile_and_scan
 from pipeline.sampler import FrameSampler
 from pipeline.io.output_store import OutputStore
+from pipeline.io.storage import StorageError
 from pipeline.progress import Progress
 from pipeline.sinks import ShardWriter
 from pipeline.list_ids import CheckIds, IdRegistry, check_list_ids
@@ -228,22 +229,36 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     # The output as it is now, from the first scan plus the files this run wrote: no second full scan.
     repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options, previous=before,
                                                written=[m["file"] for m in written if m["file"]], check=lease.check)
-    compaction = None
-    if out.compact_after:
-        compaction = compact(out.output, cfg.storage_options, out.compact_target_mb, check=lease.check)
+    compaction = _compact_after(out.output, cfg.storage_options, out.compact_target_mb, lease) \
+        if out.compact_after else None
     counts = ray.get(tally.totals.remote())
     summary = summarise(cfg, run_id, written, wall_s, counts, repaired, repaired_after, after,
                         gpus=plan.caption_concurrency * plan.caption_num_gpus)
     summary["engine"] = engine
     if compaction is not None:
         summary["compaction"] = compaction
-        summary["output_total"]["parquet_files"] = compaction["files_after"]
+        if "files_after" in compaction:
+            summary["output_total"]["parquet_files"] = compaction["files_after"]
     if summary["this_run"]["videos"]:
         summary["vs_plan"] = _against_plan(out.output, cfg.storage_options, summary["this_run"])
     summary = mask_values(summary)  # URIs with user info or signatures, in paths, errors and the config
     lease.check()
     OutputStore(out.output, cfg.storage_options).write_summary(run_id, summary)
     return summary
+
+
+def _compact_after(output: str, storage_options: dict | None, target_mb: float, lease: OutputLease) -> dict:
+    """``output.compact_after``: what compaction did, or ``{"error": ...}`` when it failed. The run's work is
+    written by then and a failed compaction loses nothing (the next job finishes or undoes it), so only a lost
+    lease fails the run here."""
+    try:
+        return compact(output, storage_options, target_mb, check=lease.check)
+    except LeaseLost:
+        raise
+    except (OSError, StorageError, ValueError) as exc:  # pyarrow's errors are ValueErrors too
+        logger.warning("compaction after the run failed (%s); the output is whole: run jobs/compact.py to retry",
+                       type(exc).__name__)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _against_plan(output: str, storage_options: dict | None, this_run: dict) -> dict | None:

@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.masking import public_uri
-from pipeline.io.storage import TEMPORARY_PREFIX, get_fs, join, list_file_sizes, list_files, remove, write_atomic
+from pipeline.io.storage import (TEMPORARY_PREFIX, get_fs, join, list_file_sizes, list_files, remove, with_retries,
+                                 write_atomic)
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +270,8 @@ class OutputStore:
         """Files of this output, in bulk (one DeleteObjects request per 1000 keys on S3); all must exist."""
         if uris:
             fs, _ = get_fs(uris[0], self.storage_options)
-            fs.rm([get_fs(uri, self.storage_options)[1] for uri in uris])
+            paths = [get_fs(uri, self.storage_options)[1] for uri in uris]
+            with_retries(uris[0], "removing", lambda: fs.rm(paths))  # S3's bulk delete may be repeated
 
     def read_bytes(self, file_uri: str) -> bytes:
         fs, path = get_fs(file_uri, self.storage_options)
