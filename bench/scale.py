@@ -148,14 +148,14 @@ def bench_scan(files: int, compact_mb: float = 64.0) -> None:
     started = time.perf_counter()
     before = scan_output(out)
     t_full = time.perf_counter() - started
-    assert before.rows.num_rows == files
+    assert before.num_rows == files
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(one, range(files, files + 10)))
     written = [f"part-{i:016x}.parquet" for i in range(files, files + 10)]
     started = time.perf_counter()
     _, after = reconcile_and_scan(out, previous=before, written=written)
     t_after = time.perf_counter() - started
-    assert after.rows.num_rows == files + 10
+    assert after.num_rows == files + 10
     started = time.perf_counter()
     reconcile_and_scan(out)
     t_after_full = time.perf_counter() - started
@@ -169,7 +169,7 @@ def bench_scan(files: int, compact_mb: float = 64.0) -> None:
     started = time.perf_counter()
     compacted = scan_output(out)
     t_compacted = time.perf_counter() - started
-    assert compacted.rows.num_rows == files + 10 and len(compacted.files) == stats["files_after"]
+    assert compacted.num_rows == files + 10 and len(compacted.files) == stats["files_after"]
     print(f"  compaction to {compact_mb:g} MB files: {stats['files_before']} files -> {stats['files_after']} in "
           f"{t_compact:.1f} s; full resume scan after it: {t_compacted:.2f} s, {t_full / t_compacted:.0f}x faster "
           "than before it")

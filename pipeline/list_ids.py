@@ -16,6 +16,7 @@ import pyarrow as pa
 import ray
 
 from pipeline import schema as S
+from pipeline.done_set import hash_ids
 from pipeline.io.masking import mask_text, public_uri
 
 if TYPE_CHECKING:
@@ -27,14 +28,6 @@ class IdConflict(ValueError):
 
 
 MAX_CONFLICTS_NAMED = 10
-
-
-def _hash64(values: list[str]) -> np.ndarray:
-    """A stable 64-bit hash per string, the same in every process (unlike Python's ``hash``): pandas' SipHash
-    with its fixed key, vectorised."""
-    import pandas as pd
-
-    return pd.util.hash_array(np.array(values, dtype=object), categorize=False).astype(np.uint64)
 
 
 def _same_input(uri: str | None) -> str:
@@ -64,7 +57,7 @@ def input_keys(refs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
                for c in (S.URI, S.START_S, S.END_S, S.ERROR_REASON, S.ERROR)]
     inputs = [f"{_same_input(u)}|{_bound(a)}|{_bound(b)}|{reason or ''}|{text if reason == 'bad_bounds' else ''}"
               for u, a, b, reason, text in zip(*columns)]
-    return _hash64(ids), _hash64(inputs)
+    return hash_ids(ids), hash_ids(inputs)
 
 
 @ray.remote(num_cpus=0)

@@ -280,15 +280,15 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
     init_ray(cfg.resources.ray_num_cpus)
     pools = plan_for(cfg)  # a job that cannot be scheduled stops here, as the run would
     same_as = caption_identity(cfg.model, cfg.prompt_text()) if cfg.output.recaption_changed else None
-    done = scan_output(cfg.output.output, cfg.storage_options).done_ids(cfg.output.retry_errors, same_as)
+    done = scan_output(cfg.output.output, cfg.storage_options).done_set(cfg.output.retry_errors, same_as)
     if cfg.source.windows:
-        done = pa.concat_arrays([done, pa.array(_done_sources(store, cfg.storage_options), pa.string())])
+        done = done.plus(_done_sources(store, cfg.storage_options))
     # The list read as the run reads it: the same id check (a list the run refuses is refused here), the same
     # skip of what is done; what is left is counted by distinct id (a repeated row is captioned once).
     tally, registry, left = RowTally.remote(), IdRegistry.remote(), IdRegistry.remote()
     refs = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=cfg.resources.batch_size,
                            retry=cfg.retry, keep=SampleByKey(sample_size, seed, CheckIds(registry),
-                                                             SkipDone(ray.put(done), tally), CheckIds(left)))
+                                                             SkipDone(done, tally), CheckIds(left)))
     blocks = [b for b in refs.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
     check_list_ids(cfg, ray.get(registry.conflicting_ids.remote()))
     counts = ray.get(tally.totals.remote())

@@ -1,8 +1,11 @@
-"""Live progress of a run, for the driver's log: videos written, ok and failed, videos/s and an ETA."""
+"""What a run has written so far, folded from the writers' manifests as they arrive: the driver's live log line
+(videos written, ok and failed, videos/s and an ETA) and the run summary's sums. Nothing here grows with the rows:
+a manifest is added and dropped (only the names of the files written are kept, for the repair at the end)."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 
@@ -12,19 +15,40 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+_SUMS = ("decoded", "captioned", "decode_s", "caption_s", "decode_cpu_s", "read_retries", "write_retries", "tokens",
+         "truncated")
+
+
 @dataclass
 class Progress:
-    """Counts from the writers' manifests; the list's rows read so far come from the run's tally."""
+    """Sums of the writers' manifests (:class:`pipeline.sinks.ShardWriter`); the list's rows read so far come from
+    the run's tally."""
 
     started: float = field(default_factory=time.perf_counter)
     written: int = 0
     ok: int = 0
     repeats: int = 0
+    failed: Counter = field(default_factory=Counter)
+    flagged: Counter = field(default_factory=Counter)
+    sums: Counter = field(default_factory=Counter)
+    files: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, manifests: list[dict]) -> "Progress":
+        folded = cls()
+        for manifest in manifests:
+            folded.add(manifest)
+        return folded
 
     def add(self, manifest: dict) -> None:
         self.written += manifest["rows"]
         self.ok += manifest["ok"]
         self.repeats += manifest.get("duplicates", 0)
+        self.failed.update(manifest["failed"])
+        self.flagged.update(manifest["flagged"])
+        self.sums.update({name: manifest.get(name, 0) for name in _SUMS})
+        if manifest["file"]:
+            self.files.append(manifest["file"])
 
     def line(self, read: int, already_done: int) -> str:
         """``read``: list rows read so far (the total once the list is read); ``already_done``: of those,

@@ -14,40 +14,66 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Collection
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema as S
+from pipeline.done_set import DonePart, DoneSet, connected_ray, hash_ids
 from pipeline.io.masking import mask_text, public_uri
 from pipeline.compaction import finish_compaction
 from pipeline.io.output_store import OutputStore
+from pipeline.resources import LIGHT_NUM_CPUS
 
 logger = logging.getLogger(__name__)
 
 _SCAN_COLUMNS = [S.VIDEO_ID, S.ERROR, S.CREATED_AT, S.MODEL, S.PROMPT_ID]
+SCAN_TASK_FILES = 256  # Parquet files one scanning task reads (with its own I/O threads)
+PARTITION_BYTES = 32 << 20  # Parquet bytes of the output per partition of its state
+MAX_PARTITION_BITS = 10  # at most 1,024 partitions
+_HASH = "_hash"
+_NAME = pa.dictionary(pa.int32(), pa.string())
+_PART_SCHEMA = pa.schema([(S.VIDEO_ID, pa.string()), ("ok", pa.bool_()),
+                          (S.CREATED_AT, S.OUTPUT_SCHEMA.field(S.CREATED_AT).type), (S.MODEL, _NAME),
+                          (S.PROMPT_ID, _NAME), ("file", _NAME), ("row", pa.int64()), (_HASH, pa.uint64())])
 
 
 @dataclass
 class OutputState:
-    """One row per Parquet row of the output: ``video_id``, ``ok``, ``created_at``, ``model``, ``prompt_id``,
-    ``file``, ``row`` (its position in the file, so that two rows of one file with the same id can be told
-    apart)."""
+    """What the output holds, as partitions of its rows by id hash (each a table of :func:`row_keys` with
+    ``file`` the file's name, sorted by the id's hash), or, with Ray up, references to them in the object store:
+    the driver holds the file list and the counts, never the rows.
 
-    rows: pa.Table
+    ``losing``: file name -> positions of the rows that lose to another row of the same id
+    (:data:`PREFERRED_ROW`), for :func:`reconcile_and_scan` to remove.
+    """
+
     files: list[str] = field(default_factory=list)
+    parts: list = field(default_factory=list)
+    bits: int = 0
+    num_rows: int = 0
+    ok: int = 0
+    losing: dict[str, list[int]] = field(default_factory=dict)
 
-    def done_ids(self, retry_errors: bool, same_as: tuple[str, str] | None = None) -> pa.Array:
-        """Ids to skip: every id already written, or only the captioned ones with ``retry_errors``.
+    def table(self) -> pa.Table:
+        """Every row's keys in one table, materialised here (tests and small outputs; a job never does this)."""
+        return pa.concat_tables([_EMPTY, *_Tasks().get(self.parts)]).drop_columns([_HASH])
+
+    def done_set(self, retry_errors: bool, same_as: tuple[str, str] | None = None) -> DoneSet:
+        """Ids to skip: every id already written, or only the captioned ones with ``retry_errors``; made by a
+        task per partition, left in the object store.
 
         ``same_as=(model, prompt_id)``: only rows written with this model and prompt count (re-caption what
         changed: a new checkpoint, LoRA, template or prompt).
         """
-        table = self.rows.filter(self.rows.column("ok")) if retry_errors else self.rows
-        if same_as is not None:
-            model, prompt = same_as
-            table = table.filter(pc.and_(pc.equal(table.column(S.MODEL), model),
-                                         pc.equal(table.column(S.PROMPT_ID), prompt)))
-        return pc.unique(table.column(S.VIDEO_ID).combine_chunks())
+        tasks = _Tasks()
+        made = [tasks.submit(_done_part, part, retry_errors, same_as, num_returns=2) for part in self.parts]
+        sizes = tasks.get([m[1] for m in made])
+        return DoneSet(tuple(m[0] for m in made), int(sum(sizes)))
+
+    def done_ids(self, retry_errors: bool, same_as: tuple[str, str] | None = None) -> pa.Array:
+        """:meth:`done_set`'s ids, materialised here (tests and small outputs)."""
+        return self.done_set(retry_errors, same_as).ids()
 
 
 class UnreadableOutputFile(ValueError):
@@ -77,31 +103,149 @@ def row_keys(table: pa.Table, uri: str) -> pa.Table:
     })
 
 
+_EMPTY = _PART_SCHEMA.empty_table()
+
+
+class _Tasks:
+    """The scan's steps as Ray tasks (light: they fit the CPUs every job leaves free) when this process is
+    connected to Ray, else as calls here (``jobs/compact.py``, tests): the same functions either way."""
+
+    _remote: dict = {}
+
+    def __init__(self) -> None:
+        self.ray = connected_ray()
+
+    def submit(self, fn: Callable, *args, num_returns: int = 1) -> list:
+        """``fn(*args)``'s ``num_returns`` results (references to them under Ray)."""
+        if self.ray is None:
+            result = fn(*args)
+            return [result] if num_returns == 1 else list(result)
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(num_cpus=LIGHT_NUM_CPUS, max_retries=3)(fn)
+        refs = self._remote[fn].options(num_returns=num_returns).remote(*args)
+        return [refs] if num_returns == 1 else list(refs)
+
+    def get(self, values: list) -> list:
+        if self.ray is None:
+            return list(values)
+        try:
+            return self.ray.get(list(values))
+        except self.ray.exceptions.RayTaskError as exc:  # the task's own error, as a call here raises it
+            if isinstance(exc.cause, Exception):
+                raise exc.cause from None
+            raise
+
+
+def _partition_bits(parquet_bytes: int) -> int:
+    parts = max(1, -(-parquet_bytes // PARTITION_BYTES))
+    return min(MAX_PARTITION_BITS, int(parts - 1).bit_length())
+
+
+def _partition_of(hashes: np.ndarray, bits: int) -> np.ndarray:
+    """The partition of each hash: its high ``bits`` bits, so that partitions hold disjoint ranges of hashes."""
+    return (hashes >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(len(hashes), np.int64)
+
+
+def _scan_files(output: str, storage_options: dict | None, uris: list[str], bits: int, threads: int):
+    """Read the scan's columns of ``uris`` and split their rows by partition (one table per partition)."""
+    store = OutputStore(output, storage_options)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        tables = list(pool.map(lambda uri: _read_columns(store, uri), uris))
+    keys = pa.concat_tables([t.set_column(t.schema.get_field_index("file"), "file",
+                                          pa.array([_file_name(u)] * t.num_rows, pa.string()))
+                             for t, u in zip(tables, uris)]) if tables else _EMPTY.drop_columns([_HASH])
+    hashes = hash_ids(keys.column(S.VIDEO_ID))
+    keys = pa.table({**{name: keys.column(name) for name in keys.column_names},
+                     _HASH: pa.array(hashes, pa.uint64())})
+    keys = keys.cast(_PART_SCHEMA) if keys.num_rows else _EMPTY
+    partition = _partition_of(hashes, bits)
+    order = np.argsort(partition, kind="stable")
+    keys, bounds = keys.take(pa.array(order)), np.searchsorted(partition[order], np.arange((1 << bits) + 1))
+    pieces = [keys.slice(bounds[p], bounds[p + 1] - bounds[p]) for p in range(1 << bits)]
+    return pieces[0] if bits == 0 else tuple(pieces)
+
+
+def _without_files(table: pa.Table, names: frozenset[str]) -> pa.Table:
+    """``table`` without the rows of the files named (a test of each chunk's dictionary, not of each row)."""
+    if not names or not table.num_rows:
+        return table
+    drop = pa.array(sorted(names), pa.string())
+    keep = [pc.invert(pc.take(pc.is_in(chunk.dictionary, value_set=drop), chunk.indices))
+            for chunk in table.column("file").chunks]
+    return table.filter(pa.chunked_array(keep, pa.bool_()))
+
+
+def _merge_partition(previous: pa.Table | None, dropped: frozenset[str], *pieces: pa.Table):
+    """One partition of the state: ``previous``'s rows (without the files in ``dropped``) and the pieces the
+    scanning tasks read, sorted by hash; with its counts and the rows that lose to another of their id."""
+    tables = [_EMPTY] + ([_without_files(previous, dropped)] if previous is not None else []) + list(pieces)
+    table = pa.concat_tables(tables)
+    hashes = table.column(_HASH).to_numpy()
+    order = np.argsort(hashes, kind="stable")
+    table = table.take(pa.array(order))
+    hashes = hashes[order]
+    ok = int(pc.sum(table.column("ok")).as_py() or 0)
+    return table, {"rows": table.num_rows, "ok": ok, "losing": _losing_rows(table, hashes)}
+
+
+def _losing_rows(table: pa.Table, hashes: np.ndarray) -> dict[str, list[int]]:
+    """For ids present more than once (rows of equal hash, next to each other in a partition sorted by hash):
+    file -> positions of the rows to drop from it (all but the preferred row, :data:`PREFERRED_ROW`)."""
+    same = np.nonzero(hashes[1:] == hashes[:-1])[0] if len(hashes) > 1 else np.array([], np.int64)
+    if not len(same):
+        return {}
+    candidates = pa.array(np.unique(np.concatenate([same, same + 1])))
+    rows = table.take(candidates).drop_columns([_HASH])
+    rows = rows.cast(pa.schema([f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f
+                                for f in rows.schema]))
+    files, positions = rows.column("file").to_pylist(), rows.column("row").to_pylist()
+    drop: dict[str, set[int]] = {}
+    for index in preferred_rows(rows)[1]:
+        drop.setdefault(files[index], set()).add(positions[index])
+    return {name: sorted(rows) for name, rows in drop.items()}
+
+
+def _done_part(part: pa.Table, retry_errors: bool, same_as: tuple[str, str] | None):
+    """The :class:`DonePart` of one partition (see :meth:`OutputState.done_set`) and its size."""
+    if retry_errors:
+        part = part.filter(part.column("ok"))
+    if same_as is not None:
+        model, prompt = same_as
+        part = part.filter(pc.and_(pc.equal(part.column(S.MODEL).cast(pa.string()), model),
+                                   pc.equal(part.column(S.PROMPT_ID).cast(pa.string()), prompt)))
+    done = DonePart.of(part.column(S.VIDEO_ID), part.column(_HASH).to_numpy(), sorted_by_hash=True)
+    return done, len(done.ids)
+
+
 def scan_output(output: str, storage_options: dict | None = None, threads: int = 16,
                 previous: OutputState | None = None, changed: Collection[str] = ()) -> OutputState:
-    """Read the id, status, time, model and prompt columns of every Parquet file of the output.
+    """Read the id, status, time, model and prompt columns of every Parquet file of the output, in tasks that
+    split the rows into partitions by id hash, merged by one task per partition (see :class:`OutputState`).
 
     With ``previous`` (a scan of the same output), only the listing is fresh: files already scanned keep
     their rows unless their name is in ``changed`` (files written or rewritten since), new files are read
     and files gone are dropped. One LIST per 1000 files instead of one read per file.
     """
     store = OutputStore(output, storage_options)
-    files = store.parquet_files()
-    empty = pa.table({S.VIDEO_ID: pa.array([], pa.string()), "ok": pa.array([], pa.bool_()),
-                      S.CREATED_AT: pa.array([], S.OUTPUT_SCHEMA.field(S.CREATED_AT).type),
-                      S.MODEL: pa.array([], pa.string()), S.PROMPT_ID: pa.array([], pa.string()),
-                      "file": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
-    known = set(previous.files) if previous is not None else set()
-    changed = set(changed)
-    reused = [f for f in files if f in known and _file_name(f) not in changed]
-    to_read = [f for f in files if f not in known or _file_name(f) in changed]
-    tables = [empty]
-    if reused:
-        tables.append(previous.rows.filter(pc.is_in(previous.rows.column("file"), value_set=pa.array(reused))))
-    if to_read:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            tables += list(pool.map(lambda f: _read_columns(store, f), to_read))
-    return OutputState(pa.concat_tables(tables), files)
+    sizes = store.parquet_sizes()
+    files = list(sizes)
+    changed = frozenset(_file_name(c) for c in changed)
+    known = {_file_name(f) for f in previous.files} if previous is not None else set()
+    names = {_file_name(f) for f in files}
+    to_read = [f for f in files if _file_name(f) not in known or _file_name(f) in changed]
+    dropped = frozenset((known - names) | (changed & known))
+    bits = previous.bits if previous is not None else _partition_bits(sum(sizes.values()))
+    tasks = _Tasks()
+    pieces = [tasks.submit(_scan_files, output, storage_options, to_read[i:i + SCAN_TASK_FILES], bits, threads,
+                           num_returns=1 << bits) for i in range(0, len(to_read), SCAN_TASK_FILES)]
+    merged = [tasks.submit(_merge_partition, previous.parts[p] if previous is not None else None, dropped,
+                           *[read[p] for read in pieces], num_returns=2) for p in range(1 << bits)]
+    state = OutputState(files, [m[0] for m in merged], bits)
+    for counts in tasks.get([m[1] for m in merged]):
+        state.num_rows += counts["rows"]
+        state.ok += counts["ok"]
+        state.losing.update(counts["losing"])  # an id lives in one partition: a file's losers too, per partition
+    return state
 
 
 def _file_name(uri: str) -> str:
@@ -130,22 +274,6 @@ def preferred_rows(rows: pa.Table) -> tuple[list[int], list[int]]:
         (others if video_id in seen else kept).append(position)
         seen.add(video_id)
     return kept, others
-
-
-def _losing_rows(state: OutputState) -> dict[str, set[int]]:
-    """For ids present more than once: file -> positions of the rows to drop from it (all but the preferred
-    row, :data:`PREFERRED_ROW`)."""
-    rows = state.rows
-    counts = pc.value_counts(rows.column(S.VIDEO_ID).combine_chunks())
-    dup_ids = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-    if len(dup_ids) == 0:
-        return {}
-    dups = rows.filter(pc.is_in(rows.column(S.VIDEO_ID), value_set=dup_ids))
-    files, positions = dups.column("file").to_pylist(), dups.column("row").to_pylist()
-    drop: dict[str, set[int]] = {}
-    for index in preferred_rows(dups)[1]:
-        drop.setdefault(files[index], set()).add(positions[index])
-    return drop
 
 
 def _rewrite_without(store: OutputStore, uri: str, rows: set[int]) -> int:
@@ -187,10 +315,11 @@ def reconcile_and_scan(output: str, storage_options: dict | None = None, previou
         store.remove(uri)
         stats["orphan_tars"] += 1
     rewritten = set()
-    for uri, ids in sorted(_losing_rows(state).items()):
+    uris = {_file_name(uri): uri for uri in state.files}
+    for name, rows in sorted(state.losing.items()):
         check()
-        stats["duplicate_rows"] += _rewrite_without(store, uri, ids)
-        rewritten.add(_file_name(uri))
+        stats["duplicate_rows"] += _rewrite_without(store, uris[name], set(rows))
+        rewritten.add(name)
     if rewritten:
         state = scan_output(output, storage_options, previous=state, changed=rewritten)
     if any(stats.values()):

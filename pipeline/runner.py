@@ -14,7 +14,6 @@ import tempfile
 import time
 from collections import Counter
 
-import pyarrow.compute as pc
 import ray
 
 from model.prompts import PromptText
@@ -24,6 +23,7 @@ from pipeline.captioner import Captioner, VllmCaptioner, caption_identity
 from pipeline.cluster import init_ray
 from pipeline.compaction import compact
 from pipeline.config import JobConfig
+from pipeline.done_set import DoneSet
 from pipeline.lease import LeaseGuard, LeaseLost, OutputLease, lease_lost_in, new_run_id
 from pipeline.metrics import record_manifest
 from pipeline.plan_check import compare_with_plan, well_formed
@@ -73,11 +73,11 @@ def plan_for(cfg: JobConfig) -> PipelinePlan:
 
 
 def recaption_stages(
-    cfg: JobConfig, prompt: PromptText, run_id: str, done_ref: ray.ObjectRef, plan: PipelinePlan, tally=None,
+    cfg: JobConfig, prompt: PromptText, run_id: str, done: DoneSet, plan: PipelinePlan, tally=None,
     engine: str = "hf", guard: LeaseGuard | None = None,
 ) -> list[Stage]:
     """The recaption job's stages, in order, as data: ``VideoRef rows not yet done -> manifest rows`` (one per
-    written file). ``done_ref``: the finished ids (in the object store), for clip windows, whose ids exist
+    written file). ``done``: the finished ids (in the object store), for clip windows, whose ids exist
     only after the split."""
     res = cfg.resources
     stages = []
@@ -87,7 +87,7 @@ def recaption_stages(
                   dict(window_s=cfg.source.window_s, stride_s=cfg.source.window_stride_s,
                        scenes=cfg.source.window_scenes, storage_options=cfg.storage_options, tally=tally),
                   dict(num_cpus=LIGHT_NUM_CPUS)),
-            Stage("skip_done_windows", SkipDone, dict(done_ids=done_ref, tally=tally, counts_reads=False),
+            Stage("skip_done_windows", SkipDone, dict(done=done, tally=tally, counts_reads=False),
                   dict(num_cpus=LIGHT_NUM_CPUS)),
         ]
     stages.append(Stage("mark_repeats", MarkRepeats, {},
@@ -188,22 +188,21 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     same_as = caption_identity(cfg.model, prompt) if out.recaption_changed else None
     if same_as:
         logger.info("re-captioning what changed: rows count as done only with model %s and prompt_id %s", *same_as)
-    done_ids = before.done_ids(out.retry_errors, same_as)
+    done = before.done_set(out.retry_errors, same_as)  # made by tasks, left in the object store
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = progress
     logger.info("run %s: %d videos already done; decode x%d at %g CPU, captioner x%d (%s engine) on %s at %g CPU",
-                run_id, len(done_ids), plan.decode_concurrency, plan.decode_num_cpus, plan.caption_concurrency,
+                run_id, len(done), plan.decode_concurrency, plan.decode_num_cpus, plan.caption_concurrency,
                 engine, plan.device, plan.caption_num_cpus)
     tally, registry = RowTally.remote(), IdRegistry.remote()
-    done_ref = ray.put(done_ids)  # once: every reading task (and the windows' second skip) refers to it
     # Videos already done are dropped where the list is read: a rerun makes blocks only of what is left.
     todo = read_video_refs(cfg.source, cfg.storage_options, rows_per_block=res.batch_size, retry=cfg.retry,
-                           keep=CheckIds(registry, SkipDone(done_ref, tally)))
+                           keep=CheckIds(registry, SkipDone(done, tally)))
     if cfg.source.limit:
         todo = todo.materialize()  # the first `limit` rows, read and checked before any pool starts
     check_list_ids(cfg, ray.get(registry.conflicting_ids.remote()))
-    written, live = [], Progress()
+    written = Progress()  # the manifests' sums: the driver keeps no row and no manifest
     read = ray.get(tally.totals.remote())
     if not cfg.source.limit and read.get("read", 0) == read.get("done", 0):
         # Without a limit the list is read (and filtered) when read_video_refs returns: nothing is left, so no
@@ -212,23 +211,23 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
                     read.get("read", 0))
         rows = iter(())
     else:
-        stages = recaption_stages(cfg, prompt, run_id, done_ref, plan, tally, engine, lease.guard)
+        stages = recaption_stages(cfg, prompt, run_id, done, plan, tally, engine, lease.guard)
         manifests = apply_stages(todo, stages)
         rows = watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster)
     for row in rows:
         if lease.lost:
             lease.check()  # raises LeaseLost: the heartbeat found another job holding the output
-        written.append(json.loads(row["manifest"]))
-        live.add(written[-1])
-        record_manifest(run_id, written[-1])
-        if written[-1]["file"]:
+        manifest = json.loads(row["manifest"])
+        written.add(manifest)
+        record_manifest(run_id, manifest)
+        if manifest["file"]:
             so_far = ray.get(tally.totals.remote())
-            logger.info("wrote %s; %s", written[-1]["file"],
-                        live.line(so_far.get("read", 0) + so_far.get("windows_added", 0), so_far.get("done", 0)))
+            logger.info("wrote %s; %s", manifest["file"],
+                        written.line(so_far.get("read", 0) + so_far.get("windows_added", 0), so_far.get("done", 0)))
     wall_s = time.perf_counter() - started
     # The output as it is now, from the first scan plus the files this run wrote: no second full scan.
     repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options, previous=before,
-                                               written=[m["file"] for m in written if m["file"]], check=lease.check)
+                                               written=written.files, check=lease.check)
     compaction = _compact_after(out.output, cfg.storage_options, out.compact_target_mb, lease) \
         if out.compact_after else None
     counts = ray.get(tally.totals.remote())
@@ -287,23 +286,21 @@ def incompleteness(summary: dict, allow_empty: bool) -> str | None:
     return None
 
 
-def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, counts: dict[str, int],
+def summarise(cfg: JobConfig, run_id: str, written: Progress | list[dict], wall_s: float, counts: dict[str, int],
               repaired: dict, repaired_after: dict, state: OutputState, gpus: float = 0.0) -> dict:
-    """This run's counts and speeds plus the state of the whole output afterwards. ``gpus``: what the caption
-    actors held; GPU-hours are those GPUs over the run's wall time (what a user pays for)."""
-    failed: Counter = Counter()
+    """This run's counts and speeds (``written``: the writers' manifests, or their sums) plus the state of the
+    whole output afterwards. ``gpus``: what the caption actors held; GPU-hours are those GPUs over the run's wall
+    time (what a user pays for)."""
+    run = written if isinstance(written, Progress) else Progress.of(written)
+    failed, sums = run.failed, run.sums
     flagged: Counter = Counter({flag: 0 for flag in S.FLAGS})
-    for m in written:
-        failed.update(m["failed"])
-        flagged.update(m["flagged"])
-    processed = sum(m["rows"] for m in written)
-    duplicates = sum(m["duplicates"] for m in written)
+    flagged.update(run.flagged)
+    processed, duplicates = run.written, run.repeats
     list_rows, skipped, windows_added = counts.get("read", 0), counts.get("done", 0), counts.get("windows_added", 0)
-    total_ok = int(pc.sum(state.rows.column("ok")).as_py() or 0)
     gpu_hours = gpus * wall_s / 3600
-    decoded, captioned = sum(m.get("decoded", 0) for m in written), sum(m.get("captioned", 0) for m in written)
-    decode_cpu_s = sum(m.get("decode_cpu_s", 0.0) for m in written)
-    caption_s = sum(m["caption_s"] for m in written)
+    decoded, captioned = sums["decoded"], sums["captioned"]
+    decode_cpu_s = sums["decode_cpu_s"]
+    caption_s = sums["caption_s"]
     cpu_per_video = decode_cpu_s / decoded if decoded else None
     caption_per_video = caption_s / captioned if captioned else None
     return {
@@ -314,20 +311,20 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, c
             "list_rows": list_rows,
             "windows_added": windows_added,  # rows beyond one per list row, from clip windows
             "videos": processed,
-            "ok": sum(m["ok"] for m in written),
+            "ok": run.ok,
             "failed": sum(failed.values()),
             "failed_by_reason": dict(sorted(failed.items())),
             "skipped_already_done": skipped,
             "duplicates_skipped": duplicates,
-            "read_retries": sum(m.get("read_retries", 0) for m in written),
-            "write_retries": sum(m.get("write_retries", 0) for m in written),
-            "files_written": sum(bool(m["file"]) for m in written),
+            "read_retries": sums["read_retries"],
+            "write_retries": sums["write_retries"],
+            "files_written": len(run.files),
             "wall_s": round(wall_s, 3),
             "videos_per_s": round(processed / wall_s, 4) if wall_s > 0 else None,
             "gpus": gpus,
             "gpu_hours": round(gpu_hours, 6),
             "videos_per_gpu_hour": round(processed / gpu_hours, 1) if gpu_hours > 0 else None,
-            "decode_s": round(sum(m["decode_s"] for m in written), 3),
+            "decode_s": round(sums["decode_s"], 3),
             "caption_s": round(caption_s, 3),
             "decode_cpu_s": round(decode_cpu_s, 3),
             "decode_cpu_s_per_video": round(cpu_per_video, 4) if cpu_per_video is not None else None,
@@ -337,14 +334,14 @@ def summarise(cfg: JobConfig, run_id: str, written: list[dict], wall_s: float, c
             "decode_cores_per_caption_actor": (round(cpu_per_video / caption_per_video, 2)
                                                if cpu_per_video is not None and caption_per_video else None),
             "failure_rate": round(sum(failed.values()) / processed, 6) if processed else None,
-            "tokens_generated": sum(m["tokens"] for m in written),
-            "hit_token_limit": sum(m["truncated"] for m in written),
+            "tokens_generated": sums["tokens"],
+            "hit_token_limit": sums["truncated"],
             "flagged": dict(flagged),
         },
         "output_total": {
-            "videos": state.rows.num_rows,
-            "ok": total_ok,
-            "failed": state.rows.num_rows - total_ok,
+            "videos": state.num_rows,
+            "ok": state.ok,
+            "failed": state.num_rows - state.ok,
             "parquet_files": len(state.files),
         },
         "repairs": {"before": repaired, "after": repaired_after},

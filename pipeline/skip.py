@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from pipeline import schema as S
+from pipeline.done_set import DoneSet
 
 
 @ray.remote(num_cpus=0)
@@ -30,39 +30,29 @@ class RowTally:
 
 
 class SkipDone:
-    """Drop rows whose ``video_id`` is already finished in the output (a vectorised anti-join); with a
-    ``tally``, count the rows read (unless ``counts_reads`` is off: a second pass after clip windows) and the
-    rows skipped.
+    """Drop rows whose ``video_id`` is already finished in the output (a lookup of each row's id in the
+    :class:`~pipeline.done_set.DoneSet`); with a ``tally``, count the rows read (unless ``counts_reads`` is off: a
+    second pass after clip windows) and the rows skipped.
 
-    The finished ids are put in the object store once: each task holds a reference, and each worker process
-    fetches the array once (not a copy of a million ids pickled into every task).
+    The set's parts stay in the object store: each task holds their references, and each worker process maps
+    them once (not a copy of a million ids pickled into every task).
     """
 
-    def __init__(self, done_ids: pa.Array | ray.ObjectRef, tally=None, counts_reads: bool = True) -> None:
-        self.done_ref = done_ids if isinstance(done_ids, ray.ObjectRef) else ray.put(done_ids)
+    def __init__(self, done: DoneSet | pa.Array, tally=None, counts_reads: bool = True) -> None:
+        self.done = done if isinstance(done, DoneSet) else DoneSet.of(done)
         self.tally = tally
         self.counts_reads = counts_reads
 
-    def done_ids(self) -> pa.Array:
-        key = self.done_ref.hex()
-        if key not in _DONE_IDS:
-            _DONE_IDS.clear()  # one run's set per worker process at a time
-            _DONE_IDS[key] = ray.get(self.done_ref)
-        return _DONE_IDS[key]
-
     def __call__(self, batch: pa.Table) -> pa.Table:
-        todo, done_ids = batch, self.done_ids()
-        if len(done_ids):
-            todo = batch.filter(pc.invert(pc.is_in(batch.column(S.VIDEO_ID), value_set=done_ids)))
+        todo = batch
+        if len(self.done) and batch.num_rows:
+            todo = batch.filter(pa.array(~self.done.contains(batch.column(S.VIDEO_ID))))
         if self.tally is not None:  # waited for, so the count is in before this block moves on
             counts = {"done": batch.num_rows - todo.num_rows}
             if self.counts_reads:
                 counts["read"] = batch.num_rows
             ray.get(self.tally.add.remote(**counts))
         return todo
-
-
-_DONE_IDS: dict[str, pa.Array] = {}  # per worker process: the finished ids of the run it works for
 
 
 class MarkRepeats:

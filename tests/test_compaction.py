@@ -134,7 +134,7 @@ def test_a_compaction_stopped_at_any_check_loses_and_duplicates_nothing(tmp_path
     assert set(contents(store)[0]) == set(before[0])
     repaired, state = reconcile_and_scan(str(tmp_path))
     assert contents(store) == before, repaired
-    assert state.rows.num_rows == len(before[0]) and not os.path.exists(store.compaction_journal_uri())
+    assert state.num_rows == len(before[0]) and not os.path.exists(store.compaction_journal_uri())
     compact(str(tmp_path), target_mb=target_mb)
     assert contents(store) == before
 

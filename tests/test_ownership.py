@@ -219,5 +219,5 @@ def test_the_evaluation_reads_the_row_reconcile_keeps_a_caption_before_a_later_e
     answers = read_answers(str(tmp_path))
     assert {k: v[S.CAPTION] for k, v in answers.items()} == expected and answers["c"][S.ERROR] == "new error"
     assert reconcile(str(tmp_path))["duplicate_rows"] == 3
-    assert len(scan_output(str(tmp_path)).rows) == 3
+    assert scan_output(str(tmp_path)).num_rows == 3
     assert {k: v[S.CAPTION] for k, v in read_answers(str(tmp_path)).items()} == expected  # the same rows, kept

@@ -266,16 +266,16 @@ def test_the_after_run_scan_reads_only_new_and_rewritten_files_and_still_repairs
     manifest = json.loads(writer(batch(["c", "d"])).column("manifest")[0].as_py())  # c retried: now captioned
     stats, after = reconcile_and_scan(out, previous=before, written=[manifest["file"]])
     assert stats["duplicate_rows"] == 1  # c's old error row, found across an old and a new file
-    assert sorted(after.rows.column(S.VIDEO_ID).to_pylist()) == ["a", "b", "c", "d"]
+    assert sorted(after.table().column(S.VIDEO_ID).to_pylist()) == ["a", "b", "c", "d"]
     assert sorted(after.done_ids(retry_errors=True).to_pylist()) == ["a", "b", "c", "d"]
     assert old_c not in after.files  # the old file held only c's error row: removed by the repair
     # A file the run rewrote under an old name is read again: its new rows count, not the first scan's.
     open(old_ab, "wb").write(pq_bytes)
     writer(batch(["a", "b"], error="decode: broken"))  # same ids, same batch name: overwrites old_ab
     _, again = reconcile_and_scan(out, previous=after, written=[os.path.basename(old_ab)])
-    ok = dict(zip(again.rows.column(S.VIDEO_ID).to_pylist(), again.rows.column("ok").to_pylist()))
+    ok = dict(zip(again.table().column(S.VIDEO_ID).to_pylist(), again.table().column("ok").to_pylist()))
     assert ok == {"a": False, "b": False, "c": True, "d": True}
-    assert again.rows.num_rows == scan_output(out).rows.num_rows == 4
+    assert again.num_rows == scan_output(out).num_rows == 4
 
 
 def test_a_video_listed_many_times_is_captioned_once_and_kept(ray_local, tmp_path):
