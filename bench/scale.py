@@ -10,6 +10,9 @@
   resume scan (what every job does first) against the after-run scan that reuses it and reads only the 10
   files a run wrote (what the job does last since the second full scan was removed); then the output is
   compacted (``jobs/compact.py``) and the full scan timed again.
+- ``rerun``: a finished output of ``--rows`` missing-video rows, written here as a job writes it (files of
+  ``resources.rows_per_file`` rows, ids as the list reader derives them), then the job run again over its list:
+  every row skipped. Wall time and the driver's peak RSS, for the output as a job leaves it and compacted.
 - ``names``: ``--names`` Inter4K annotation names against a folder on the same endpoint (half of them
   missing): one listing for all names (what the list reader does) against one existence check per
   extension and name (what it did before).
@@ -20,7 +23,9 @@ Everything runs on this machine: local Ray with its CPUs, local files, S3 on 127
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -113,6 +118,69 @@ def bench_pipeline(rows: int, tmp: str) -> None:
     t_resume = time.perf_counter() - started
     assert again["this_run"]["skipped_already_done"] == rows and again["this_run"]["videos"] == 0
     print(f"  rerun (everything done, skipped): {rows / t_resume:,.0f} rows/s ({t_resume:.1f} s)")
+
+
+def _write_done_files(args: tuple[str, list[str], int]) -> int:
+    """One worker's share of a synthetic finished output: error rows (``read/not_found``) for ``uris``."""
+    import pyarrow as pa
+
+    from pipeline import schema as S
+    from pipeline.io.output_store import OutputStore
+    from pipeline.io.sources import stable_video_id
+
+    out, uris, first_file = args
+    store, now, per_file = OutputStore(out), _utc_now(), 256
+    for n, start in enumerate(range(0, len(uris), per_file)):
+        chunk = uris[start:start + per_file]
+        columns = {f.name: pa.nulls(len(chunk), f.type) for f in S.OUTPUT_SCHEMA}
+        columns.update({S.VIDEO_ID: pa.array([stable_video_id(u) for u in chunk]), S.URI: pa.array(chunk),
+                        S.ERROR: pa.array(["read: no such file"] * len(chunk)),
+                        S.ERROR_STAGE: pa.array(["read"] * len(chunk)),
+                        S.ERROR_REASON: pa.array(["not_found"] * len(chunk)),
+                        S.MODEL: pa.array(["tiny"] * len(chunk)), S.PROMPT_ID: pa.array(["p"] * len(chunk)),
+                        S.CREATED_AT: pa.array([now] * len(chunk), S.OUTPUT_SCHEMA.field(S.CREATED_AT).type)})
+        store.write_batch(f"{first_file + n:016x}", pa.table(columns, schema=S.OUTPUT_SCHEMA))
+    return len(uris)
+
+
+def bench_rerun(rows: int, tmp: str) -> None:
+    from multiprocessing import Pool
+
+    from pipeline.config import JobConfig
+    from pipeline.runner import run_job
+
+    listing, out = os.path.join(tmp, "rerun-list.txt"), os.path.join(tmp, "rerun-out")
+    uris = [f"/no/such/folder/clip-{i:08d}.mp4" for i in range(rows)]
+    with open(listing, "w", encoding="utf-8") as f:
+        f.writelines(u + "\n" for u in uris)
+    started = time.perf_counter()
+    share = -(-rows // (256 * os.cpu_count())) * 256
+    with Pool(os.cpu_count()) as pool:
+        pool.map(_write_done_files, [(out, uris[i:i + share], i // 256) for i in range(0, rows, share)])
+    del uris
+    print(f"rerun: a finished output of {rows:,} missing-video rows in files of 256 rows (written in "
+          f"{time.perf_counter() - started:.0f} s), {os.cpu_count()} CPUs")
+    cfg = JobConfig.from_dict({"source": {"input": listing}, "output": {"output": out}, "model": {"model": "tiny"}})
+    for layout in ("as a job leaves it", "compacted"):
+        if layout == "compacted":  # the command, in its own process (its memory is not the driver's)
+            started = time.perf_counter()
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            done = subprocess.run([sys.executable, "jobs/compact.py", out, "--target-mb", "256"], check=True,
+                                  capture_output=True, text=True, cwd=root)
+            stats = json.loads(done.stdout)
+            print(f"  jobs/compact.py: {stats['files_before']:,} files -> {stats['files_after']:,} in "
+                  f"{time.perf_counter() - started:.0f} s, peak RSS "
+                  f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB")
+        with PeakRss() as rss:
+            started = time.perf_counter()
+            summary = run_job(cfg)
+            t_rerun = time.perf_counter() - started
+        run = summary["this_run"]
+        assert run["skipped_already_done"] == rows and run["videos"] == 0, run
+        start, peak = rss.mib()
+        print(f"  rerun, output {layout} ({summary['output_total']['parquet_files']:,} files): {t_rerun:.1f} s "
+              f"({rows / t_rerun:,.0f} rows/s, Ray start included); driver RSS {start:.0f} MiB before, peak "
+              f"{peak:.0f} MiB (+{peak - start:.0f} MiB)")
 
 
 def _utc_now():
@@ -215,7 +283,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--names", type=int, default=2_000)
-    parser.add_argument("--parts", default="pipeline,scan,names")
+    parser.add_argument("--parts", default="pipeline,scan,names", help="any of pipeline,scan,names,rerun")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     server = start_s3() if parts & {"scan", "names"} else None
@@ -227,6 +295,8 @@ def main() -> None:
                 bench_scan(args.files)
             if "pipeline" in parts:
                 bench_pipeline(args.rows, tmp)
+            if "rerun" in parts:
+                bench_rerun(args.rows, tmp)
     finally:
         if server is not None:
             server.kill()

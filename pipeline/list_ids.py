@@ -71,24 +71,26 @@ class IdRegistry:
 
     def add(self, ids: np.ndarray, inputs: np.ndarray) -> None:
         if len(ids):
-            self.parts.append(np.unique(np.stack([ids, inputs], axis=1), axis=0))
+            self.parts.append(np.stack([ids, inputs], axis=1))  # kept as sent: the reading task waits for this
+
+    def _by_id(self) -> np.ndarray:
+        """Every ``(id, input)`` pair sent, sorted by id (one column's sort: seconds at ten million rows)."""
+        pairs = np.concatenate(self.parts) if self.parts else np.empty((0, 2), np.uint64)
+        pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
+        self.parts = [pairs]
+        return pairs
 
     def distinct_ids(self) -> int:
         """How many different ids were registered."""
-        if not self.parts:
-            return 0
-        pairs = np.unique(np.concatenate(self.parts), axis=0)
-        self.parts = [pairs]
-        return int(len(np.unique(pairs[:, 0])))
+        ids = self._by_id()[:, 0]
+        return int(np.count_nonzero(ids[1:] != ids[:-1]) + 1) if len(ids) else 0
 
     def conflicting_ids(self) -> np.ndarray:
-        """The id hashes that come with more than one input."""
-        if not self.parts:
-            return np.array([], dtype=np.uint64)
-        pairs = np.unique(np.concatenate(self.parts), axis=0)  # distinct (id, input), sorted by id
-        self.parts = [pairs]
-        ids, counts = np.unique(pairs[:, 0], return_counts=True)
-        return ids[counts > 1]
+        """The id hashes that come with more than one input (an id's pairs are neighbours once sorted by id, and
+        among two or more different inputs some two neighbours differ)."""
+        pairs = self._by_id()
+        ids, inputs = pairs[:, 0], pairs[:, 1]
+        return np.unique(ids[1:][(ids[1:] == ids[:-1]) & (inputs[1:] != inputs[:-1])])
 
 
 class CheckIds:

@@ -5,6 +5,14 @@ tars whose Parquet file was never written; a killed compaction leaves merged fil
 ``--retry-errors`` run writes a new row for a video whose old error row sits in an older file.
 :func:`reconcile` fixes all four, so the output ends with exactly one row per video: a caption beats an
 error, then the newest row wins (:data:`PREFERRED_ROW`, the rule every reader of an id's several rows follows).
+
+The scan that finds these is a small map-reduce, so that nothing in the driver grows with the output: tasks read
+the Parquet files' key columns and split the rows by the high bits of their id's hash; one task per partition
+merges its pieces (and the previous scan's, when the run's own files are all that changed), sorts them by hash
+(an id's rows are then neighbours) and reports its counts and the rows that lose. The partitions stay in Ray's
+object store, and the finished ids handed to the reading tasks are made from them there
+(:class:`~pipeline.done_set.DoneSet`). Without Ray (``jobs/compact.py``, tests) the same functions run here.
+The Parquet rows stay the truth: the state is rebuilt by every job, never stored beside them.
 """
 
 from __future__ import annotations
@@ -244,7 +252,8 @@ def scan_output(output: str, storage_options: dict | None = None, threads: int =
     for counts in tasks.get([m[1] for m in merged]):
         state.num_rows += counts["rows"]
         state.ok += counts["ok"]
-        state.losing.update(counts["losing"])  # an id lives in one partition: a file's losers too, per partition
+        for name, rows in counts["losing"].items():  # a file's rows lie in every partition
+            state.losing.setdefault(name, []).extend(rows)
     return state
 
 

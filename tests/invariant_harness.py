@@ -161,13 +161,18 @@ class World:
 
     # -- the sequence ------------------------------------------------------------------------------------
     def run(self, num_steps: int) -> None:
+        from pipeline import resume
+
         logging.getLogger().addHandler(self.logs)
+        # The in-process jobs' state in many partitions (a few KiB of Parquet each), as a large output's is.
+        partition_bytes, resume.PARTITION_BYTES = resume.PARTITION_BYTES, 4096
         try:
             for _ in range(num_steps):
                 op = self.rng.choices(list(self.weights), weights=list(self.weights.values()))[0]
                 self._timed(getattr(self, f"op_{op}"))
             self._timed(self.op_sweep)
         finally:
+            resume.PARTITION_BYTES = partition_bytes
             logging.getLogger().removeHandler(self.logs)
             if self.proxy is not None:
                 self.proxy.shutdown()

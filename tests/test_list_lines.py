@@ -104,3 +104,16 @@ def test_nul_bytes_and_deep_nesting_are_rows_or_error_rows():
 def test_a_bad_line_quoting_credentials_does_not_store_them():
     rows = video_refs(b'{"uri": "s3://AKIA:very-secret-value@b/v.mp4", \n', "jsonl")
     assert rows[0][S.ERROR_REASON] == "bad_row" and "very-secret-value" not in rows[0][S.ERROR]
+
+
+@pytest.mark.parametrize("data", [b"", b"a\n", b"a\nb", b"a\r\n\nb\n\n", "\u00fc/\u00f1.mp4\n# c\n".encode(),
+                                  b"\xef\xbb\xbfx\n", b"\n\n", b"ok\n\xff\xfe broken\nok2\n", b"x" * (1 << 20) + b"y\nz"])
+def test_a_txt_list_read_at_once_gives_the_rows_line_by_line_reading_gives(data):
+    """A txt piece whose lines are all text is decoded in one step; the rows must be those of the line-by-line
+    reading (which names the bad lines), row for row."""
+    from pipeline.io.list_lines import BOM, _table, _txt_rows
+
+    lines = (data[len(BOM):] if data.startswith(BOM) else data).split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    assert parse_list(data, "txt").equals(_table(["text"], _txt_rows(lines), "the list", 1))

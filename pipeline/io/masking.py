@@ -55,6 +55,8 @@ def basic_auth_token(uri: str) -> str | None:
 
 def public_uri(uri: str) -> str:
     """``uri`` as it may be stored and shown: user info removed, secret query values masked."""
+    if "@" not in uri and "?" not in uri and "&" not in uri and ";" not in uri:
+        return uri  # neither pattern can match (most URIs of a list: a pass per row, not two regexes)
     return _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, _USERINFO.sub(r"\1", uri))
 
 

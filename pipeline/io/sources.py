@@ -204,6 +204,8 @@ def _raw_column(table: pa.Table, name: str) -> list[Any]:
 
 def _bounds_columns(table: pa.Table) -> tuple[list[float | None], list[float | None], list[tuple[str, str] | None]]:
     """Clip bounds in seconds, and a ``bad_bounds`` error for each row whose bounds are not usable."""
+    if S.START_S not in table.column_names and S.END_S not in table.column_names:
+        return [None] * table.num_rows, [None] * table.num_rows, [None] * table.num_rows
     starts, ends, errors = [], [], []
     for raw_start, raw_end in zip(_raw_column(table, S.START_S), _raw_column(table, S.END_S)):
         try:
