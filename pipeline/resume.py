@@ -36,8 +36,13 @@ from pipeline.resources import LIGHT_NUM_CPUS
 logger = logging.getLogger(__name__)
 
 _SCAN_COLUMNS = [S.VIDEO_ID, S.ERROR, S.CREATED_AT, S.MODEL, S.PROMPT_ID]
-SCAN_TASK_FILES = 256  # Parquet files one scanning task reads (with its own I/O threads)
-PARTITION_BYTES = 32 << 20  # Parquet bytes of the output per partition of its state
+# Parquet bytes of the output per partition of its state: a partition's task holds about 2x this at ~50 bytes a
+# row (errors), far less with captions (~1 KB a row).
+PARTITION_BYTES = 128 << 20
+# Parquet bytes a scanning task reads per partition it splits rows into. Each piece it returns must stay above
+# Ray's 100 KB limit for objects returned inline, which the driver (their owner) would otherwise hold in its own
+# memory: 4 MiB of Parquet is >= 4,000 state rows (~300 KB) up to ~1 KB a row.
+TASK_BYTES_PER_PARTITION = 4 << 20
 MAX_PARTITION_BITS = 10  # at most 1,024 partitions
 _HASH = "_hash"
 _NAME = pa.dictionary(pa.int32(), pa.string())
@@ -149,6 +154,19 @@ def _partition_bits(parquet_bytes: int) -> int:
     return min(MAX_PARTITION_BITS, int(parts - 1).bit_length())
 
 
+def _by_bytes(files: list[str], sizes: dict[str, int], task_bytes: int) -> list[list[str]]:
+    """``files`` in runs of about ``task_bytes`` (at least one file each), in order."""
+    chunks: list[list[str]] = []
+    total = task_bytes
+    for f in files:
+        if total >= task_bytes:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(f)
+        total += sizes.get(f, 0)
+    return chunks
+
+
 def _partition_of(hashes: np.ndarray, bits: int) -> np.ndarray:
     """The partition of each hash: its high ``bits`` bits, so that partitions hold disjoint ranges of hashes."""
     return (hashes >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(len(hashes), np.int64)
@@ -244,8 +262,8 @@ def scan_output(output: str, storage_options: dict | None = None, threads: int =
     dropped = frozenset((known - names) | (changed & known))
     bits = previous.bits if previous is not None else _partition_bits(sum(sizes.values()))
     tasks = _Tasks()
-    pieces = [tasks.submit(_scan_files, output, storage_options, to_read[i:i + SCAN_TASK_FILES], bits, threads,
-                           num_returns=1 << bits) for i in range(0, len(to_read), SCAN_TASK_FILES)]
+    pieces = [tasks.submit(_scan_files, output, storage_options, chunk, bits, threads, num_returns=1 << bits)
+              for chunk in _by_bytes(to_read, sizes, (1 << bits) * TASK_BYTES_PER_PARTITION)]
     merged = [tasks.submit(_merge_partition, previous.parts[p] if previous is not None else None, dropped,
                            *[read[p] for read in pieces], num_returns=2) for p in range(1 << bits)]
     state = OutputState(files, [m[0] for m in merged], bits)

@@ -62,7 +62,7 @@ def expected_keep(written: dict) -> dict[str, tuple[bool, int]]:
 @pytest.fixture
 def many_partitions(monkeypatch):
     monkeypatch.setattr(resume, "PARTITION_BYTES", 2_000)  # a few KiB of Parquet make several partitions
-    monkeypatch.setattr(resume, "SCAN_TASK_FILES", 3)  # and several scanning tasks
+    monkeypatch.setattr(resume, "TASK_BYTES_PER_PARTITION", 1_000)  # and several scanning tasks
 
 
 # -- the set of finished ids ---------------------------------------------------------------------------------
