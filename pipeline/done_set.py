@@ -49,11 +49,17 @@ class DonePart:
             hashes, ids = hashes[order], ids.take(pa.array(order))
         return cls(np.ascontiguousarray(hashes, dtype=np.uint64), ids.cast(pa.string()))
 
-    def contains(self, hashes: np.ndarray, ids: pa.Array, found: np.ndarray) -> None:
-        """Set ``found[i]`` for each ``ids[i]`` (hash ``hashes[i]``) in this part."""
+    def contains(self, hashes: np.ndarray, ids: pa.Array, found: np.ndarray,
+                 order: np.ndarray | None = None) -> None:
+        """Set ``found[i]`` for each ``ids[i]`` (hash ``hashes[i]``) in this part. ``order``: the positions of
+        ``hashes`` in hash order (only the run of them within this part's range is looked up)."""
         if not len(self.hashes):
             return
-        lookup = np.nonzero(~found & (hashes >= self.hashes[0]) & (hashes <= self.hashes[-1]))[0]
+        order = np.argsort(hashes, kind="stable") if order is None else order
+        ordered = hashes[order]
+        lookup = order[np.searchsorted(ordered, self.hashes[0], side="left"):
+                       np.searchsorted(ordered, self.hashes[-1], side="right")]
+        lookup = lookup[~found[lookup]]
         if not len(lookup):
             return
         first = np.searchsorted(self.hashes, hashes[lookup], side="left")
@@ -61,11 +67,13 @@ class DonePart:
         lookup, first, count = lookup[count > 0], first[count > 0], count[count > 0]
         if not len(lookup):
             return
-        same = pc.equal(self.ids.take(pa.array(first)), ids.take(pa.array(lookup))).to_numpy(zero_copy_only=False)
+        same = pc.fill_null(pc.equal(self.ids.take(pa.array(first)), ids.take(pa.array(lookup))), False)
+        same = same.to_numpy(zero_copy_only=False)
         found[lookup[same]] = True
         for row, start, n in zip(lookup[~same & (count > 1)], first[~same & (count > 1)], count[~same & (count > 1)]):
             wanted = ids[int(row)].as_py()  # a hash two different ids share: rare, compared one by one
-            found[row] = any(self.ids[int(start) + k].as_py() == wanted for k in range(1, int(n)))
+            found[row] = wanted is not None and any(self.ids[int(start) + k].as_py() == wanted
+                                                    for k in range(1, int(n)))
 
 
 def connected_ray():
@@ -115,8 +123,9 @@ class DoneSet:
         found = np.zeros(len(ids), dtype=bool)
         if self.size and len(ids):
             hashes = hash_ids(ids)
+            order = np.argsort(hashes, kind="stable")
             for part in self._fetched():
-                part.contains(hashes, ids, found)
+                part.contains(hashes, ids, found, order)
         return found
 
     def ids(self) -> pa.Array:

@@ -30,7 +30,7 @@ from pipeline import schema as S
 from pipeline.done_set import DonePart, DoneSet, connected_ray, hash_ids
 from pipeline.io.masking import mask_text, public_uri
 from pipeline.compaction import finish_compaction
-from pipeline.io.output_store import OutputStore
+from pipeline.io.output_store import PARQUET_DIR, OutputStore
 from pipeline.resources import LIGHT_NUM_CPUS
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class OutputState:
         """
         tasks = _Tasks()
         made = [tasks.submit(_done_part, part, retry_errors, same_as, num_returns=2) for part in self.parts]
-        sizes = tasks.get([m[1] for m in made])
+        sizes = _last_results(tasks, made)
         return DoneSet(tuple(m[0] for m in made), int(sum(sizes)))
 
     def done_ids(self, retry_errors: bool, same_as: tuple[str, str] | None = None) -> pa.Array:
@@ -139,14 +139,25 @@ class _Tasks:
         return [refs] if num_returns == 1 else list(refs)
 
     def get(self, values: list) -> list:
+        """The results, or the first failed task's own error, as a call here raises it."""
+        outcomes = self.outcomes(values)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes
+
+    def outcomes(self, values: list) -> list:
+        """Each result, or the error its task raised (each fetched alone, so that every failed one is seen: Ray
+        logs an error nobody fetched as unhandled, once per reference)."""
         if self.ray is None:
             return list(values)
-        try:
-            return self.ray.get(list(values))
-        except self.ray.exceptions.RayTaskError as exc:  # the task's own error, as a call here raises it
-            if isinstance(exc.cause, Exception):
-                raise exc.cause from None
-            raise
+        outcomes = []
+        for ref in values:
+            try:
+                outcomes.append(self.ray.get(ref))
+            except self.ray.exceptions.RayTaskError as exc:
+                outcomes.append(exc.cause if isinstance(exc.cause, Exception) else exc)
+        return outcomes
 
 
 def _partition_bits(parquet_bytes: int) -> int:
@@ -173,22 +184,39 @@ def _partition_of(hashes: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _scan_files(output: str, storage_options: dict | None, uris: list[str], bits: int, threads: int):
-    """Read the scan's columns of ``uris`` and split their rows by partition (one table per partition)."""
+    """Read the scan's columns of ``uris`` and split their rows by partition: one table per partition, then the
+    number of rows."""
     store = OutputStore(output, storage_options)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        tables = list(pool.map(lambda uri: _read_columns(store, uri), uris))
-    keys = pa.concat_tables([t.set_column(t.schema.get_field_index("file"), "file",
-                                          pa.array([_file_name(u)] * t.num_rows, pa.string()))
-                             for t, u in zip(tables, uris)]) if tables else _EMPTY.drop_columns([_HASH])
+        tables = list(pool.map(lambda uri: _keys_of(_read_columns(store, uri), uri), uris))
+    keys = pa.concat_tables([_EMPTY.drop_columns([_HASH]), *tables])
     hashes = hash_ids(keys.column(S.VIDEO_ID))
-    keys = pa.table({**{name: keys.column(name) for name in keys.column_names},
-                     _HASH: pa.array(hashes, pa.uint64())})
-    keys = keys.cast(_PART_SCHEMA) if keys.num_rows else _EMPTY
+    keys = keys.append_column(_HASH, pa.array(hashes, pa.uint64()))
     partition = _partition_of(hashes, bits)
     order = np.argsort(partition, kind="stable")
     keys, bounds = keys.take(pa.array(order)), np.searchsorted(partition[order], np.arange((1 << bits) + 1))
-    pieces = [keys.slice(bounds[p], bounds[p + 1] - bounds[p]) for p in range(1 << bits)]
-    return pieces[0] if bits == 0 else tuple(pieces)
+    pieces = [_compact_dictionaries(keys.slice(bounds[p], bounds[p + 1] - bounds[p])) for p in range(1 << bits)]
+    return (*pieces, keys.num_rows)  # the count: a small result to learn that the task worked
+
+
+def _keys_of(table: pa.Table, uri: str) -> pa.Table:
+    """One file's :func:`row_keys` in the state's types, ``file`` its name (:func:`_file_name`)."""
+    table = table.set_column(table.schema.get_field_index("file"), "file",
+                             pa.array([_file_name(uri)] * table.num_rows, pa.string()))
+    try:
+        return table.cast(_PART_SCHEMA.remove(_PART_SCHEMA.get_field_index(_HASH)))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise UnreadableOutputFile(f"{public_uri(uri)} has columns of other types than the output's "
+                                   f"({str(exc)[:200]}): move it out of the output and run again") from exc
+
+
+def _compact_dictionaries(table: pa.Table) -> pa.Table:
+    """``table`` with each dictionary column holding only the values its rows use (a slice keeps the whole
+    dictionary of what it was cut from: every file name of a scanning task, in each of its pieces)."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type):
+            table = table.set_column(i, f, pc.dictionary_encode(table.column(i).cast(pa.string())).cast(f.type))
+    return table
 
 
 def _without_files(table: pa.Table, names: frozenset[str]) -> pa.Table:
@@ -201,10 +229,17 @@ def _without_files(table: pa.Table, names: frozenset[str]) -> pa.Table:
     return table.filter(pa.chunked_array(keep, pa.bool_()))
 
 
-def _merge_partition(previous: pa.Table | None, dropped: frozenset[str], *pieces: pa.Table):
-    """One partition of the state: ``previous``'s rows (without the files in ``dropped``) and the pieces the
-    scanning tasks read, sorted by hash; with its counts and the rows that lose to another of their id."""
-    tables = [_EMPTY] + ([_without_files(previous, dropped)] if previous is not None else []) + list(pieces)
+def _merge_partition(previous: pa.Table | None, dropped: frozenset[str], bits: int, partition: int,
+                     *pieces: pa.Table):
+    """Partition ``partition`` of ``bits`` of the state: ``previous``'s rows of it (a partition of the previous scan,
+    whose fewer bits make it a superset: its rows are sorted by hash, so this one's are a run of them), without the
+    files in ``dropped``, and the pieces the scanning tasks read, sorted by hash; with its counts and the rows that
+    lose to another of their id."""
+    tables = [_EMPTY] + list(pieces)
+    if previous is not None:
+        hashes = previous.column(_HASH).to_numpy()
+        first, last = np.searchsorted(_partition_of(hashes, bits), [partition, partition + 1])
+        tables.append(_without_files(previous.slice(first, last - first), dropped))
     table = pa.concat_tables(tables)
     hashes = table.column(_HASH).to_numpy()
     order = np.argsort(hashes, kind="stable")
@@ -243,6 +278,18 @@ def _done_part(part: pa.Table, retry_errors: bool, same_as: tuple[str, str] | No
     return done, len(done.ids)
 
 
+def _last_results(tasks: _Tasks, results: list[list]) -> list:
+    """The last result of each task (a small one: a count, a summary), or the first error among them, raised after
+    fetching every result of the failed tasks (errors, not data): each is then seen, and logged by nobody."""
+    outcomes = tasks.outcomes([r[-1] for r in results])
+    failed = [(outcome, refs) for outcome, refs in zip(outcomes, results) if isinstance(outcome, BaseException)]
+    for _, refs in failed:
+        tasks.outcomes(refs[:-1])
+    if failed:
+        raise failed[0][0]
+    return outcomes
+
+
 def scan_output(output: str, storage_options: dict | None = None, threads: int = 16,
                 previous: OutputState | None = None, changed: Collection[str] = ()) -> OutputState:
     """Read the id, status, time, model and prompt columns of every Parquet file of the output, in tasks that
@@ -256,18 +303,24 @@ def scan_output(output: str, storage_options: dict | None = None, threads: int =
     sizes = store.parquet_sizes()
     files = list(sizes)
     changed = frozenset(_file_name(c) for c in changed)
-    known = {_file_name(f) for f in previous.files} if previous is not None else set()
-    names = {_file_name(f) for f in files}
+    known = set(_names_of(previous.files)) if previous is not None else set()
+    names = set(_names_of(files))
     to_read = [f for f in files if _file_name(f) not in known or _file_name(f) in changed]
     dropped = frozenset((known - names) | (changed & known))
-    bits = previous.bits if previous is not None else _partition_bits(sum(sizes.values()))
+    # Partitions may split as the output grows (a job's first run), never merge: a partition of fewer bits holds
+    # every row of the partitions of more bits its high bits name.
+    bits = _partition_bits(sum(sizes.values()))
+    bits = max(bits, previous.bits) if previous is not None else bits
     tasks = _Tasks()
-    pieces = [tasks.submit(_scan_files, output, storage_options, chunk, bits, threads, num_returns=1 << bits)
-              for chunk in _by_bytes(to_read, sizes, (1 << bits) * TASK_BYTES_PER_PARTITION)]
-    merged = [tasks.submit(_merge_partition, previous.parts[p] if previous is not None else None, dropped,
-                           *[read[p] for read in pieces], num_returns=2) for p in range(1 << bits)]
+    reads = [tasks.submit(_scan_files, output, storage_options, chunk, bits, threads, num_returns=(1 << bits) + 1)
+             for chunk in _by_bytes(to_read, sizes, (1 << bits) * TASK_BYTES_PER_PARTITION)]
+    _last_results(tasks, reads)  # before any merge: one failed read is one error, not one per partition
+    merged = [tasks.submit(_merge_partition,
+                           previous.parts[p >> (bits - previous.bits)] if previous is not None else None,
+                           dropped, bits, p, *[read[p] for read in reads], num_returns=2) for p in range(1 << bits)]
+    summaries = _last_results(tasks, merged)
     state = OutputState(files, [m[0] for m in merged], bits)
-    for counts in tasks.get([m[1] for m in merged]):
+    for counts in summaries:
         state.num_rows += counts["rows"]
         state.ok += counts["ok"]
         for name, rows in counts["losing"].items():  # a file's rows lie in every partition
@@ -276,7 +329,24 @@ def scan_output(output: str, storage_options: dict | None = None, threads: int =
 
 
 def _file_name(uri: str) -> str:
-    return uri.rstrip("/").rsplit("/", 1)[-1]
+    """A Parquet file's name in the state: its path under the output's ``parquet/`` folder (the batch name for the
+    files a job writes; a copied-in subfolder's files keep theirs apart), the same however the URI is spelled."""
+    return uri.rstrip("/").rsplit(f"/{PARQUET_DIR}/", 1)[-1]
+
+
+class AmbiguousOutputFiles(ValueError):
+    """Two Parquet files of the output have one name under ``parquet/`` (a folder named ``parquet`` inside it)."""
+
+
+def _names_of(files: list[str]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for uri in files:
+        name = _file_name(uri)
+        if name in names:
+            raise AmbiguousOutputFiles(f"{public_uri(names[name])} and {public_uri(uri)} have one name in the "
+                                       "output: move the folder named parquet inside its parquet folder out of it")
+        names[name] = uri
+    return names
 
 
 # Which of an id's rows counts where an output holds several (a --retry-errors or --recaption-changed run's new
@@ -342,7 +412,7 @@ def reconcile_and_scan(output: str, storage_options: dict | None = None, previou
         store.remove(uri)
         stats["orphan_tars"] += 1
     rewritten = set()
-    uris = {_file_name(uri): uri for uri in state.files}
+    uris = _names_of(state.files)
     for name, rows in sorted(state.losing.items()):
         check()
         stats["duplicate_rows"] += _rewrite_without(store, uris[name], set(rows))
