@@ -44,10 +44,10 @@ class Progress:
         self.written += manifest["rows"]
         self.ok += manifest["ok"]
         self.repeats += manifest.get("duplicates", 0)
-        self.failed.update(manifest["failed"])
-        self.flagged.update(manifest["flagged"])
+        self.failed.update(manifest.get("failed", {}))
+        self.flagged.update(manifest.get("flagged", {}))
         self.sums.update({name: manifest.get(name, 0) for name in _SUMS})
-        if manifest["file"]:
+        if manifest.get("file"):
             self.files.append(manifest["file"])
 
     def line(self, read: int, already_done: int) -> str:
