@@ -142,13 +142,32 @@ def run_hf(folder: str, frames: np.ndarray, batch_sizes: list[int], settings: Ge
             torch.cuda.empty_cache()
             continue
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        split = phases(model, processor, frames[:batch], settings, elapsed * batch / count)
         rows.append({**row, **rates(count, elapsed, settings), "peak_gib": peak and round(peak, 2),
-                     **sampler.summary()})
+                     **sampler.summary(), **split})
         print(rows[-1], flush=True)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return rows
+
+
+def phases(model, processor, frames: np.ndarray, settings: GenerationSettings, batch_s: float) -> dict:
+    """Where one batch's time goes: a one-token generate is the vision tower, the pooling and the prefill; the rest
+    of the batch's time is decoding, per token."""
+    one_token = GenerationSettings(max_new_tokens=1, min_new_tokens=1)
+    _synchronize()
+    started = time.perf_counter()
+    generate_captions(model, processor, torch.from_numpy(frames), QUERY, one_token)
+    _synchronize()
+    prefill = time.perf_counter() - started
+    steps = max(1, settings.max_new_tokens - 1)
+    return {"prefill_s": round(prefill, 3), "decode_ms_per_step": round(1000 * (batch_s - prefill) / steps, 2)}
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def run_vllm(folder: str, frames: np.ndarray, batch_sizes: list[int], settings: GenerationSettings, device: str,
