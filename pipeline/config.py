@@ -129,6 +129,11 @@ class ResourceConfig(Settings):
     caption_num_gpus: float | None = Field(None, ge=0, le=64)
     caption_num_cpus: float | None = Field(None, ge=0, le=1024)
     rows_per_file: int = Field(256, ge=1, le=1_000_000)
+    # A list with more rows to do than this runs in segments of about this many, each its own Ray Data execution
+    # (rows split by a hash of their id, so a repeated id stays in one segment): Ray Data keeps bookkeeping in the
+    # driver for every block it makes, and it is freed after each segment. Each segment starts the actor pools
+    # again (one model load per caption actor).
+    segment_rows: int = Field(1_000_000, ge=1, le=10**12)
     ray_num_cpus: int | None = Field(None, ge=1, le=MAX_WORKERS)
     stall_warn_s: float = Field(300.0, gt=0, le=MAX_WAIT_S)  # no output for this long: log what the cluster
     # waits on (again each period)

@@ -38,7 +38,8 @@ from pipeline.progress import Progress
 from pipeline.sinks import ShardWriter
 from pipeline.list_ids import CheckIds, IdRegistry, check_list_ids
 from pipeline.skip import MarkRepeats, RowTally, SkipDone
-from pipeline.stages import Stage, apply_stages
+from pipeline.segments import run_in_segments, segment_count
+from pipeline.stages import Stage
 from pipeline.io.sources import read_video_refs
 from pipeline.watchdog import describe_cluster, watched
 from pipeline.windows import SplitWindows
@@ -212,8 +213,13 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
         rows = iter(())
     else:
         stages = recaption_stages(cfg, prompt, run_id, done, plan, tally, engine, lease.guard)
-        manifests = apply_stages(todo, stages)
-        rows = watched(manifests.iter_rows(), res.stall_warn_s, res.stall_fail_s, describe_cluster)
+        to_do = todo.count()  # from the blocks' metadata: the list has been read
+        segments = segment_count(to_do, res.segment_rows)
+        if segments > 1:
+            logger.info("run %s: %d list rows to do, in %d segments (resources.segment_rows: %d)", run_id, to_do,
+                        segments, res.segment_rows)
+        rows = watched(run_in_segments(todo, stages, segments, before_each=lease.check), res.stall_warn_s,
+                       res.stall_fail_s, describe_cluster)
     for row in rows:
         if lease.lost:
             lease.check()  # raises LeaseLost: the heartbeat found another job holding the output

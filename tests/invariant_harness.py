@@ -244,7 +244,12 @@ class World:
         return VideoList(path, entries, fmt, notes, window_s=window_s)
 
     def config(self, listing: VideoList, **output) -> dict:
-        """The job's settings as a dict (the in-process job and the job script's YAML alike)."""
+        """The job's settings as a dict (the in-process job and the job script's YAML alike). Half the lists
+        run in segments of a few rows (drawn from their own generator, so a seed's other draws stay the same)."""
+        segments = random.Random(f"{self.seed}:{listing.path.name}")
+        segment_rows = segments.choice([2, 3, 5]) if segments.random() < 0.5 else None
+        if segment_rows and f"segments of {segment_rows}" not in listing.notes:
+            listing.notes.append(f"segments of {segment_rows}")
         raw = {
             "source": {"input": str(listing.path), "window_s": listing.window_s},
             "output": {"output": self.output, "formats": ["parquet", "webdataset"], **output},
@@ -252,7 +257,7 @@ class World:
             "sampling": {"num_frames": 4},
             "generation": {"max_new_tokens": 6},
             "resources": {"batch_size": 2, "rows_per_file": 3, "decode_concurrency": 1, "decode_num_cpus": 0.5,
-                          "caption_num_cpus": 0.5},
+                          "caption_num_cpus": 0.5, **({"segment_rows": segment_rows} if segment_rows else {})},
             "retry": {"attempts": 6 if self.proxy else 2, "backoff_s": 0.02, "max_backoff_s": 0.2},
             "storage_options": self.storage_options,
         }
