@@ -86,7 +86,7 @@ class PeakRss:
         return self.start / 2**20, self.peak / 2**20
 
 
-def bench_pipeline(rows: int, tmp: str) -> None:
+def bench_pipeline(rows: int, tmp: str, segment_rows: int | None = None) -> None:
     from pipeline.config import JobConfig, SourceConfig
     from pipeline.io.sources import read_video_refs
     from pipeline.runner import run_job
@@ -98,7 +98,8 @@ def bench_pipeline(rows: int, tmp: str) -> None:
     assert read_video_refs(SourceConfig(input=listing)).count() == rows
     t_read = time.perf_counter() - started
     cfg = JobConfig.from_dict({"source": {"input": listing}, "output": {"output": os.path.join(tmp, "out")},
-                               "model": {"model": "tiny"}})
+                               "model": {"model": "tiny"},
+                               "resources": {"segment_rows": segment_rows} if segment_rows else {}})
     with PeakRss() as rss:
         started = time.perf_counter()
         summary = run_job(cfg)
@@ -107,7 +108,8 @@ def bench_pipeline(rows: int, tmp: str) -> None:
     assert run["videos"] == rows and run["failed_by_reason"] == {"read/not_found": rows}, run
     start, peak = rss.mib()
     print(f"pipeline: {rows} missing-video rows, defaults (batch {cfg.resources.batch_size}, "
-          f"{cfg.resources.rows_per_file} rows per file), {os.cpu_count()} CPUs")
+          f"{cfg.resources.rows_per_file} rows per file, segments of {cfg.resources.segment_rows} rows), "
+          f"{os.cpu_count()} CPUs")
     print(f"  list read + normalise alone: {rows / t_read:,.0f} rows/s ({t_read:.1f} s)")
     print(f"  whole job:                   {rows / t_job:,.0f} rows/s ({t_job:.1f} s, Ray start and model load "
           f"included): {t_read / t_job:.2f}x the list-reading floor")
@@ -284,6 +286,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--names", type=int, default=2_000)
     parser.add_argument("--parts", default="pipeline,scan,names", help="any of pipeline,scan,names,rerun")
+    parser.add_argument("--segment-rows", type=int, help="pipeline: resources.segment_rows (default: its default)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     server = start_s3() if parts & {"scan", "names"} else None
@@ -294,7 +297,7 @@ def main() -> None:
             if "scan" in parts:
                 bench_scan(args.files)
             if "pipeline" in parts:
-                bench_pipeline(args.rows, tmp)
+                bench_pipeline(args.rows, tmp, args.segment_rows)
             if "rerun" in parts:
                 bench_rerun(args.rows, tmp)
     finally:

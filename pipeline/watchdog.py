@@ -21,36 +21,58 @@ class Stalled(RuntimeError):
 def watched(items: Iterable[T], warn_after_s: float, fail_after_s: float | None,
             describe: Callable[[], str]) -> Iterator[T]:
     """Yield ``items`` (consumed in a background thread). Each ``warn_after_s`` without a new item, log a
-    warning with ``describe()``; after ``fail_after_s`` without one, raise :class:`Stalled` with it."""
+    warning with ``describe()``; after ``fail_after_s`` without one, raise :class:`Stalled` with it.
+
+    When the consumer stops (an error, a stall, or it closes this generator), the thread stops taking items
+    and closes ``items`` if it is a generator: a job that gave up starts no more work behind its back."""
     inbox: queue.Queue = queue.Queue(maxsize=64)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                inbox.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def pump() -> None:
         try:
             for item in items:
-                inbox.put(item)
-            inbox.put(_DONE)
+                if not offer(item):
+                    return
+            offer(_DONE)
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which re-raises it
-            inbox.put(exc)
+            offer(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     threading.Thread(target=pump, name="output-pump", daemon=True).start()
     last = warned = time.monotonic()
-    while True:
-        try:
-            item = inbox.get(timeout=min(1.0, warn_after_s))
-        except queue.Empty:
-            now = time.monotonic()
-            if fail_after_s is not None and now - last >= fail_after_s:
-                raise Stalled(f"no output for {now - last:.0f} s (limit {fail_after_s:g} s): {describe()}") from None
-            if now - warned >= warn_after_s:
-                warned = now
-                logger.warning("no output for %.0f s: %s", now - last, describe())
-            continue
-        if item is _DONE:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        last = warned = time.monotonic()
-        yield item
+    try:
+        while True:
+            try:
+                item = inbox.get(timeout=min(1.0, warn_after_s))
+            except queue.Empty:
+                now = time.monotonic()
+                if fail_after_s is not None and now - last >= fail_after_s:
+                    raise Stalled(f"no output for {now - last:.0f} s (limit {fail_after_s:g} s): "
+                                  f"{describe()}") from None
+                if now - warned >= warn_after_s:
+                    warned = now
+                    logger.warning("no output for %.0f s: %s", now - last, describe())
+                continue
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            last = warned = time.monotonic()
+            yield item
+    finally:
+        stop.set()
 
 
 def describe_cluster() -> str:

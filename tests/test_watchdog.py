@@ -43,6 +43,41 @@ def test_errors_of_the_stream_reach_the_caller():
         list(watched(broken(), 1.0, None, lambda: ""))
 
 
+def test_a_consumer_that_stops_stops_the_stream_behind_it():
+    produced, closed = [], threading.Event()
+
+    def segments():
+        try:
+            for i in range(1000):
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()  # a job's segments: no next segment starts once the job gave up
+
+    stream = watched(segments(), 5.0, None, lambda: "")
+    assert [next(stream), next(stream)] == [0, 1]
+    stream.close()
+    assert closed.wait(10)
+    assert len(produced) < 1000
+
+
+def test_a_stall_closes_the_stalled_stream_when_it_moves_again():
+    closed = threading.Event()
+
+    def stalled_then_more():
+        try:
+            yield 0
+            time.sleep(1.5)
+            while True:
+                yield 1
+        finally:
+            closed.set()
+
+    with pytest.raises(Stalled):
+        list(watched(stalled_then_more(), 0.2, 0.5, lambda: "stuck"))
+    assert closed.wait(10)
+
+
 class Hang(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
