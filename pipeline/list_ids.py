@@ -33,9 +33,7 @@ MAX_CONFLICTS_NAMED = 10
 def _same_input(uri: str | None) -> str:
     """The URI as one spelling per input: without credentials (most URIs have none, and the regexes cost per
     row), and a local path normalised (``file://``, ``./``, ``a/../``, ``//`` name the same file)."""
-    uri = uri or ""
-    if any(c in uri for c in "@?&;"):
-        uri = public_uri(uri)
+    uri = public_uri(uri or "")
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
     if not uri or "://" in uri:

@@ -55,6 +55,15 @@ def test_uris_lose_user_info_and_signatures_and_text_is_scrubbed():
     assert "SECRET" not in scrubbed and "abcdef123456" not in scrubbed and "bucket" in scrubbed
 
 
+def test_tokens_in_fragments_and_percent_encoded_signatures_are_masked():
+    assert public_uri("https://h/v.mp4#access_token=tok-123&x=1") == "https://h/v.mp4#access_token=***&x=1"
+    nested = "https://cdn/r?u=https%3A%2F%2Fs3%2Fx.mp4%3FX-Amz-Signature%3Dsig-456%26part%3D2&q=2"
+    assert public_uri(nested) == "https://cdn/r?u=https%3A%2F%2Fs3%2Fx.mp4%3FX-Amz-Signature%3D***&q=2"
+    assert "sig-789" not in mask_text("GET https://cdn/r?u=a.mp4%3Fpart%3D3%26sig%3Dsig-789 failed")
+    for plain in ("https://h/a%20b.mp4", "https://h/v.mp4#t=10", "/data/clip%201.mp4"):
+        assert public_uri(plain) == plain
+
+
 def test_storage_credentials_are_a_secret_type_shown_masked_but_used_in_full(caplog):
     import logging
 

@@ -24,8 +24,12 @@ SECRET_KEY_MARKERS = ("key", "secret", "token", "password", "passwd", "passphras
 # often do): after "user:" everything up to the "@" is taken, unless it starts like a port ("host:8080/...").
 USERINFO_PATTERN = r"(?:[^/\s@?#:]+:(?!\d{1,5}(?:[/?#\s]|$))[^\s@?#]*|[^/\s@?#]+)"
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)(" + USERINFO_PATTERN + ")@")
-# ?X-Amz-Signature=...&sig=...&token=... -> the value.
-_SECRET_QUERY = re.compile(r"(?i)([?&;][^=&#\s]*(?:sig|key|secret|token|password|credential|auth)[^=&#\s]*=)[^&#\s]+")
+# ?X-Amz-Signature=...&sig=...&token=... -> the value; also in a fragment (#access_token=..., OAuth's implicit
+# flow) and percent-encoded inside another URL's query (...%3FX-Amz-Signature%3D..., where the value runs on to
+# the next unencoded separator: masking too much is safe).
+_SEP, _EQ = r"(?:[?&;#]|%3[Ff]|%26|%23)", r"(?:=|%3[Dd])"
+_SECRET_QUERY = re.compile(r"(?i)(" + _SEP + r"(?:(?!%3[Dd])[^=&#\s])*?(?:sig|key|secret|token|password|credential|auth)"
+                           r"(?:(?!%3[Dd])[^=&#\s])*" + _EQ + r")[^&#\s]+")
 # Authorization header values quoted in text.
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[A-Za-z0-9._~+/=\-]{6,}")
 _AUTH_FIELD = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?!bearer\b|basic\b|digest\b)[^\s\"',}]+")
@@ -55,7 +59,7 @@ def basic_auth_token(uri: str) -> str | None:
 
 def public_uri(uri: str) -> str:
     """``uri`` as it may be stored and shown: user info removed, secret query values masked."""
-    if "@" not in uri and "?" not in uri and "&" not in uri and ";" not in uri:
+    if not any(c in uri for c in "@?&;#%"):
         return uri  # neither pattern can match (most URIs of a list: a pass per row, not two regexes)
     return _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, _USERINFO.sub(r"\1", uri))
 

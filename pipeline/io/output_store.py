@@ -122,6 +122,24 @@ def parquet_location(uri: str) -> str:
     return join(uri, PARQUET_DIR)
 
 
+class _ReadsOf:
+    """A file object that notes whether one of its reads failed: a Parquet reader's error is then the store's,
+    not the file's."""
+
+    def __init__(self, f) -> None:
+        self._f, self.failed = f, False
+
+    def read(self, *args):
+        try:
+            return self._f.read(*args)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
 class OutputStore:
     """One recaption output: its file names, batch writes, listings, table reads and keyframes."""
 
@@ -282,15 +300,27 @@ class OutputStore:
         """One Parquet file (``columns`` of it: each must be there).
 
         Raises:
-            pyarrow.ArrowInvalid: not a Parquet file, or a column is missing.
+            pyarrow.ArrowInvalid: not a Parquet file, a damaged one (naming it), or a column is missing.
+            OSError: the store failed a read (raised as the store raised it: a transient failure is no verdict on
+                the file).
         """
         fs, path = get_fs(file_uri, self.storage_options)
         with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)  # a file, not a dataset: half the time of pq.read_table per small file
-            missing = [c for c in columns or () if c not in parquet.schema_arrow.names]
-            if missing:
-                raise pa.ArrowInvalid(f"no column {missing[0]!r} in {public_uri(file_uri)}")
-            return parquet.read(columns=columns)
+            reads = _ReadsOf(f)
+            try:
+                parquet = pq.ParquetFile(reads)  # a file, not a dataset: half the time of pq.read_table per file
+                missing = [c for c in columns or () if c not in parquet.schema_arrow.names]
+                if missing:
+                    raise pa.ArrowInvalid(f"no column {missing[0]!r} in {public_uri(file_uri)}")
+                return parquet.read(columns=columns)
+            except (pa.ArrowException, MemoryError):
+                raise
+            except Exception as exc:
+                if reads.failed:
+                    raise
+                # The bytes arrived but do not decode (pyarrow says so as OSError, UnicodeDecodeError, ...).
+                raise pa.ArrowInvalid(f"{public_uri(file_uri)} is damaged: {type(exc).__name__}: "
+                                      f"{str(exc)[:200]}") from exc
 
     def keyframes(self, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
         """``(sample key, JPEG)`` of the wanted keys' keyframes, each key once, streaming one tar member at a
