@@ -235,6 +235,16 @@ class VllmCaptioner(_CaptionStage):
         self.engine = VllmCaptionEngine(self.model, self.processor, generation, vllm_settings,
                                         max_prompt_tokens=prompt_tokens)
 
+    def __del__(self) -> None:
+        # Ray Data drops its stage object when the actor exits gracefully (the end of a segment, or of the job):
+        # stop vLLM's engine process now, so the GPU memory is free for the next segment's actor.
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            try:
+                engine.shutdown()
+            except Exception:  # noqa: BLE001 - the actor is going away; the process exit frees the rest
+                logger.warning("the vLLM engine did not shut down cleanly", exc_info=True)
+
     async def __call__(self, batch: pa.Table) -> pa.Table:
         from model.vllm_engine import EngineDied
 

@@ -86,7 +86,8 @@ def project(videos: list[dict], remaining: int, cluster: dict, overhead_s: float
             ``output_bytes``, ``tokens``, ``failure`` (``stage/reason`` or None).
         cluster: ``caption_actors``, ``gpus_per_caption_actor``, ``decode_cpus`` (CPUs the decode actors hold),
             ``pool_cpus`` (CPUs all the job's pools hold).
-        overhead_s: seconds a run spends beyond its videos (start-up, model load, the last file): added once.
+        overhead_s: seconds a run spends beyond its videos (start-up, model load, the last file, once per
+            segment of the list): added once.
 
     Returns:
         per figure ``{"value", "range"}`` (the range: the 5th and 95th percentiles over ``rounds`` bootstrap
@@ -270,6 +271,7 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
     from pipeline.list_ids import CheckIds, IdRegistry, check_list_ids
     from pipeline.resume import scan_output
     from pipeline.runner import RunIncomplete, plan_for, run_job
+    from pipeline.segments import segment_count
     from pipeline.skip import RowTally, SkipDone
 
     if sample_size < 1:
@@ -322,6 +324,9 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
         "source": source,
         "output": cfg.output.model_copy(update={"output": join(scratch, "out"), "retry_errors": False,
                                                "recaption_changed": False}),
+        # the sample in one segment: its start-up is measured once, then counted per segment of the list
+        "resources": cfg.resources.model_copy(update={"segment_rows": max(cfg.resources.segment_rows,
+                                                                            runnable.num_rows)}),
     })
     try:
         if not runnable.num_rows:
@@ -350,11 +355,14 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
     busy = max(sum(v["caption_s"] or 0.0 for v in videos) / cluster["caption_actors"],
                sum(v["decode_cpu_s"] or 0.0 for v in videos) / cluster["decode_cpus"])
     overhead_s = max(0.0, run["wall_s"] - busy)
+    segments = segment_count(remaining, cfg.resources.segment_rows)  # each starts the pools again
     # With clip windows each list row becomes several output rows (videos): the projection is in those.
     windows_per_row = len(rows) / runnable.num_rows if cfg.source.windows and runnable.num_rows else 1.0
     projected_videos = max(1, round(remaining * windows_per_row))
-    projection = project(videos, projected_videos, cluster, overhead_s, gpu_hour_cost, cpu_hour_cost, seed)
+    projection = project(videos, projected_videos, cluster, overhead_s * segments, gpu_hour_cost, cpu_hour_cost,
+                         seed)
     plan["projected_videos"] = projected_videos
+    plan["segments"] = segments
     plan["windows_per_list_row"] = round(windows_per_row, 4) if cfg.source.windows else None
     settings = {"decode_concurrency": pools.decode_concurrency, "decode_num_cpus": pools.decode_num_cpus,
                 "caption_concurrency": pools.caption_concurrency,

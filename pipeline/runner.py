@@ -7,6 +7,7 @@ does lives in small callable classes, declared as :class:`~pipeline.stages.Stage
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from pipeline.progress import Progress
 from pipeline.sinks import ShardWriter
 from pipeline.list_ids import CheckIds, IdRegistry, check_list_ids
 from pipeline.skip import MarkRepeats, RowTally, SkipDone
-from pipeline.segments import run_in_segments, segment_count
+from pipeline.segments import SegmentStarted, run_in_segments, segment_count
 from pipeline.stages import Stage
 from pipeline.io.sources import read_video_refs
 from pipeline.watchdog import describe_cluster, watched
@@ -210,26 +211,22 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
         # actor pool starts (a rerun of a finished job takes seconds).
         logger.info("run %s: all %d videos of the list are already done; nothing to decode or caption", run_id,
                     read.get("read", 0))
-        rows = iter(())
+        rows = (row for row in ())
     else:
         stages = recaption_stages(cfg, prompt, run_id, done, plan, tally, engine, lease.guard)
         to_do = todo.count()  # from the blocks' metadata: the list has been read
         segments = segment_count(to_do, res.segment_rows)
         if segments > 1:
-            logger.info("run %s: %d list rows to do, in %d segments (resources.segment_rows: %d)", run_id, to_do,
-                        segments, res.segment_rows)
+            logger.info("run %s: %d list rows to do, in %d segments (resources.segment_rows: %d%s)", run_id, to_do,
+                        segments, res.segment_rows, "; with clip windows a segment counts list rows, not windows"
+                        if cfg.source.windows else "")
         rows = watched(run_in_segments(todo, stages, segments, before_each=lease.check), res.stall_warn_s,
                        res.stall_fail_s, describe_cluster)
-    for row in rows:
-        if lease.lost:
-            lease.check()  # raises LeaseLost: the heartbeat found another job holding the output
-        manifest = json.loads(row["manifest"])
-        written.add(manifest)
-        record_manifest(run_id, manifest)
-        if manifest["file"]:
-            so_far = ray.get(tally.totals.remote())
-            logger.info("wrote %s; %s", manifest["file"],
-                        written.line(so_far.get("read", 0) + so_far.get("windows_added", 0), so_far.get("done", 0)))
+    with contextlib.closing(rows):  # however the loop ends: the watch's thread then starts no further segment
+        for row in rows:
+            if isinstance(row, SegmentStarted):
+                continue
+            _take_manifest(json.loads(row["manifest"]), run_id, written, tally, lease)
     wall_s = time.perf_counter() - started
     # The output as it is now, from the first scan plus the files this run wrote: no second full scan.
     repaired_after, after = reconcile_and_scan(out.output, cfg.storage_options, previous=before,
@@ -250,6 +247,18 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
     lease.check()
     OutputStore(out.output, cfg.storage_options).write_summary(run_id, summary)
     return summary
+
+
+def _take_manifest(manifest: dict, run_id: str, written: Progress, tally, lease: OutputLease) -> None:
+    """A writer's manifest reached the driver: fold it into the run's sums, record it, log the progress line."""
+    if lease.lost:
+        lease.check()  # raises LeaseLost: the heartbeat found another job holding the output
+    written.add(manifest)
+    record_manifest(run_id, manifest)
+    if manifest["file"]:
+        so_far = ray.get(tally.totals.remote())
+        logger.info("wrote %s; %s", manifest["file"],
+                    written.line(so_far.get("read", 0) + so_far.get("windows_added", 0), so_far.get("done", 0)))
 
 
 def _compact_after(output: str, storage_options: dict | None, target_mb: float, lease: OutputLease) -> dict:

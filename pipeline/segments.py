@@ -10,6 +10,7 @@ repeats it, every clip window of it) lands in the same segment, where the repeat
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -39,16 +40,31 @@ class InSegment:
         return batch.filter(pa.array(keep))
 
 
+# Each segment reads every block of the list again and starts the pools again: a segment_rows far below the
+# list's length would pay that without end, so the count is capped (the segments grow instead).
+MAX_SEGMENTS = 1000
+
+
 def segment_count(rows: int, segment_rows: int) -> int:
-    """Segments for ``rows`` rows to do: at least one, each of about ``segment_rows`` rows."""
-    return max(1, -(-rows // segment_rows))
+    """Segments for ``rows`` rows to do: at least one, each of about ``segment_rows`` rows, at most
+    :data:`MAX_SEGMENTS`."""
+    return min(MAX_SEGMENTS, max(1, -(-rows // segment_rows)))
+
+
+@dataclass(frozen=True)
+class SegmentStarted:
+    """Yielded by :func:`run_in_segments` as a segment starts (not an output row): a consumer watching for stalls
+    counts the pools' new start from here, not from the previous segment's last file."""
+
+    index: int
+    count: int
 
 
 def run_in_segments(todo: ray.data.Dataset, stages: list[Stage], segments: int,
-                    before_each: Callable[[], None]) -> Iterator[dict]:
-    """The output rows of ``stages`` over ``todo``, one execution per segment, one after the other.
-    ``before_each()`` runs before each segment starts (the runner checks its lease there: a job that lost its
-    output starts no more work)."""
+                    before_each: Callable[[], None]) -> Iterator[dict | SegmentStarted]:
+    """The output rows of ``stages`` over ``todo``, one execution per segment, one after the other, each
+    preceded by a :class:`SegmentStarted`. ``before_each()`` runs before each segment starts (the runner checks
+    its lease there: a job that lost its output starts no more work)."""
     for index in range(segments):
         before_each()
         part = todo
@@ -56,4 +72,5 @@ def run_in_segments(todo: ray.data.Dataset, stages: list[Stage], segments: int,
             logger.info("segment %d of %d starts", index + 1, segments)
             part = Stage("segment", InSegment, dict(index=index, count=segments),
                          dict(num_cpus=LIGHT_NUM_CPUS)).apply(todo)
+        yield SegmentStarted(index, segments)
         yield from apply_stages(part, stages).iter_rows()

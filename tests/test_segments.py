@@ -12,7 +12,7 @@ from helpers import job_config
 from pipeline import schema as S
 from pipeline.generated_videos import write_video
 from pipeline.runner import run_job
-from pipeline.segments import InSegment, segment_count
+from pipeline.segments import MAX_SEGMENTS, InSegment, segment_count
 
 
 def test_every_row_falls_in_exactly_one_segment_and_an_ids_rows_in_the_same_one():
@@ -31,6 +31,8 @@ def test_every_row_falls_in_exactly_one_segment_and_an_ids_rows_in_the_same_one(
 
 def test_segment_counts_and_bad_indexes():
     assert [segment_count(rows, 10) for rows in (0, 1, 10, 11, 100, 101)] == [1, 1, 1, 2, 10, 11]
+    # each segment reads the whole list again and starts the pools again: their number is capped
+    assert segment_count(10**8, 1) == segment_count(10**12, 1000) == MAX_SEGMENTS
     with pytest.raises(ValueError, match="does not exist"):
         InSegment(index=3, count=3)
 

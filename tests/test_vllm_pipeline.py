@@ -46,8 +46,9 @@ def test_the_job_on_vllm_writes_the_rows_the_hf_engine_writes(ray_local, stoppin
     generation = {"max_new_tokens": 24}
     hf = run_job(job_config(str(listing), str(tmp_path / "hf"), model={**model, "engine": "hf"},
                             generation=generation))
+    # in two segments: the second segment's actor starts its engine after the first one's engine shut down
     vllm = run_job(job_config(str(listing), str(tmp_path / "vllm"), model={**model, "engine": "vllm"},
-                              generation=generation,
+                              generation=generation, resources={"segment_rows": 3},
                               vllm={"enforce_eager": True, "batch_size": 2, "max_concurrent_batches": 2,
                                     "cache_dir": str(tmp_path / "lm_cache")}))
     assert (hf["engine"], vllm["engine"]) == ("hf", "vllm")

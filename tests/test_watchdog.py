@@ -1,6 +1,7 @@
 """No silent waits: when no output arrives for a while the driver says what the cluster waits on, and with a
 limit set it stops the job with that diagnosis."""
 
+import contextlib
 import http.server
 import logging
 import subprocess
@@ -59,6 +60,25 @@ def test_a_consumer_that_stops_stops_the_stream_behind_it():
     stream.close()
     assert closed.wait(10)
     assert len(produced) < 1000
+
+
+def test_a_consumer_whose_loop_raises_closes_the_stream_as_the_runner_does():
+    started, closed = [], threading.Event()
+
+    def segments():
+        try:
+            for segment in range(100):
+                started.append(segment)
+                yield from ((segment, i) for i in range(5))
+        finally:
+            closed.set()
+
+    with pytest.raises(RuntimeError, match="lost the lease"):
+        with contextlib.closing(watched(segments(), 60, None, lambda: "")) as rows:
+            for _ in rows:
+                raise RuntimeError("lost the lease")  # as the runner's loop body may
+    assert closed.wait(10)
+    assert len(started) <= 14  # at most what the pump's queue holds, then it stops: not all 100 segments
 
 
 def test_a_stall_closes_the_stalled_stream_when_it_moves_again():
