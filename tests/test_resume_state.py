@@ -254,6 +254,7 @@ def test_a_file_whose_footer_is_damaged_is_named_as_unreadable(tmp_path):
     path = os.path.join(out, "parquet", "part-0000000000000002.parquet")
     data = bytearray(open(path, "rb").read())
     footer = int.from_bytes(data[-8:-4], "little")
+    named = 0
     for offset in range(0, footer, 8):  # every eighth byte of the footer's metadata
         damaged = bytearray(data)
         damaged[len(data) - 8 - footer + offset] ^= 0xFF
@@ -263,7 +264,51 @@ def test_a_file_whose_footer_is_damaged_is_named_as_unreadable(tmp_path):
             scan_output(out)
         except resume.UnreadableOutputFile as exc:
             assert "part-0000000000000002.parquet" in str(exc)
+            named += 1
         # else: the flip landed where the reader does not look (statistics, the writer's name)
+    assert named > footer // 8 // 2
+
+
+@pytest.mark.parametrize("failing", ["read", "seek", "tell"])
+def test_a_store_that_fails_a_call_is_not_taken_for_a_damaged_file(tmp_path, monkeypatch, failing):
+    """A stale NFS handle or a FUSE mount's error fails a read, a seek or a tell: that is the store's error, raised
+    as the store raised it, never "damaged, move it out" (which would cost the file's rows)."""
+    import io
+
+    from pipeline.io import output_store
+
+    out = str(tmp_path / "out")
+    write_rows(out, "0000000000000001", [("a", True, 1)])
+
+    class StaleHandle(io.FileIO):
+        calls = 0
+
+        def _maybe_fail(self, name):
+            if name == failing:
+                StaleHandle.calls += 1
+                if StaleHandle.calls >= 2:
+                    raise OSError(116, "Stale file handle")
+
+        def read(self, *args):
+            self._maybe_fail("read")
+            return super().read(*args)
+
+        def seek(self, *args):
+            self._maybe_fail("seek")
+            return super().seek(*args)
+
+        def tell(self):
+            self._maybe_fail("tell")
+            return super().tell()
+
+    class Mount:
+        def open(self, path, mode="rb"):
+            return StaleHandle(path, "r")
+
+    monkeypatch.setattr(output_store, "get_fs", lambda uri, options=None: (Mount(), uri))
+    with pytest.raises(OSError, match="Stale file handle") as caught:
+        OutputStore(out).read_table(os.path.join(out, "parquet", "part-0000000000000001.parquet"))
+    assert not isinstance(caught.value, resume.UnreadableOutputFile)
 
 
 @pytest.mark.slow

@@ -24,12 +24,23 @@ SECRET_KEY_MARKERS = ("key", "secret", "token", "password", "passwd", "passphras
 # often do): after "user:" everything up to the "@" is taken, unless it starts like a port ("host:8080/...").
 USERINFO_PATTERN = r"(?:[^/\s@?#:]+:(?!\d{1,5}(?:[/?#\s]|$))[^\s@?#]*|[^/\s@?#]+)"
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)(" + USERINFO_PATTERN + ")@")
-# ?X-Amz-Signature=...&sig=...&token=... -> the value; also in a fragment (#access_token=..., OAuth's implicit
-# flow) and percent-encoded inside another URL's query (...%3FX-Amz-Signature%3D..., where the value runs on to
-# the next unencoded separator: masking too much is safe).
-_SEP, _EQ = r"(?:[?&;#]|%3[Ff]|%26|%23)", r"(?:=|%3[Dd])"
-_SECRET_QUERY = re.compile(r"(?i)(" + _SEP + r"(?:(?!%3[Dd])[^=&#\s])*?(?:sig|key|secret|token|password|credential|auth)"
-                           r"(?:(?!%3[Dd])[^=&#\s])*" + _EQ + r")[^&#\s]+")
+# ?X-Amz-Signature=...&sig=...&token=... -> the value. The parameter name around the keyword is bounded (64
+# characters a side), so a long URI of separators is scanned in linear time, not rescanned from each one.
+_KEYWORD = r"(?:sig|key|secret|token|password|credential|auth)"
+
+
+def _secret_params(separators: str) -> re.Pattern:
+    return re.compile(r"(?i)(" + separators + r"[^=&#\s]{0,64}?" + _KEYWORD + r"[^=&#\s]{0,64}=)[^&#\s]+")
+
+
+_SECRET_QUERY = _secret_params("[?&;]")  # in a local path (where "#" and "%" are only file name characters)
+_SECRET_PARAM = _secret_params("[?&;#]")  # in a URL: its query, and its fragment (#access_token=..., OAuth)
+# Percent-encoded inside another URL's query (...?u=https%3A%2F%2Fs3%2Fv.mp4%3FX-Amz-Signature%3D...): the value
+# ends at the next separator, encoded or not, so the inner URL's other parameters stay apart.
+_ENCODED_NAME = r"(?:(?!%3[Dd]|%26)[^=&#\s])"
+_SECRET_ENCODED = re.compile(r"(?i)((?:%3F|%26|%23|%3B)" + _ENCODED_NAME + r"{0,64}?" + _KEYWORD + _ENCODED_NAME
+                             + r"{0,64}%3D)(?:(?!%26|%23)[^&#\s])+")
+_MAYBE_PARAMS = re.compile(r"[?&;#%]")
 # Authorization header values quoted in text.
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[A-Za-z0-9._~+/=\-]{6,}")
 _AUTH_FIELD = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?!bearer\b|basic\b|digest\b)[^\s\"',}]+")
@@ -59,9 +70,14 @@ def basic_auth_token(uri: str) -> str | None:
 
 def public_uri(uri: str) -> str:
     """``uri`` as it may be stored and shown: user info removed, secret query values masked."""
-    if not any(c in uri for c in "@?&;#%"):
-        return uri  # neither pattern can match (most URIs of a list: a pass per row, not two regexes)
-    return _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, _USERINFO.sub(r"\1", uri))
+    if "@" in uri:
+        uri = _USERINFO.sub(r"\1", uri)
+    if not _MAYBE_PARAMS.search(uri):
+        return uri  # no pattern can match (most URIs of a list: one search per row, not three regexes)
+    if "://" not in uri:
+        return _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, uri)
+    uri = _SECRET_PARAM.sub(lambda m: m.group(1) + MASK, uri)
+    return _SECRET_ENCODED.sub(lambda m: m.group(1) + MASK, uri) if "%" in uri else uri
 
 
 def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
@@ -71,7 +87,8 @@ def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
         if secret:
             text = text.replace(secret, MASK)
     text = _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
-    text = _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, text)
+    text = _SECRET_PARAM.sub(lambda m: m.group(1) + MASK, text)
+    text = _SECRET_ENCODED.sub(lambda m: m.group(1) + MASK, text)
     text = _AUTH_SCHEME.sub(lambda m: m.group(1) + m.group(2) + MASK, text)
     return _AUTH_FIELD.sub(lambda m: m.group(1) + MASK, text)
 

@@ -123,21 +123,25 @@ def parquet_location(uri: str) -> str:
 
 
 class _ReadsOf:
-    """A file object that notes whether one of its reads failed: a Parquet reader's error is then the store's,
-    not the file's."""
+    """A file object that notes whether any call to it failed (a read, a seek or tell that goes to the store, as
+    on NFS or FUSE mounts): a Parquet reader's error is then the store's, not the file's."""
 
     def __init__(self, f) -> None:
         self._f, self.failed = f, False
 
-    def read(self, *args):
-        try:
-            return self._f.read(*args)
-        except BaseException:
-            self.failed = True
-            raise
-
     def __getattr__(self, name: str):
-        return getattr(self._f, name)
+        value = getattr(self._f, name)
+        if not callable(value):
+            return value
+
+        def noted(*args, **kwargs):
+            try:
+                return value(*args, **kwargs)
+            except BaseException:
+                self.failed = True
+                raise
+
+        return noted
 
 
 class OutputStore:
@@ -301,7 +305,7 @@ class OutputStore:
 
         Raises:
             pyarrow.ArrowInvalid: not a Parquet file, a damaged one (naming it), or a column is missing.
-            OSError: the store failed a read (raised as the store raised it: a transient failure is no verdict on
+            OSError: the store failed a call (raised as the store raised it: a transient failure is no verdict on
                 the file).
         """
         fs, path = get_fs(file_uri, self.storage_options)
