@@ -86,8 +86,8 @@ def project(videos: list[dict], remaining: int, cluster: dict, overhead_s: float
             ``output_bytes``, ``tokens``, ``failure`` (``stage/reason`` or None).
         cluster: ``caption_actors``, ``gpus_per_caption_actor``, ``decode_cpus`` (CPUs the decode actors hold),
             ``pool_cpus`` (CPUs all the job's pools hold).
-        overhead_s: seconds a run spends beyond its videos (start-up, model load, the last file, once per
-            segment of the list): added once.
+        overhead_s: seconds the run spends beyond its videos in all (start-up, model load and the last file, each
+            once per segment of the list): added once.
 
     Returns:
         per figure ``{"value", "range"}`` (the range: the 5th and 95th percentiles over ``rounds`` bootstrap
