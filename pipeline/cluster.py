@@ -8,6 +8,8 @@ import warnings
 
 import ray
 
+from pipeline.iteration_stats import slim_iteration_stats
+
 # Messages a user of this job cannot act on, each silenced at its source logger (nothing else of it):
 # - token authentication being on (the safe default) for the local Ray this job starts; its being *off*
 #   stays a warning;
@@ -45,6 +47,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     An explicit ``address="local"`` keeps a stale ``ray start`` session on this machine from being joined.
     """
     quiet_ray_noise()
+    slim_iteration_stats()  # in this process, the one that iterates the job's datasets
     if ray.is_initialized():
         return
     runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}}

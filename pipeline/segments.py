@@ -9,6 +9,7 @@ repeats it, every clip window of it) lands in the same segment, where the repeat
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -66,6 +67,11 @@ def run_in_segments(todo: ray.data.Dataset, stages: list[Stage], segments: int,
     preceded by a :class:`SegmentStarted`. ``before_each()`` runs before each segment starts (the runner checks
     its lease there: a job that lost its output starts no more work)."""
     for index in range(segments):
+        if index:
+            # The finished execution's executor, operators and per-block stats refer to each other: only the
+            # cycle collector frees them, and its full pass may not come for several segments (measured:
+            # about 8,000 per-block records and 60,000 objects kept per segment of 50,000 rows).
+            gc.collect()
         before_each()
         part = todo
         if segments > 1:
