@@ -9,6 +9,7 @@ actor pool starts, naming the rows (a second, filtered read: a rare path).
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,6 +59,19 @@ def input_keys(refs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return hash_ids(ids), hash_ids(inputs)
 
 
+# The form of a clip window's id (pipeline.windows.window_id): the source's id, then _t<start ms>-<end ms>.
+_WINDOW_SHAPED = re.compile(r"(.*)_t[0-9]+-[0-9]+", re.DOTALL)
+
+
+def window_shaped(refs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The rows whose id has a clip window's form (``<source>_t<ms>-<ms>``): the hash of each such id and of the
+    source id it names. With clip windows, a row that is not split (its duration unreadable, an error) keeps its
+    list id, so a list row naming another row's window would share that window's id."""
+    shaped = [(video_id, match.group(1)) for video_id in refs.column(S.VIDEO_ID).to_pylist()
+              if video_id and "_t" in video_id and (match := _WINDOW_SHAPED.fullmatch(video_id))]
+    return hash_ids([a for a, _ in shaped]), hash_ids([b for _, b in shaped])
+
+
 @ray.remote(num_cpus=0)
 class IdRegistry:
     """Every list row's ``(id hash, input hash)`` (16 bytes a row), to find ids that name two different inputs
@@ -66,10 +80,14 @@ class IdRegistry:
 
     def __init__(self) -> None:
         self.parts: list[np.ndarray] = []
+        self.shaped: list[np.ndarray] = []  # (id hash, source id hash) of ids with a window's form
 
-    def add(self, ids: np.ndarray, inputs: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, inputs: np.ndarray, shaped_ids: np.ndarray | None = None,
+            shaped_sources: np.ndarray | None = None) -> None:
         if len(ids):
             self.parts.append(np.stack([ids, inputs], axis=1))  # kept as sent: the reading task waits for this
+        if shaped_ids is not None and len(shaped_ids):
+            self.shaped.append(np.stack([shaped_ids, shaped_sources], axis=1))
 
     def _by_id(self) -> np.ndarray:
         """Every ``(id, input)`` pair sent, sorted by id (one column's sort: seconds at ten million rows)."""
@@ -90,16 +108,26 @@ class IdRegistry:
         ids, inputs = pairs[:, 0], pairs[:, 1]
         return np.unique(ids[1:][(ids[1:] == ids[:-1]) & (inputs[1:] != inputs[:-1])])
 
+    def window_clashes(self) -> np.ndarray:
+        """``(id hash, source id hash)`` of the ids with a window's form whose source id is also a list row's id
+        (registered with ``shaped_ids``: a job with clip windows)."""
+        if not self.shaped:
+            return np.empty((0, 2), np.uint64)
+        shaped = np.unique(np.concatenate(self.shaped), axis=0)
+        ids = self._by_id()[:, 0]
+        return shaped[np.isin(shaped[:, 1], ids)]
+
 
 class CheckIds:
     """The reading tasks' first filter: registers every row with the :class:`IdRegistry` (waited for, so the
-    check after the read sees every row), then applies ``then`` (the job's :class:`SkipDone`)."""
+    check after the read sees every row), then applies ``then`` (the job's :class:`SkipDone`). With ``windows``
+    (a job cutting clip windows) the ids with a window's form are registered too."""
 
-    def __init__(self, registry, then=None) -> None:
-        self.registry, self.then = registry, then
+    def __init__(self, registry, then=None, windows: bool = False) -> None:
+        self.registry, self.then, self.windows = registry, then, windows
 
     def __call__(self, refs: pa.Table) -> pa.Table:
-        ray.get(self.registry.add.remote(*input_keys(refs)))
+        ray.get(self.registry.add.remote(*input_keys(refs), *(window_shaped(refs) if self.windows else ())))
         return self.then(refs) if self.then is not None else refs
 
 
@@ -142,3 +170,34 @@ def check_list_ids(cfg: "JobConfig", conflicting: np.ndarray) -> None:
         "video: the output keeps one row per video_id, so all but one of them would never be captioned. "
         "Give each video its own id (or leave the id column out: ids are then derived from the URIs). Nothing "
         "was run.\n" + "\n".join(lines) + more)
+
+
+def check_window_ids(cfg: "JobConfig", clashes: np.ndarray) -> None:
+    """With clip windows, refuse a list that gives a row the id a window of another row would have
+    (``clip_t0-5000`` beside ``clip``), naming the rows: a row that is not cut into windows keeps its list id, and
+    the output keeps one row per id, so one of the two would be lost.
+
+    Raises:
+        IdConflict: each such id beside the row whose window it names (URIs without credentials).
+    """
+    if not len(clashes):
+        return
+    from pipeline.io.sources import read_video_refs
+
+    named = clashes[:MAX_CONFLICTS_NAMED]
+    rows = read_video_refs(cfg.source, cfg.storage_options, retry=cfg.retry,
+                           keep=OnlyIds(np.unique(named.ravel()))).take_all()
+    ids = {int(h): row[S.VIDEO_ID] for h, row in zip(hash_ids([r[S.VIDEO_ID] for r in rows]), rows)}
+    where = {row[S.VIDEO_ID]: mask_text(public_uri(row[S.URI] or "")) for row in rows}
+    lines = []
+    for shaped, source in named:
+        shaped_id, source_id = ids.get(int(shaped), "?"), ids.get(int(source), "?")
+        lines.append(f"  {shaped_id!r} ({where.get(shaped_id, '?')}) has the id of a window of {source_id!r} "
+                     f"({where.get(source_id, '?')})")
+    more = f"\n  ... and {len(clashes) - len(named)} more" if len(clashes) > len(named) else ""
+    raise IdConflict(
+        f"with clip windows, the video list {mask_text(cfg.source.input)} gives {len(clashes)} row(s) an id of "
+        "the form <video_id>_t<start ms>-<end ms> that a clip window of another row would get. A row that is not "
+        "cut into windows (its duration unreadable, a read error) keeps its list id, and the output keeps one row "
+        "per video_id, so one of the two would be lost. Rename these rows (or leave the id column out: ids are "
+        "then derived from the URIs). Nothing was run.\n" + "\n".join(lines) + more)

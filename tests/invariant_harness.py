@@ -7,7 +7,8 @@ Operations (weighted, drawn from a seeded RNG, so a seed replays exactly the sam
 - ``run``: an in-process job (the shared Ray) over a random list: txt, csv or jsonl; good, missing, broken and
   empty videos; repeated rows; planted secrets in URIs; a UTF-8 BOM; an invalid jsonl line; either of two
   prompts; ``--recaption-changed`` and ``--retry-errors`` at random;
-- ``conflict``: a list giving one ``video_id`` to two videos, which must be refused with nothing run;
+- ``conflict``: a list giving one ``video_id`` to two videos, or (with clip windows) a row the id of another
+  row's window, which must be refused with nothing run;
 - ``mutate``: a video of the pool deleted, emptied or restored between runs;
 - ``kill``: the job script in a subprocess, SIGKILLed after a random delay (start-up, decoding, writing or the
   final reconcile, wherever it lands);
@@ -336,12 +337,23 @@ class World:
     def op_conflict(self) -> None:
         a, b = self.rng.sample(self.pool, 2)
         path = self.root / "lists" / f"conflict-{len(self.steps)}.csv"
-        path.write_text(f"video_id,uri\ntaken-{self.seed},{a}\ntaken-{self.seed},{b}\n")
-        self.note("a list giving one id to two videos")
-        outcome, result = self._run_prompted(VideoList(path, [], "csv"), PROMPTS[0])
+        # Its own generator, so that a seed's other draws stay as they were before this choice existed.
+        if random.Random(f"{self.seed}:conflict:{len(self.steps)}").random() < 0.5:
+            path.write_text(f"video_id,uri\ntaken-{self.seed},{a}\ntaken-{self.seed},{b}\n")
+            what, listing = "a list giving one id to two videos", VideoList(path, [], "csv")
+            ids = [f"taken-{self.seed}"]
+        else:  # a row not cut into windows (missing) under the id of another row's first window
+            clash = f"source-{self.seed}_t0-500"
+            path.write_text(f"video_id,uri\nsource-{self.seed},{a}\n{clash},{self.root / 'no-such-video.mp4'}\n")
+            what, listing = "with clip windows, a row under another row's window id", VideoList(path, [], "csv",
+                                                                                                   window_s=0.5)
+            ids = [clash]
+        self.note(what)
+        outcome, result = self._run_prompted(listing, PROMPTS[0])
         if outcome != "conflict" and not self._excused(outcome):
-            self.fail(f"a list giving one id to two videos ended {outcome}, not refused: {result}")
-        if f"taken-{self.seed}" in self._rows_by_id():
+            self.fail(f"{what} ended {outcome}, not refused: {result}")
+        written = self._rows_by_id()
+        if any(i in written for i in ids) or any(k.startswith(f"source-{self.seed}_") for k in written):
             self.fail("a refused list's id was written")
         self.check(clean=False)
 

@@ -67,6 +67,43 @@ def test_a_list_giving_one_id_to_two_videos_is_refused_naming_both(ray_local, tm
     assert summary["this_run"]["duplicates_skipped"] == 1 and set(rows_by_id(str(out))) == {"same", "other"}
 
 
+def test_which_list_ids_have_the_form_of_a_clip_windows_id():
+    import pyarrow as pa
+
+    from pipeline import schema as S
+    from pipeline.done_set import hash_ids
+    from pipeline.list_ids import window_shaped
+    from pipeline.windows import window_id
+
+    made = window_id("x", 0.0, 1.2345)  # what the window stage names a window: the form matched
+    refs = pa.table({S.VIDEO_ID: ["clip", "clip_t0-500", "a_t12-", "plain_t", None, made, "_t0-1", "two\nlines_t0-1"]})
+    ids, sources = window_shaped(refs)
+    assert list(ids) == list(hash_ids(["clip_t0-500", made, "_t0-1", "two\nlines_t0-1"]))
+    assert list(sources) == list(hash_ids(["clip", "x", "", "two\nlines"]))
+    assert [len(a) for a in window_shaped(pa.table({S.VIDEO_ID: ["a", "b"]}))] == [0, 0]
+
+
+def test_with_clip_windows_a_row_whose_id_is_another_rows_window_is_refused(ray_local, tmp_path):
+    """Before: 'clip_t0-500' (a missing video: not cut, so it keeps its list id) and the first window of 'clip'
+    shared one id, and the output kept one of them. With clip windows such a list is refused before anything
+    runs, naming both rows; without windows the same ids are just two videos."""
+    from pipeline.list_ids import IdConflict
+    from pipeline.runner import run_job
+
+    a = write_video(str(tmp_path / "a.mp4"), 160, 120, 12, 12, seed=1)  # 1 s: windows of 0.5 s
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"video_id,uri\nclip,{a}\nclip_t0-500,{tmp_path / 'missing.mp4'}\nother,{a}\n")
+    out = tmp_path / "out"
+    with pytest.raises(IdConflict) as caught:
+        run_job(job_config(str(listing), str(out), source={"window_s": 0.5}))
+    message = str(caught.value)
+    assert "'clip_t0-500'" in message and "window of 'clip'" in message and "missing.mp4" in message
+    assert "'other'" not in message and "Nothing was run" in message
+    assert not (out / "parquet").exists()
+    summary = run_job(job_config(str(listing), str(out)))  # no windows: three ids, three videos
+    assert summary["this_run"]["videos"] == 3 and set(rows_by_id(str(out))) == {"clip", "clip_t0-500", "other"}
+
+
 def test_the_question_list_an_evaluation_writes_holds_no_user_info(tmp_path):
     """questions.parquet sits in the evaluation's output folder: a benchmark's s3://KEY:SECRET@... URIs lose their
     user info there (never used for access), while a signed URL keeps the query it is read with."""
