@@ -6,6 +6,7 @@ No torch and no model code here: these run as small Ray tasks and one actor besi
 from __future__ import annotations
 
 from collections import Counter
+from contextvars import ContextVar
 
 import pyarrow as pa
 import ray
@@ -14,19 +15,35 @@ from pipeline import schema as S
 from pipeline.done_set import DoneSet
 
 
+# The piece of the list a reading task is preparing (a hash of its file and byte range or row groups), set
+# by the reading task around each piece: its counts replace those of an earlier reading of the same piece.
+LIST_PIECE: ContextVar[int | None] = ContextVar("list_piece", default=None)
+
+
 @ray.remote(num_cpus=0)
 class RowTally:
     """Counts of list rows seen by the pipeline's first step, kept apart from what the writer reports, so the
-    end of a run can check that every row read was written, skipped as done or dropped as a repeat."""
+    end of a run can check that every row read was written, skipped as done or dropped as a repeat.
+
+    Counts sent for a list ``piece`` replace that piece's earlier counts: Ray reads a piece again when a block of
+    it is lost with its node (lineage reconstruction), and counting it twice would call a whole run incomplete.
+    """
 
     def __init__(self) -> None:
         self.counts: Counter = Counter()
+        self.pieces: dict[int, Counter] = {}
 
-    def add(self, **counts: int) -> None:
-        self.counts.update(counts)
+    def add(self, piece: int | None = None, **counts: int) -> None:
+        if piece is None:
+            self.counts.update(counts)
+        else:
+            self.pieces[piece] = Counter(counts)
 
     def totals(self) -> dict[str, int]:
-        return dict(self.counts)
+        totals = Counter(self.counts)
+        for counts in self.pieces.values():
+            totals.update(counts)
+        return dict(totals)
 
 
 class SkipDone:
@@ -51,7 +68,7 @@ class SkipDone:
             counts = {"done": batch.num_rows - todo.num_rows}
             if self.counts_reads:
                 counts["read"] = batch.num_rows
-            ray.get(self.tally.add.remote(**counts))
+            ray.get(self.tally.add.remote(piece=LIST_PIECE.get(), **counts))
         return todo
 
 

@@ -187,6 +187,34 @@ def test_videos_already_done_are_dropped_where_the_list_is_read(ray_local, files
     assert sorted(os.path.basename(r[S.URI]) for r in limited.take_all()) == [f"v{i:03d}.mp4" for i in range(90, 95)]
 
 
+def test_a_piece_of_the_list_read_again_is_counted_once(ray_local, files, monkeypatch):
+    """Ray reads a piece of the list again when a block of it is lost with its node (lineage reconstruction):
+    its rows were counted as read twice, and a run that wrote every row ended as incomplete. Here the reading
+    task of one piece runs twice, as a reconstruction runs it, beside the tasks of the other pieces."""
+    import ray
+
+    import pipeline.io.sources as sources
+    from pipeline.io.sources import NormaliseRefs, _Prepare, _read_list_blocks, list_pieces
+    from pipeline.skip import RowTally, SkipDone
+
+    monkeypatch.setattr(sources, "LIST_PIECE_BYTES", 64)  # a 1,000-byte list in pieces of about 64 bytes
+    (files / "pieces.txt").write_text("".join(f"w{i:03d}.mp4\n" for i in range(100)))
+    cfg = SourceConfig(input=str(files / "pieces.txt"))
+    pieces = list_pieces([cfg.input], "txt", None)
+    assert len(pieces) > 3
+    done = pa.array(sorted(r[S.VIDEO_ID] for r in read_video_refs(cfg).take_all())[:10], pa.string())
+    tally = RowTally.remote()
+    prepare = _Prepare(NormaliseRefs(cfg, "txt", str(files)), SkipDone(done, tally))
+    runs = [pieces[0], *pieces, pieces[-1]]  # the first and the last piece read twice
+    for chunk in runs:
+        list(_read_list_blocks.remote(chunk, "txt", None, sources.RetryPolicy(), 8, len(pieces), prepare))
+    assert ray.get(tally.totals.remote()) == {"read": 100, "done": 10}
+    # Counts sent outside a piece (the windows' second skip, a limited list) still add up.
+    ray.get(tally.add.remote(done=2))
+    ray.get(tally.add.remote(done=3))
+    assert ray.get(tally.totals.remote()) == {"read": 100, "done": 15}
+
+
 def test_video_ids_do_not_hold_or_depend_on_uri_credentials():
     assert stable_video_id("s3://KEY:SECRET@bucket/v.mp4") == stable_video_id("s3://bucket/v.mp4")
     assert stable_video_id("https://h/v.mp4?X-Amz-Signature=one") == stable_video_id("https://h/v.mp4?X-Amz-Signature=two")

@@ -24,7 +24,9 @@ from pipeline import schema as S
 from pipeline.config import VIDEO_EXTENSIONS, SourceConfig
 from pipeline.io.list_lines import BAD_ROW, BAD_ROW_DIGEST, INTERNAL_COLUMNS, parse_list
 from pipeline.io.masking import public_uri
+from pipeline.done_set import hash_ids
 from pipeline.resources import LIGHT_NUM_CPUS
+from pipeline.skip import LIST_PIECE
 from pipeline.io.storage import (StorageError, RetryPolicy, count_newlines, find_fresh, get_fs, is_local, join,
                                  list_files, object_info, read_block, read_bytes, unstrip, with_retries)
 
@@ -388,13 +390,23 @@ def _read_list_blocks(pieces: list[dict], fmt: str, storage_options: dict | None
         table = _read_piece(piece, fmt, storage_options, retry)
         if table is None:
             continue
-        prepared = prepare(table)
+        prepared = _prepare_piece(prepare, table, json.dumps(piece, sort_keys=True))
         if prepared.num_rows:
             for block in _blocks(prepared, rows_per_block, total_pieces):
                 yield block  # not `yield from`: Ray's streaming generators need a plain yield
             yielded = True
     if not yielded and prepared is not None:
         yield prepared  # every row was dropped: one empty block, so the dataset still has its columns
+
+
+def _prepare_piece(prepare: _Prepare, table: pa.Table, piece: str) -> pa.Table:
+    """``prepare(table)`` for one piece of the list: what it counts is the piece's count (a piece Ray reads again,
+    to rebuild a block lost with its node, is counted once)."""
+    token = LIST_PIECE.set(int(hash_ids([piece])[0]))
+    try:
+        return prepare(table)
+    finally:
+        LIST_PIECE.reset(token)
 
 
 _RESOLVED_URI, _RESOLVE_REASON, _RESOLVE_ERROR = "_resolved_uri", "_resolve_reason", "_resolve_error"
@@ -418,7 +430,7 @@ def _read_annotation_blocks(uri: str, name_key: str, base: str, extensions: tupl
                               storage_options, retry)
         for index, column in enumerate((_RESOLVED_URI, _RESOLVE_REASON, _RESOLVE_ERROR)):
             table = table.append_column(column, pa.array([f[index] for f in found], pa.string()))
-    for block in _blocks(prepare(table), rows_per_block):
+    for block in _blocks(_prepare_piece(prepare, table, uri), rows_per_block):
         yield block
 
 
