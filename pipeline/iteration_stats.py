@@ -48,8 +48,11 @@ def slim_iteration_stats() -> bool:
         return True
 
     def update_iteration_metrics(stats, *args, **kwargs):
-        has_blocks = stats is not None and hasattr(stats, "metadata") and hasattr(stats, "parents")
-        return send(without_block_stats(stats) if has_blocks else stats, *args, **kwargs)
+        try:
+            slim = without_block_stats(stats)
+        except Exception:  # noqa: BLE001 - a DatasetStats of another shape: sent as Ray Data sends it
+            slim = stats
+        return send(slim, *args, **kwargs)
 
     setattr(update_iteration_metrics, _SLIM, True)
     update_iteration_metrics.__wrapped__ = send

@@ -192,12 +192,12 @@ def check_window_ids(cfg: "JobConfig", clashes: np.ndarray) -> None:
     lines = []
     for shaped, source in named:
         shaped_id, source_id = ids.get(int(shaped), "?"), ids.get(int(source), "?")
-        lines.append(f"  {shaped_id!r} ({where.get(shaped_id, '?')}) has the id of a window of {source_id!r} "
+        lines.append(f"  {shaped_id!r} ({where.get(shaped_id, '?')}) has the form of a window id of {source_id!r} "
                      f"({where.get(source_id, '?')})")
     more = f"\n  ... and {len(clashes) - len(named)} more" if len(clashes) > len(named) else ""
     raise IdConflict(
         f"with clip windows, the video list {mask_text(cfg.source.input)} gives {len(clashes)} row(s) an id of "
-        "the form <video_id>_t<start ms>-<end ms> that a clip window of another row would get. A row that is not "
+        "the form <video_id>_t<start ms>-<end ms>, the id a clip window of another row can get. A row that is not "
         "cut into windows (its duration unreadable, a read error) keeps its list id, and the output keeps one row "
         "per video_id, so one of the two would be lost. Rename these rows (or leave the id column out: ids are "
         "then derived from the URIs). Nothing was run.\n" + "\n".join(lines) + more)

@@ -80,3 +80,5 @@ def run_in_segments(todo: ray.data.Dataset, stages: list[Stage], segments: int,
                          dict(num_cpus=LIGHT_NUM_CPUS)).apply(todo)
         yield SegmentStarted(index, segments)
         yield from apply_stages(part, stages).iter_rows()
+    if segments > 1:
+        gc.collect()  # the last one's too, before the after-run scan

@@ -97,7 +97,7 @@ def test_with_clip_windows_a_row_whose_id_is_another_rows_window_is_refused(ray_
     with pytest.raises(IdConflict) as caught:
         run_job(job_config(str(listing), str(out), source={"window_s": 0.5}))
     message = str(caught.value)
-    assert "'clip_t0-500'" in message and "window of 'clip'" in message and "missing.mp4" in message
+    assert "'clip_t0-500'" in message and "window id of 'clip'" in message and "missing.mp4" in message
     assert "'other'" not in message and "Nothing was run" in message
     assert not (out / "parquet").exists()
     summary = run_job(job_config(str(listing), str(out)))  # no windows: three ids, three videos

@@ -227,7 +227,7 @@ def test_a_plan_refuses_a_list_the_run_refuses(ray_local, tmp_path):
     # With clip windows, a row under the id of another row's window.
     (tmp_path / "list.csv").write_text(f"video_id,uri\nv0,{tmp_path}/x.mp4\nv0_t0-500,{tmp_path}/y.mp4\n")
     cfg = job_config(str(tmp_path / "list.csv"), str(tmp_path / "out"), source={"window_s": 0.5})
-    with pytest.raises(IdConflict, match="'v0_t0-500'.*window of 'v0'"):
+    with pytest.raises(IdConflict, match="'v0_t0-500'.*window id of 'v0'"):
         plan_job(cfg, sample_size=1)
 
 
