@@ -10,6 +10,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import psutil
 import pytest
 
 from helpers import ROOT, job_config, slow_job_command
@@ -79,8 +80,16 @@ def test_a_killed_caption_actor_is_restarted_and_the_job_finishes(tmp_path):
         while not (os.path.isdir(os.path.join(out, "parquet")) and os.listdir(os.path.join(out, "parquet"))):
             assert job.poll() is None and time.time() < deadline, "no output before the kill"
             time.sleep(0.2)
-        killed = subprocess.run(["pkill", "-9", "-f", r"MapBatches\(Captioner\)"]).returncode
-        assert killed == 0, "no caption actor process found to kill"
+        # Only this job's caption actors (its Ray's processes descend from it), never another cluster's.
+        killed = 0
+        for process in psutil.Process(job.pid).children(recursive=True):
+            try:
+                if "MapBatches(Captioner)" in " ".join(process.cmdline()):
+                    process.kill()
+                    killed += 1
+            except psutil.Error:  # a process that ended meanwhile
+                pass
+        assert killed, "no caption actor process of this job found to kill"
         output, _ = job.communicate(timeout=600)
     finally:
         if job.poll() is None:
