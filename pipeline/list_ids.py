@@ -201,3 +201,11 @@ def check_window_ids(cfg: "JobConfig", clashes: np.ndarray) -> None:
         "cut into windows (its duration unreadable, a read error) keeps its list id, and the output keeps one row "
         "per video_id, so one of the two would be lost. Rename these rows (or leave the id column out: ids are "
         "then derived from the URIs). Nothing was run.\n" + "\n".join(lines) + more)
+
+
+def check_registered_ids(cfg: "JobConfig", registry) -> None:
+    """After the list's read: :func:`check_list_ids`, and with clip windows :func:`check_window_ids`, from what
+    the reading tasks registered with ``registry`` (an :class:`IdRegistry`)."""
+    check_list_ids(cfg, ray.get(registry.conflicting_ids.remote()))
+    if cfg.source.windows:
+        check_window_ids(cfg, ray.get(registry.window_clashes.remote()))

@@ -268,7 +268,7 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
     from pipeline.io.sources import read_video_refs
     from pipeline.config import SourceConfig
     from pipeline.io.storage import join, remove_tree, write_atomic
-    from pipeline.list_ids import CheckIds, IdRegistry, check_list_ids, check_window_ids
+    from pipeline.list_ids import CheckIds, IdRegistry, check_registered_ids
     from pipeline.resume import scan_output
     from pipeline.runner import RunIncomplete, plan_for, run_job
     from pipeline.segments import segment_count
@@ -293,9 +293,7 @@ def plan_job(cfg, sample_size: int = DEFAULT_SAMPLE, seed: int = 0, gpu_hour_cos
                            retry=cfg.retry, keep=SampleByKey(sample_size, seed, check, SkipDone(done, tally),
                                                              CheckIds(left)))
     blocks = [b for b in refs.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
-    check_list_ids(cfg, ray.get(registry.conflicting_ids.remote()))
-    if cfg.source.windows:
-        check_window_ids(cfg, ray.get(registry.window_clashes.remote()))
+    check_registered_ids(cfg, registry)
     counts = ray.get(tally.totals.remote())
     list_rows, already_done = counts.get("read", 0), counts.get("done", 0)
     remaining = ray.get(left.distinct_ids.remote())

@@ -37,7 +37,7 @@ from pipeline.io.output_store import OutputStore
 from pipeline.io.storage import StorageError
 from pipeline.progress import Progress
 from pipeline.sinks import ShardWriter
-from pipeline.list_ids import CheckIds, IdRegistry, check_list_ids, check_window_ids
+from pipeline.list_ids import CheckIds, IdRegistry, check_registered_ids
 from pipeline.skip import MarkRepeats, RowTally, SkipDone
 from pipeline.segments import SegmentStarted, run_in_segments, segment_count
 from pipeline.stages import Stage
@@ -203,9 +203,7 @@ def _run_holding_the_output(cfg: JobConfig, prompt: PromptText, run_id: str, pla
                            keep=CheckIds(registry, SkipDone(done, tally), windows=cfg.source.windows))
     if cfg.source.limit:
         todo = todo.materialize()  # the first `limit` rows, read and checked before any pool starts
-    check_list_ids(cfg, ray.get(registry.conflicting_ids.remote()))
-    if cfg.source.windows:
-        check_window_ids(cfg, ray.get(registry.window_clashes.remote()))
+    check_registered_ids(cfg, registry)
     written = Progress()  # the manifests' sums: the driver keeps no row and no manifest
     read = ray.get(tally.totals.remote())
     if not cfg.source.limit and read.get("read", 0) == read.get("done", 0):
